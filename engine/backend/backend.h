@@ -1,0 +1,38 @@
+// The model-forward interface the engine drives, one implementation per
+// device. A step is a batch of sequences, each contributing a run of tokens
+// (a prefill chunk or one decode token); the backend appends their K/V to the
+// paged cache and returns the logits the caller asked for.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/model_config.h"
+
+namespace attnserve {
+
+enum class LogitsWanted { kNone, kLast, kAll };
+
+// One sequence's share of an engine step.
+struct SequenceStep {
+  const PageTable* pages = nullptr;  // reserved for positions < first_pos + tokens.size()
+  std::span<const int32_t> tokens;
+  int32_t first_pos = 0;             // position of tokens[0]; earlier K/V are cached
+  LogitsWanted logits = LogitsWanted::kLast;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual std::string name() const = 0;
+  // Runs one step. `logits` receives vocab_size floats per wanted row, in the
+  // order of `steps` (kLast: one row, kAll: one per token).
+  virtual absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) = 0;
+};
+
+}  // namespace attnserve

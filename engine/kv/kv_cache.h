@@ -1,0 +1,87 @@
+// The paged KV cache: one pool of fixed-size pages shared by all sequences,
+// a free-list allocator with reference counts (pages may be shared by
+// sequences with a common prefix), and a page table per sequence.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/common/ggml_types.h"
+#include "kernels/cpu/attention.h"
+
+namespace attnserve {
+
+struct KvCacheShape {
+  int32_t n_layers = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 16;  // tokens per page
+};
+
+// fp16 keys and values of num_pages pages for every layer. Page p has the
+// same index in every layer, so one page table serves the whole model.
+class KvCachePool {
+ public:
+  // Fails (RESOURCE_EXHAUSTED) rather than aborting when memory is short.
+  static absl::StatusOr<KvCachePool> Create(const KvCacheShape& shape, int32_t num_pages);
+
+  const KvCacheShape& shape() const { return shape_; }
+  int32_t num_pages() const { return num_pages_; }
+  // Elements of one page of one layer: n_kv_heads * page_size * head_dim.
+  int64_t page_elements() const;
+  // Bytes of one page across all layers, keys and values.
+  int64_t bytes_per_page() const;
+
+  fp16_t* keys(int32_t layer);    // [num_pages][n_kv_heads][page_size][head_dim]
+  fp16_t* values(int32_t layer);
+
+ private:
+  KvCacheShape shape_;
+  int32_t num_pages_ = 0;
+  std::vector<fp16_t> keys_;    // [n_layers][num_pages][...]
+  std::vector<fp16_t> values_;
+};
+
+class PageAllocator {
+ public:
+  explicit PageAllocator(int32_t num_pages);
+
+  int32_t num_pages() const { return static_cast<int32_t>(ref_counts_.size()); }
+  int32_t num_free() const { return static_cast<int32_t>(free_.size()); }
+
+  // A page with reference count 1, or RESOURCE_EXHAUSTED.
+  absl::StatusOr<int32_t> Allocate();
+  void AddRef(int32_t page);
+  // Drops one reference; the page returns to the free list at zero.
+  void Release(int32_t page);
+  int32_t ref_count(int32_t page) const { return ref_counts_[page]; }
+
+ private:
+  std::vector<int32_t> free_;  // LIFO: recently freed pages are cache-warm
+  std::vector<int32_t> ref_counts_;
+};
+
+// Logical-to-physical page map of one sequence.
+struct PageTable {
+  std::vector<int32_t> pages;
+  int32_t num_tokens = 0;  // tokens whose K/V have been written
+};
+
+// Grows `table` so that positions [0, num_tokens) have pages. On failure
+// nothing is allocated (all or nothing).
+absl::Status ReservePages(PageTable& table, int32_t num_tokens, int32_t page_size, PageAllocator& allocator);
+// Releases every page of the table and empties it.
+void ReleasePages(PageTable& table, PageAllocator& allocator);
+
+// Writes K and V ([n_tokens][n_kv_heads * head_dim] floats, converted to
+// fp16) for positions [first_pos, first_pos + n_tokens) of one layer. The
+// pages must have been reserved.
+void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos,
+             int32_t n_tokens, const float* k, const float* v);
+
+// The attention kernel's view of one layer of a sequence.
+PagedKv LayerView(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t num_tokens);
+
+}  // namespace attnserve

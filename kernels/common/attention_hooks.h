@@ -1,0 +1,95 @@
+// The four attention-policy hooks of DESIGN.md §4 as plain parameters and
+// per-element functions shared by the CPU and CUDA kernels.
+//
+// For query i of head h and visible key j:
+//   s_ij = q_i·k_j * logit_scale + KeyBias(j)           (additive bias hook)
+//   V(i) = KeyVisible(i, j)                             (visible-set hook)
+//   denominator += exp(virtual_sink_logit)              (virtual-sink hook)
+//   p_ij scaled by ReweightScales(...)                  (post-softmax hook)
+// Policies are data: a dense request is the default-constructed value.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/common/half.h"
+
+namespace attnserve {
+
+// [begin, end) in token positions of the sequence.
+struct KeyRange {
+  int32_t begin = 0;
+  int32_t end = 0;
+};
+
+// One query head of one layer of one sequence.
+struct AttentionHeadParams {
+  float logit_scale = 0.0f;          // 1/sqrt(head_dim) divided by the head's temperature
+  float first_token_bias = 0.0f;     // added to s_i0 (zero_tuning: ln gamma)
+  float outside_span_bias = 0.0f;    // added to prompt keys outside the spans (emphasis: ln alpha)
+  float virtual_sink_logit = -INFINITY;  // exp(logit) joins the denominator; -inf = none
+  float reweight_beta = 1.0f;        // ACT: p_ij *= beta on the head's key set; 1 = off
+  int32_t reweight_keys_begin = 0;   // the head's key set: SequenceAttentionParams::reweight_keys
+  int32_t reweight_keys_size = 0;    //   [begin, begin + size), sorted positions
+};
+
+// One layer of one sequence.
+struct SequenceAttentionParams {
+  const AttentionHeadParams* heads = nullptr;  // [n_q_heads]
+  // Visible set: causal, minus keys in (sink_tokens, i - window_tokens];
+  // window_tokens == 0 keeps every key.
+  int32_t sink_tokens = 0;
+  int32_t window_tokens = 0;
+  // Emphasis spans: sorted, disjoint, inside [0, prompt_tokens).
+  const KeyRange* spans = nullptr;
+  int32_t num_spans = 0;
+  int32_t prompt_tokens = 0;
+  const int32_t* reweight_keys = nullptr;
+};
+
+ATTN_HD bool KeyVisible(const SequenceAttentionParams& p, int32_t query_pos, int32_t key_pos) {
+  if (key_pos > query_pos) return false;
+  if (p.window_tokens == 0 || key_pos < p.sink_tokens) return true;
+  return key_pos > query_pos - p.window_tokens;
+}
+
+ATTN_HD bool InSpans(const SequenceAttentionParams& p, int32_t key_pos) {
+  for (int32_t s = 0; s < p.num_spans; ++s) {
+    if (key_pos < p.spans[s].begin) return false;
+    if (key_pos < p.spans[s].end) return true;
+  }
+  return false;
+}
+
+ATTN_HD float KeyBias(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t key_pos) {
+  float b = key_pos == 0 ? h.first_token_bias : 0.0f;
+  if (h.outside_span_bias != 0.0f && key_pos < p.prompt_tokens && !InSpans(p, key_pos)) {
+    b += h.outside_span_bias;
+  }
+  return b;
+}
+
+ATTN_HD bool InReweightSet(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t key_pos) {
+  const int32_t* keys = p.reweight_keys + h.reweight_keys_begin;
+  int32_t lo = 0, hi = h.reweight_keys_size;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (keys[mid] < key_pos) lo = mid + 1; else hi = mid;
+  }
+  return lo < h.reweight_keys_size && keys[lo] == key_pos;
+}
+
+// Post-softmax reweighting from the two accumulators' masses (both relative
+// to the same running maximum): keys in the set get `in_set`, the others
+// `rest`, so that the removed mass (1-beta)·P_S goes to the other keys in
+// proportion to their probability. The virtual sink's mass is untouched.
+struct ReweightScales {
+  float in_set;
+  float rest;
+};
+ATTN_HD ReweightScales ComputeReweightScales(float beta, float mass_in_set, float mass_rest) {
+  if (beta == 1.0f || mass_in_set <= 0.0f || mass_rest <= 0.0f) return {1.0f, 1.0f};
+  return {beta, 1.0f + (1.0f - beta) * mass_in_set / mass_rest};
+}
+
+}  // namespace attnserve

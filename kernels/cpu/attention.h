@@ -1,0 +1,46 @@
+// Paged attention on the CPU with the policy hooks of attention_hooks.h.
+//
+// Keys and values live in fixed-size pages of fp16: page p of a layer holds
+// [n_kv_heads][page_size][head_dim] keys (and the same for values). A
+// sequence's token at position t is slot t % page_size of page
+// page_table[t / page_size]. Keys are stored after RoPE.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/attention_hooks.h"
+#include "kernels/common/ggml_types.h"
+
+namespace attnserve {
+
+// One layer of one sequence's cache.
+struct PagedKv {
+  const fp16_t* keys = nullptr;    // layer base: [num_pages][n_kv_heads][page_size][head_dim]
+  const fp16_t* values = nullptr;  // same layout
+  const int32_t* page_table = nullptr;
+  int32_t page_size = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t num_tokens = 0;  // keys at positions [0, num_tokens) are present
+};
+
+// Queries of one sequence for one layer.
+struct AttentionQueries {
+  const float* q = nullptr;               // [n_queries][n_q_heads][head_dim]
+  const int32_t* positions = nullptr;     // [n_queries], each < kv.num_tokens
+  int32_t n_queries = 0;
+  int32_t n_q_heads = 0;                  // a multiple of n_kv_heads (GQA)
+};
+
+// out[i][h][:] = Σ_j p_ij v_j for the query heads of KV head `kv_head`
+// (heads kv_head*G .. kv_head*G+G-1, G = n_q_heads / n_kv_heads), reading each
+// key page once for the whole group. out has the layout of q. Online softmax
+// with the hooks applied per key; no materialised logits.
+void PagedAttentionKvHead(const AttentionQueries& queries, const PagedKv& kv,
+                          const SequenceAttentionParams& params, int kv_head, float* out);
+
+// All KV heads, naive: materialises logits, softmax, reweighting, in double.
+void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
+                             const SequenceAttentionParams& params, float* out);
+
+}  // namespace attnserve

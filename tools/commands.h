@@ -1,0 +1,10 @@
+// Entry points of the attnserve subcommands that are not the server. Each
+// reads its absl flags (already parsed) and returns the process exit code.
+#pragma once
+
+namespace attnserve {
+
+int RunGenerate();
+int RunScore();
+
+}  // namespace attnserve
