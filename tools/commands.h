@@ -6,5 +6,6 @@ namespace attnserve {
 
 int RunGenerate();
 int RunScore();
+int RunTokenize();
 
 }  // namespace attnserve

@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/statusor.h"
 
@@ -28,8 +29,10 @@ class ChatTemplate {
   absl::StatusOr<std::string> Render(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
 
  private:
-  explicit ChatTemplate(ChatTemplateKind kind) : kind_(kind) {}
+  ChatTemplate(ChatTemplateKind kind, std::string default_system)
+      : kind_(kind), default_system_(std::move(default_system)) {}
   ChatTemplateKind kind_;
+  std::string default_system_;  // injected when the first message is not a system one; may be empty
 };
 
 }  // namespace attnserve

@@ -22,7 +22,7 @@ struct TokenOffset {
 class Tokenizer {
  public:
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const GgufFile& gguf);
-  virtual ~Tokenizer() = default;
+  virtual ~Tokenizer();  // defined where Impl is complete
 
   // add_special: prepend BOS when the model asks for it (add_bos_token).
   // parse_special: text such as "<|im_start|>" becomes its special token.
