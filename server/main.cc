@@ -7,6 +7,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "server/serve.h"
 #include "tools/commands.h"
 
 namespace {
@@ -16,6 +17,8 @@ constexpr char kUsage[] =
     "commands:\n"
     "  generate   complete a prompt on the CPU (--model --prompt --max_tokens --temperature ...)\n"
     "  score      per-token logprobs and perplexity of a text (--model --text_file ...)\n"
+    "  tokenize   encode texts or render chats with the model's tokenizer (--model --strings_file | --chat_file)\n"
+    "  serve      the gRPC server (--model --port --metrics_port --max_num_seqs --kv_cache_memory ...)\n"
     "run 'attnserve <command> --help' for its flags";
 
 // Flags may be spelled with hyphens (--max-tokens) or underscores.
@@ -46,6 +49,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (command == "generate") return attnserve::RunGenerate();
   if (command == "score") return attnserve::RunScore();
+  if (command == "tokenize") return attnserve::RunTokenize();
+  if (command == "serve") return attnserve::RunServe();
   std::fprintf(stderr, "unknown command '%.*s'\n%s\n", static_cast<int>(command.size()), command.data(), kUsage);
   return 2;
 }

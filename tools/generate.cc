@@ -1,4 +1,5 @@
 // attnserve generate: one completion on the CPU, streamed to stdout.
+#include <algorithm>
 #include <cstdio>
 #include <vector>
 
@@ -6,7 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "engine/model/text_stream.h"
-#include "engine/sampling/sampler.h"
+#include "engine/sampling/logits_processor.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
 #include "tools/common_flags.h"
@@ -61,6 +62,20 @@ int RunGenerate() {
     absl::FPrintF(stderr, "error: the prompt has %d tokens; the model's context is %d\n", ids.size(), context);
     return 2;
   }
+  SamplingOptions options;
+  // The loop below enforces --max_tokens (0 allowed) and the context itself.
+  const int32_t room = context - static_cast<int32_t>(ids.size());
+  options.max_tokens = std::clamp(max_tokens, 1, room);
+  options.temperature = absl::GetFlag(FLAGS_temperature);
+  options.top_k = absl::GetFlag(FLAGS_top_k);
+  options.top_p = absl::GetFlag(FLAGS_top_p);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  if (absl::Status s = ValidateSamplingOptions(options, model.config.vocab_size, room); !s.ok()) {
+    absl::FPrintF(stderr, "error: %s\n", s.message());
+    return 2;
+  }
+  SequenceSampler sampler(options, ids, {});
   PageTable table;
   std::vector<float> logits;
   const absl::Time t0 = absl::Now();
@@ -69,8 +84,6 @@ int RunGenerate() {
     return 1;
   }
   const absl::Time t1 = absl::Now();
-  Sampler sampler({absl::GetFlag(FLAGS_temperature), absl::GetFlag(FLAGS_top_k), absl::GetFlag(FLAGS_top_p), 0.0f,
-                   absl::GetFlag(FLAGS_seed)});
   const bool json = absl::GetFlag(FLAGS_json);
   TextStream text;
   std::string completion;
@@ -79,7 +92,8 @@ int RunGenerate() {
   const char* finish = "length";
   std::vector<int32_t> next(1);
   while (generated < max_tokens) {
-    next[0] = sampler.Sample(logits);
+    next[0] = sampler.Sample(logits).token;
+    sampler.Accept(next[0]);
     ++generated;
     if (model.tokenizer->IsEndOfGeneration(next[0]) && !absl::GetFlag(FLAGS_ignore_eos)) {
       finish = "stop";

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import grpc_stubs
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("ATTNSERVE_BUILD_DIR", ROOT / "build"))
 MODEL = Path(os.environ.get("ATTNSERVE_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -48,3 +50,8 @@ def llama_reference(path, n_ctx=2048, logits_all=True):
 
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=THREADS, logits_all=logits_all,
                  verbose=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    return grpc_stubs.generate(tmp_path_factory.mktemp("stubs"))

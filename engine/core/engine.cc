@@ -1,0 +1,158 @@
+#include "engine/core/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/common/status_macros.h"
+#include "engine/core/engine_impl.h"
+#include "engine/kv/prefix_cache.h"
+#include "engine/sampling/sampler.h"
+
+namespace attnserve {
+namespace {
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const EngineOptions& options,
+                                                       Metrics* metrics) {
+  const ModelConfig& c = model.config;
+  if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.page_size < 1 ||
+      options.max_waiting < 0) {
+    return absl::InvalidArgumentError("engine options must be positive");
+  }
+  const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
+  const int64_t page_bytes = 2ll * shape.n_layers * shape.n_kv_heads * shape.head_dim * shape.page_size * 2;
+  const int64_t pages = options.kv_cache_bytes / page_bytes;
+  if (pages < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
+                                                   " bytes holds fewer than 2 pages of ", page_bytes, " bytes"));
+  }
+  ATTN_ASSIGN_OR_RETURN(KvCachePool pool, KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30))));
+  auto impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
+  CpuBackendOptions backend_options;
+  backend_options.num_threads = options.num_threads;
+  backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+  ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
+  for (int32_t id = 0; id < c.vocab_size; ++id) {
+    if (model.tokenizer->IsEndOfGeneration(id)) impl->eog_ids.push_back(id);
+  }
+  impl->stats.kv_pages_total = impl->pool.num_pages();
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->Loop(); });
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  impl_->thread.join();
+}
+
+const Model& Engine::model() const { return impl_->model; }
+const EngineOptions& Engine::options() const { return impl_->options; }
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->stats;
+}
+
+absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_ptr<OutputStream> out) {
+  Impl& e = *impl_;
+  const ModelConfig& c = e.model.config;
+  const int32_t prompt = static_cast<int32_t>(request.prompt_ids.size());
+  if (prompt == 0) return absl::InvalidArgumentError("prompt: is empty");
+  for (int32_t t : request.prompt_ids) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids: token ", t, " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  if (prompt >= c.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt, " tokens leave no room in the model's context of ",
+                                                   c.context_length));
+  }
+  ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, c.context_length - prompt));
+  const int32_t pages_needed = (prompt + 1 + e.options.page_size - 1) / e.options.page_size;
+  if (pages_needed > e.pool.num_pages()) {
+    return absl::ResourceExhaustedError(absl::StrCat("prompt: ", prompt, " tokens need ", pages_needed,
+                                                     " KV pages; the cache has ", e.pool.num_pages()));
+  }
+  auto r = std::make_unique<RequestState>();
+  r->request = std::move(request);
+  r->out = std::move(out);
+  const int32_t n = std::max(1, r->request.sampling.n);
+  r->out->completions_ = n;
+  std::lock_guard<std::mutex> lock(e.mu);
+  if (e.draining || e.stopping) return absl::UnavailableError("the server is shutting down");
+  if (e.queued >= e.options.max_waiting + e.options.max_num_seqs) {
+    return absl::ResourceExhaustedError(absl::StrCat("the waiting queue is full (", e.options.max_waiting, " requests)"));
+  }
+  r->handle = e.next_handle++;
+  const uint64_t handle = r->handle;
+  ++e.queued;
+  e.inbox.push_back(std::move(r));
+  e.wake.notify_one();
+  return handle;
+}
+
+void Engine::Abort(uint64_t handle, absl::Status reason) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->aborts.emplace_back(handle, std::move(reason));
+  }
+  impl_->wake.notify_one();
+}
+
+absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, absl::Time deadline) {
+  Impl& e = *impl_;
+  const ModelConfig& c = e.model.config;
+  if (token_ids.size() < 2) return absl::InvalidArgumentError("input: scoring needs at least 2 tokens");
+  if (static_cast<int64_t>(token_ids.size()) > c.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("input: ", token_ids.size(), " tokens exceed the model's context of ",
+                                                   c.context_length));
+  }
+  for (int32_t t : token_ids) {
+    if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
+  }
+  const int64_t pages_needed = (static_cast<int64_t>(token_ids.size()) + e.options.page_size - 1) / e.options.page_size;
+  if (pages_needed > e.pool.num_pages()) {
+    return absl::ResourceExhaustedError("input: the text does not fit in the KV cache");
+  }
+  auto r = std::make_unique<RequestState>();
+  r->score = true;
+  r->request.prompt_ids = std::move(token_ids);
+  r->request.deadline = deadline;
+  std::future<absl::StatusOr<ScoreResult>> result = r->score_result.get_future();
+  {
+    std::lock_guard<std::mutex> lock(e.mu);
+    if (e.draining || e.stopping) return absl::UnavailableError("the server is shutting down");
+    r->handle = e.next_handle++;
+    ++e.queued;
+    e.inbox.push_back(std::move(r));
+  }
+  e.wake.notify_one();
+  return result.get();
+}
+
+void Engine::Drain(absl::Duration timeout) {
+  Impl& e = *impl_;
+  std::unique_lock<std::mutex> lock(e.mu);
+  e.draining = true;
+  e.drain_deadline = absl::Now() + timeout;
+  e.wake.notify_one();
+  e.idle.wait(lock, [&] { return e.queued == 0; });
+}
+
+}  // namespace attnserve

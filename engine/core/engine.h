@@ -1,0 +1,81 @@
+// The serving engine: owns the backend, the KV cache, the prefix cache and
+// the scheduler, and runs engine steps on its own thread. Requests come in
+// through Submit from any thread; outputs leave through OutputStreams.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/core/output_stream.h"
+#include "engine/core/request.h"
+#include "engine/model/model.h"
+
+namespace attnserve {
+
+class Metrics;
+
+struct EngineOptions {
+  int32_t max_num_seqs = 64;             // sequences running at once
+  int32_t max_num_batched_tokens = 512;  // tokens per engine step (chunked prefill)
+  int64_t kv_cache_bytes = 256ll << 20;  // KV pool size
+  int32_t page_size = 16;                // tokens per KV page
+  int32_t max_waiting = 1024;            // queued requests before RESOURCE_EXHAUSTED
+  bool prefix_caching = true;
+  int num_threads = 2;
+};
+
+struct EngineStats {
+  int32_t running = 0;
+  int32_t waiting = 0;
+  int32_t kv_pages_total = 0;
+  int32_t kv_pages_used = 0;  // held by sequences (cached-only pages are free)
+  int64_t preemptions_total = 0;
+};
+
+struct ScoreResult {
+  std::vector<int32_t> token_ids;
+  std::vector<float> token_logprobs;  // [0] = 0: the first token has no context
+  double perplexity = 0.0;
+};
+
+class Engine {
+ public:
+  // `model` must outlive the engine; `metrics` may be null.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model, const EngineOptions& options,
+                                                       Metrics* metrics);
+  ~Engine();  // aborts what is left and joins the engine thread
+
+  // Queues a request; outputs go to `out`. RESOURCE_EXHAUSTED when the
+  // waiting queue is full or the prompt can never fit in the KV cache,
+  // UNAVAILABLE while draining. Returns the handle for Abort.
+  absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<OutputStream> out);
+
+  // Drops the request (cancelled by the client, deadline passed): its pages
+  // are freed on the engine thread's next iteration and its stream gets a
+  // final delta with finish ABORT and `reason` as error. Unknown or finished
+  // handles are ignored.
+  void Abort(uint64_t handle, absl::Status reason);
+
+  // Per-token log-probabilities of `token_ids`, computed by the engine
+  // thread between generation steps. Blocks the caller.
+  absl::StatusOr<ScoreResult> Score(std::vector<int32_t> token_ids, absl::Time deadline);
+
+  // Refuses new requests (UNAVAILABLE), lets running and waiting requests
+  // finish until `timeout`, then aborts the rest. Returns when all are done.
+  void Drain(absl::Duration timeout);
+
+  EngineStats stats() const;
+  const Model& model() const;
+  const EngineOptions& options() const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace attnserve

@@ -1,0 +1,311 @@
+// The engine thread: admit requests, schedule, run a step, sample, emit.
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/core/engine_impl.h"
+#include "engine/metrics/metrics.h"
+#include "engine/sampling/sampler.h"
+
+namespace attnserve {
+namespace {
+
+// Scoring needs the logits of every token: its chunks are kept small so a
+// step's logits stay a few tens of MB.
+constexpr int32_t kScoreChunkTokens = 128;
+
+// Salt that keeps a request's pages to itself; its n completions share them.
+uint64_t PrivateSalt(uint64_t handle) { return 0x5eed000000000000ull ^ (handle * 0x9e3779b97f4a7c15ull); }
+
+StepPhase PhaseOf(const ScheduleOutput& schedule) {
+  bool prefill = false, decode = false;
+  for (const ScheduledChunk& c : schedule.chunks) {
+    // A decode step feeds exactly the last sampled token.
+    const bool is_decode = c.num_tokens == 1 && c.seq->num_computed + 1 == static_cast<int32_t>(c.seq->tokens.size()) &&
+                           static_cast<const Sequence*>(c.seq)->generated > 0;
+    (is_decode ? decode : prefill) = true;
+  }
+  return prefill && decode ? StepPhase::kMixed : (decode ? StepPhase::kDecode : StepPhase::kPrefill);
+}
+
+}  // namespace
+
+void Engine::Impl::Loop() {
+  for (;;) {
+    std::vector<std::unique_ptr<RequestState>> incoming;
+    std::vector<std::pair<uint64_t, absl::Status>> aborted;
+    bool drain_expired = false;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      const auto has_work = [&] {
+        return stopping || !inbox.empty() || !aborts.empty() || scheduler.num_running() > 0 ||
+               scheduler.num_waiting() > 0;
+      };
+      // Sleep while idle, but wake for deadlines and the drain timeout.
+      while (!has_work()) wake.wait_for(lock, std::chrono::milliseconds(requests.empty() ? 1000 : 10));
+      incoming.swap(inbox);
+      aborted.swap(aborts);
+      drain_expired = draining && absl::Now() >= drain_deadline;
+      if (stopping) drain_expired = true;
+    }
+    AdmitNew(incoming);
+    for (auto& [handle, status] : aborted) {
+      auto it = requests.find(handle);
+      if (it != requests.end()) FailRequest(*it->second, status);
+    }
+    ExpireDeadlines(absl::Now());
+    if (drain_expired) {
+      std::vector<RequestState*> all;
+      for (auto& [h, r] : requests) all.push_back(r.get());
+      for (RequestState* r : all) FailRequest(*r, absl::UnavailableError("the server is shutting down"));
+    }
+    FlushOutputs();
+    bool stop_now;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop_now = stopping && requests.empty();
+    }
+    if (stop_now) break;
+    const ScheduleOutput schedule = scheduler.Schedule();
+    for (SchedSeq* s : schedule.out_of_memory) {
+      FinishSequence(static_cast<Sequence&>(*s), FinishReason::kLength, absl::OkStatus());
+    }
+    if (!schedule.chunks.empty()) RunStep(schedule);
+    FlushOutputs();
+    PublishStats(schedule);
+  }
+}
+
+void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming) {
+  for (std::unique_ptr<RequestState>& r : incoming) {
+    const int32_t n = r->score ? 1 : std::max(1, r->request.sampling.n);
+    for (int32_t i = 0; i < n; ++i) {
+      auto seq = std::make_unique<Sequence>();
+      seq->request = r.get();
+      seq->index = i;
+      seq->priority = r->request.priority;
+      seq->tokens = r->request.prompt_ids;
+      seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
+      seq->pending.index = i;
+      if (r->score) {
+        seq->max_chunk = kScoreChunkTokens;
+        seq->use_prefix_cache = false;
+      } else {
+        SamplingOptions sampling = r->request.sampling;
+        if (sampling.seed.has_value()) sampling.seed = *sampling.seed + static_cast<uint64_t>(i);
+        seq->sampler.emplace(sampling, seq->tokens, eog_ids);
+        seq->stop.emplace(r->request.sampling.stop, r->request.sampling.min_tokens);
+        // Completions of one request always share the prompt's pages; other
+        // requests only when prefix caching is on.
+        seq->cache_salt = options.prefix_caching ? 0 : PrivateSalt(r->handle);
+      }
+      r->seqs.push_back(std::move(seq));
+    }
+    r->unfinished = n;
+    RequestState* raw = r.get();
+    requests.emplace(r->handle, std::move(r));
+    // Siblings start once the first completion's prompt is in the cache.
+    StartSequence(*raw->seqs[0]);
+  }
+}
+
+void Engine::Impl::StartSequence(Sequence& seq) {
+  seq.arrival_order = next_arrival++;
+  seq.scheduled = true;
+  scheduler.AddWaiting(&seq);
+}
+
+void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
+  const absl::Time now = absl::Now();
+  steps.clear();
+  for (const ScheduledChunk& c : schedule.chunks) {
+    Sequence& seq = static_cast<Sequence&>(*c.seq);
+    if (!seq.request->first_scheduled) {
+      seq.request->first_scheduled = now;
+      if (metrics) metrics->ObserveQueueTime(absl::ToDoubleSeconds(now - seq.request->request.arrival));
+    }
+    SequenceStep step;
+    step.pages = &seq.pages;
+    step.tokens = std::span<const int32_t>(seq.tokens).subspan(seq.num_computed, c.num_tokens);
+    step.first_pos = seq.num_computed;
+    const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
+    step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
+    steps.push_back(step);
+  }
+  const absl::Status forward = backend->Forward(steps, logits);
+  if (metrics) metrics->ObserveStepTime(PhaseOf(schedule), absl::ToDoubleSeconds(absl::Now() - now));
+  if (const absl::Status& s = forward; !s.ok()) {
+    std::vector<RequestState*> failed;
+    for (const ScheduledChunk& c : schedule.chunks) failed.push_back(static_cast<Sequence*>(c.seq)->request);
+    std::sort(failed.begin(), failed.end());
+    failed.erase(std::unique(failed.begin(), failed.end()), failed.end());
+    for (RequestState* r : failed) FailRequest(*r, absl::InternalError(absl::StrCat("engine step failed: ", s.message())));
+    return;
+  }
+  const size_t vocab = model.config.vocab_size;
+  size_t row = 0;
+  for (size_t i = 0; i < schedule.chunks.size(); ++i) {
+    Sequence& seq = static_cast<Sequence&>(*schedule.chunks[i].seq);
+    const int32_t n = schedule.chunks[i].num_tokens;
+    const int32_t first = seq.num_computed;
+    seq.num_computed += n;
+    seq.pages.num_tokens = seq.num_computed;
+    if (seq.num_computed / options.page_size > first / options.page_size && !seq.request->score) {
+      prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(seq.num_computed), seq.pages.pages,
+                          seq.cache_salt);
+    }
+    if (seq.request->score) {
+      AfterScoreRows(seq, first, n, &logits[row * vocab]);
+      row += n;
+      continue;
+    }
+    if (steps[i].logits != LogitsWanted::kLast) continue;
+    std::span<float> last(&logits[row * vocab], vocab);
+    ++row;
+    // The prompt is now cached: the other completions can start and share it.
+    if (seq.index == 0 && seq.generated == 0) {
+      for (auto& sibling : seq.request->seqs) {
+        if (!sibling->scheduled) StartSequence(*sibling);
+      }
+    }
+    const SampledToken sampled = seq.sampler->Sample(last);
+    AfterToken(seq, sampled.token, sampled);
+  }
+}
+
+void Engine::Impl::AfterToken(Sequence& seq, int32_t token, const SampledToken& sampled) {
+  RequestState& r = *seq.request;
+  const absl::Time now = absl::Now();
+  if (!r.first_token) {
+    r.first_token = now;
+    if (metrics) {
+      metrics->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - r.request.arrival));
+      metrics->AddPromptTokens(seq.num_prompt);
+    }
+  } else if (metrics && seq.generated > 0) {
+    metrics->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - seq.last_token_time));
+  }
+  if (metrics) metrics->AddGenerationTokens(1);
+  seq.last_token_time = now;
+  seq.tokens.push_back(token);
+  seq.sampler->Accept(token);
+  ++seq.generated;
+  const SamplingOptions& so = r.request.sampling;
+  seq.pending.token_ids.push_back(token);
+  if (so.logprobs) seq.pending.logprobs.push_back({sampled.logprob, sampled.top});
+  const bool is_eog = model.tokenizer->IsEndOfGeneration(token) && !so.ignore_eos;
+  const bool is_stop_token = std::find(so.stop_token_ids.begin(), so.stop_token_ids.end(), token) != so.stop_token_ids.end();
+  if (is_eog || is_stop_token) {
+    seq.pending.text += seq.stop->Flush();
+    FinishSequence(seq, FinishReason::kStop, absl::OkStatus());
+    return;
+  }
+  const StopChecker::Result text = seq.stop->Push(model.tokenizer->TokenBytes(token));
+  seq.pending.text += text.delta;
+  if (text.stopped) {
+    FinishSequence(seq, FinishReason::kStop, absl::OkStatus());
+    return;
+  }
+  if (seq.generated >= so.max_tokens || static_cast<int32_t>(seq.tokens.size()) >= model.config.context_length) {
+    seq.pending.text += seq.stop->Flush();
+    FinishSequence(seq, FinishReason::kLength, absl::OkStatus());
+  }
+}
+
+void Engine::Impl::AfterScoreRows(Sequence& seq, int32_t first_pos, int32_t n, const float* rows) {
+  RequestState& r = *seq.request;
+  const size_t vocab = model.config.vocab_size;
+  const int32_t total = static_cast<int32_t>(seq.tokens.size());
+  r.token_logprobs.resize(total, 0.0f);
+  std::vector<float> logprobs(vocab);
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t pos = first_pos + i;
+    if (pos + 1 >= total) break;
+    LogSoftmax(std::span<const float>(rows + i * vocab, vocab), logprobs);
+    r.token_logprobs[pos + 1] = logprobs[seq.tokens[pos + 1]];
+  }
+  if (seq.num_computed < total) return;
+  ScoreResult result;
+  result.token_ids = seq.tokens;
+  result.token_logprobs = r.token_logprobs;
+  double nll = 0.0;
+  for (int32_t i = 1; i < total; ++i) nll -= r.token_logprobs[i];
+  result.perplexity = std::exp(nll / (total - 1));
+  r.score_result.set_value(std::move(result));
+  r.score = false;  // the promise is spent; FinishSequence must not set it again
+  FinishSequence(seq, FinishReason::kStop, absl::OkStatus());
+}
+
+void Engine::Impl::FinishSequence(Sequence& seq, FinishReason reason, absl::Status error) {
+  if (seq.finished) return;
+  RequestState& r = *seq.request;
+  seq.finished = true;
+  if (seq.scheduled) scheduler.Remove(&seq);
+  seq.pending.finish_reason = reason;
+  seq.pending.error = std::move(error);
+  seq.pending.prompt_tokens = seq.num_prompt;
+  seq.pending.completion_tokens = seq.generated;
+  seq.pending.cached_prompt_tokens = std::min(seq.cached_tokens, seq.num_prompt);
+  const absl::Time arrival = r.request.arrival;
+  if (r.first_scheduled) seq.pending.queue_seconds = absl::ToDoubleSeconds(*r.first_scheduled - arrival);
+  if (r.first_token) seq.pending.time_to_first_token_seconds = absl::ToDoubleSeconds(*r.first_token - arrival);
+  if (r.score) r.score_result.set_value(seq.pending.error.ok() ? absl::AbortedError("scoring aborted") : seq.pending.error);
+  if (metrics && !r.score && seq.pending.error.ok()) {
+    metrics->CountSuccess(reason == FinishReason::kStop ? "stop" : (reason == FinishReason::kLength ? "length" : "abort"));
+  }
+  if (r.out) r.out->Push(std::move(seq.pending));
+  seq.pending = GenerationDelta{};
+  seq.pending.index = seq.index;
+  if (--r.unfinished > 0) return;
+  if (metrics && !r.score) metrics->ObserveE2eLatency(absl::ToDoubleSeconds(absl::Now() - arrival));
+  requests.erase(r.handle);  // destroys r and its sequences
+  std::lock_guard<std::mutex> lock(mu);
+  if (--queued == 0) idle.notify_all();
+}
+
+void Engine::Impl::FailRequest(RequestState& r, absl::Status error) {
+  // FinishSequence may destroy r with its last sequence: collect first.
+  std::vector<Sequence*> live;
+  for (auto& s : r.seqs) {
+    if (!s->finished) live.push_back(s.get());
+  }
+  for (Sequence* s : live) FinishSequence(*s, FinishReason::kAbort, error);
+}
+
+void Engine::Impl::FlushOutputs() {
+  for (auto& [handle, r] : requests) {
+    if (!r->out) continue;
+    for (auto& seq : r->seqs) {
+      if (seq->finished || (seq->pending.token_ids.empty() && seq->pending.text.empty())) continue;
+      r->out->Push(std::move(seq->pending));
+      seq->pending = GenerationDelta{};
+      seq->pending.index = seq->index;
+    }
+  }
+}
+
+void Engine::Impl::ExpireDeadlines(absl::Time now) {
+  std::vector<RequestState*> expired;
+  for (auto& [handle, r] : requests) {
+    if (now >= r->request.deadline) expired.push_back(r.get());
+  }
+  for (RequestState* r : expired) FailRequest(*r, absl::DeadlineExceededError("the request's deadline passed"));
+}
+
+void Engine::Impl::PublishStats(const ScheduleOutput& schedule) {
+  std::lock_guard<std::mutex> lock(mu);
+  stats.preemptions_total += static_cast<int64_t>(schedule.preempted.size());
+  stats.running = scheduler.num_running();
+  stats.waiting = scheduler.num_waiting();
+  stats.kv_pages_used = scheduler.pages_in_use();
+  if (metrics) {
+    metrics->AddPreemptions(static_cast<int64_t>(schedule.preempted.size()));
+    metrics->AddPrefixCacheTokens(schedule.prefix_cache_queried_tokens, schedule.prefix_cache_hit_tokens);
+    metrics->SetRunning(stats.running);
+    metrics->SetWaiting(stats.waiting);
+    metrics->SetKvCacheUsage(stats.kv_pages_total > 0 ? static_cast<double>(stats.kv_pages_used) / stats.kv_pages_total : 0.0);
+  }
+}
+
+}  // namespace attnserve

@@ -1,0 +1,104 @@
+#include "server/serve.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/core/engine.h"
+#include "engine/metrics/metrics.h"
+#include "engine/model/model.h"
+#include "server/byte_size.h"
+#include "server/server.h"
+#include "tools/common_flags.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address the gRPC server listens on.");
+ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free one (printed at start).");
+ABSL_FLAG(int, metrics_port, 9400, "Prometheus /metrics port; 0 picks a free one, -1 turns it off.");
+ABSL_FLAG(int, max_num_seqs, 64, "Sequences running at once.");
+ABSL_FLAG(int, max_num_batched_tokens, 512, "Tokens per engine step (longer prompts are prefilled in chunks).");
+ABSL_FLAG(attnserve::ByteSize, kv_cache_memory, attnserve::ByteSize{256ll << 20},
+          "KV cache size, e.g. 256MiB or 2GiB.");
+ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
+          "On SIGTERM/SIGINT, how long running requests may finish before they are aborted.");
+
+namespace attnserve {
+namespace {
+
+void LogLine(const std::string& message) {
+  std::fputs(absl::StrFormat("I %s %s\n", absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::Now(), absl::UTCTimeZone()),
+                             message)
+                 .c_str(),
+             stderr);
+}
+
+int Fail(const absl::Status& status) {
+  std::fputs(absl::StrFormat("error: %s\n", status.ToString()).c_str(), stderr);
+  return 1;
+}
+
+}  // namespace
+
+int RunServe() {
+  // SIGTERM and SIGINT are taken by sigwait below; blocking them before any
+  // thread starts makes every thread (gRPC's, the engine's) inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return Fail(absl::InvalidArgumentError("--metrics_port: must be -1 (off) or in [0, 65535]"));
+  }
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(absl::GetFlag(FLAGS_model));
+  if (!model.ok()) return Fail(model.status());
+
+  Metrics metrics;
+  std::optional<MetricsExposer> exposer;
+  if (metrics_port >= 0) {
+    absl::StatusOr<MetricsExposer> started = StartExposer(metrics, absl::StrFormat("0.0.0.0:%d", metrics_port));
+    if (!started.ok()) return Fail(started.status());
+    exposer.emplace(*std::move(started));
+  }
+
+  EngineOptions options;
+  options.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  options.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_memory).bytes;
+  options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  options.num_threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(**model, options, &metrics);
+  if (!engine.ok()) return Fail(engine.status());
+
+  ServerOptions server_options;
+  server_options.host = absl::GetFlag(FLAGS_host);
+  server_options.port = absl::GetFlag(FLAGS_port);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(**engine, &metrics, server_options);
+  if (!server.ok()) return Fail(server.status());
+
+  // Tests and scripts read the ports from this line.
+  const std::string metrics_at = exposer ? absl::StrFormat(":%d", exposer->port()) : "off";
+  std::printf("serving on %s:%d, metrics on %s\n", server_options.host.c_str(), (*server)->port(), metrics_at.c_str());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  const absl::Duration timeout = absl::GetFlag(FLAGS_drain_timeout);
+  LogLine(absl::StrFormat("draining on signal %d (timeout %s)", signal, absl::FormatDuration(timeout)));
+  (*server)->Drain(timeout);
+  server->reset();
+  engine->reset();
+  LogLine("drained, exiting");
+  return 0;
+}
+
+}  // namespace attnserve

@@ -1,0 +1,46 @@
+// The gRPC server around an engine: the Generation service, grpc.health.v1
+// and server reflection on one port.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/core/engine.h"
+#include "grpcpp/grpcpp.h"
+#include "server/generation_service.h"
+#include "server/serving_context.h"
+
+namespace attnserve {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 50051;  // 0: an ephemeral port, see Server::port()
+};
+
+class Server {
+ public:
+  // `engine` (and `metrics`, which may be null) must outlive the server.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(Engine& engine, Metrics* metrics, const ServerOptions& options);
+  // Stops at once if Drain has not: calls in flight are cancelled.
+  ~Server();
+
+  int port() const { return port_; }
+
+  // Graceful stop: health turns NOT_SERVING and new Generate/Score calls get
+  // UNAVAILABLE; the engine finishes what it holds (aborting what is left
+  // after `timeout`); then gRPC stops once the last responses are written.
+  void Drain(absl::Duration timeout);
+
+ private:
+  Server(Engine& engine, Metrics* metrics) : serving_(engine, metrics), service_(serving_) {}
+
+  ServingContext serving_;
+  GenerationService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace attnserve

@@ -1,0 +1,132 @@
+"""End-to-end tests of `attnserve serve` through a real gRPC client: the
+built binary on the default model, ephemeral ports on 127.0.0.1."""
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from conftest import THREADS, run_attnserve_json
+from server_process import ServerProcess, generate, wait_for_metric
+
+
+@pytest.fixture(scope="module")
+def server(attnserve_bin, model_path, tmp_path_factory):
+    s = ServerProcess(attnserve_bin, model_path, tmp_path_factory.mktemp("server") / "stderr.log")
+    yield s
+    s.stop()
+
+
+def test_greedy_generate_equals_cli(stubs, server, attnserve_bin, model_path):
+    prompt = "The three primary colors are"
+    cli = run_attnserve_json(attnserve_bin, "generate", "--model", model_path, "--prompt", prompt,
+                             "--max-tokens", 12, "--ignore-eos", "--threads", THREADS)
+    messages = generate(stubs, server, prompt=prompt, sampling={"max_tokens": 12, "ignore_eos": True})
+    ids = [t for m in messages for t in m.token_ids]
+    assert ids == cli["token_ids"]
+    assert "".join(m.text for m in messages) == cli["text"]
+    final = messages[-1]
+    assert final.finished and final.finish_reason == stubs.pb.LENGTH
+    assert final.usage.prompt_tokens == len(cli["prompt_token_ids"])
+    assert final.usage.completion_tokens == 12
+    assert all(not m.finished for m in messages[:-1])
+
+
+def test_health_is_serving(stubs, server):
+    health = stubs.health_grpc.HealthStub(server.channel)
+    response = health.Check(stubs.health_pb.HealthCheckRequest(service=""), timeout=10)
+    assert response.status == stubs.health_pb.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_and_describes_the_service(stubs, server):
+    reflection = stubs.reflection_grpc.ServerReflectionStub(server.channel)
+    requests = [stubs.reflection_pb.ServerReflectionRequest(list_services=""),
+                stubs.reflection_pb.ServerReflectionRequest(file_containing_symbol="attnserve.v1.Generation")]
+    listed, described = list(reflection.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"attnserve.v1.Generation", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # what grpcurl describe needs
+
+
+def test_invalid_request_is_rejected_and_counted(stubs, server):
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, server, prompt="hi", sampling={"temperature": -1.0})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling.temperature" in e.value.details()
+    assert server.metric("attnserve_request_errors_total", 'code="INVALID_ARGUMENT"') >= 1
+
+
+def test_non_dense_policy_is_unimplemented(stubs, server):
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, server, prompt="hi", attention={"streaming": {"window_tokens": 64}})
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "attention.streaming" in e.value.details()
+
+
+def test_32_concurrent_streams(stubs, server):
+    stub = stubs.pb_grpc.GenerationStub(server.channel)
+
+    def one(i):
+        request = stubs.pb.GenerateRequest(prompt=f"Count from {i} to {i + 5}:",
+                                           sampling={"max_tokens": 6, "ignore_eos": True})
+        messages = list(stub.Generate(request, timeout=300))
+        prompt_ids = stub.Tokenize(stubs.pb.TokenizeRequest(text=request.prompt, add_special=True,
+                                                            parse_special=True), timeout=30).token_ids
+        return messages, len(prompt_ids)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    for messages, prompt_tokens in results:
+        final = messages[-1]
+        assert final.finished and final.finish_reason == stubs.pb.LENGTH
+        assert final.usage.completion_tokens == sum(len(m.token_ids) for m in messages) == 6
+        assert final.usage.prompt_tokens == prompt_tokens
+
+
+def test_cancel_and_deadline_free_the_kv_cache(stubs, server):
+    stub = stubs.pb_grpc.GenerationStub(server.channel)
+    long_request = stubs.pb.GenerateRequest(prompt="Tell me a long story.",
+                                            sampling={"max_tokens": 4000, "ignore_eos": True})
+    call = stub.Generate(long_request, timeout=300)
+    next(call)
+    next(call)
+    assert server.metric("attnserve_kv_cache_usage_ratio") > 0
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as e:
+        list(call)
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    assert wait_for_metric(server, "attnserve_kv_cache_usage_ratio", 0.0) == 0.0
+
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Generate(long_request, timeout=1.0))
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for_metric(server, "attnserve_kv_cache_usage_ratio", 0.0) == 0.0
+    assert wait_for_metric(server, "attnserve_num_requests_running", 0.0) == 0.0
+
+
+def test_sigterm_drains_and_exits_0(stubs, attnserve_bin, model_path, tmp_path):
+    s = ServerProcess(attnserve_bin, model_path, tmp_path / "stderr.log", "--drain-timeout", "60s")
+    stub = stubs.pb_grpc.GenerationStub(s.channel)
+    running = stub.Generate(stubs.pb.GenerateRequest(prompt="Once upon a time",
+                                                     sampling={"max_tokens": 48, "ignore_eos": True}), timeout=300)
+    first = next(running)
+    s.proc.send_signal(signal.SIGTERM)
+    # Draining: health says NOT_SERVING and new requests are refused...
+    health = stubs.health_grpc.HealthStub(s.channel)
+    deadline = time.monotonic() + 10
+    while health.Check(stubs.health_pb.HealthCheckRequest(), timeout=10).status != \
+            stubs.health_pb.HealthCheckResponse.NOT_SERVING:
+        assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+        time.sleep(0.05)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Generate(stubs.pb.GenerateRequest(prompt="hi"), timeout=30))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # ... while the running stream completes.
+    rest = list(running)
+    assert rest[-1].finished and rest[-1].finish_reason == stubs.pb.LENGTH
+    assert len(first.token_ids) + sum(len(m.token_ids) for m in rest) == 48
+    assert s.proc.wait(timeout=60) == 0
+    s.stop()
+    log = (tmp_path / "stderr.log").read_text()
+    assert "drained" in log and 'method=Generate' in log
