@@ -1,0 +1,157 @@
+#include "engine/kv/kv_cache.h"
+
+#include <unistd.h>
+
+#include <cassert>
+#include <limits>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/common/half.h"
+
+namespace attnserve {
+namespace {
+
+// Physical memory: vector's zero fill would commit every byte, so a pool
+// larger than the machine could only end in the OOM killer.
+int64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(pages) * page_size;
+}
+
+}  // namespace
+
+absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32_t num_pages) {
+  if (shape.n_layers < 1 || shape.n_kv_heads < 1 || shape.head_dim < 1 || shape.page_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache shape (layers ", shape.n_layers, ", kv heads ",
+                                                   shape.n_kv_heads, ", head_dim ", shape.head_dim, ", page size ",
+                                                   shape.page_size, ") must be positive"));
+  }
+  if (num_pages < 1) return absl::InvalidArgumentError(absl::StrCat("kv cache needs pages, got ", num_pages));
+  // Each factor is below 2^31, so the products are checked in floating point
+  // before any of them could overflow int64.
+  const double elements = static_cast<double>(shape.n_layers) * num_pages * shape.n_kv_heads *
+                          shape.head_dim * shape.page_size;
+  const double bytes = 2.0 * elements * sizeof(fp16_t);
+  if (bytes > static_cast<double>(PhysicalMemoryBytes())) {
+    return absl::ResourceExhaustedError(absl::StrCat("kv cache of ", num_pages, " pages needs ", bytes,
+                                                     " bytes, more than the machine's memory"));
+  }
+  KvCachePool pool;
+  pool.shape_ = shape;
+  pool.num_pages_ = num_pages;
+  try {
+    pool.keys_.resize(static_cast<size_t>(elements));
+    pool.values_.resize(static_cast<size_t>(elements));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
+  } catch (const std::length_error&) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
+  }
+  return pool;
+}
+
+int64_t KvCachePool::page_elements() const {
+  return static_cast<int64_t>(shape_.n_kv_heads) * shape_.page_size * shape_.head_dim;
+}
+
+int64_t KvCachePool::bytes_per_page() const {
+  return 2 * static_cast<int64_t>(shape_.n_layers) * page_elements() * static_cast<int64_t>(sizeof(fp16_t));
+}
+
+fp16_t* KvCachePool::keys(int32_t layer) {
+  return keys_.data() + static_cast<int64_t>(layer) * num_pages_ * page_elements();
+}
+
+fp16_t* KvCachePool::values(int32_t layer) {
+  return values_.data() + static_cast<int64_t>(layer) * num_pages_ * page_elements();
+}
+
+PageAllocator::PageAllocator(int32_t num_pages) : ref_counts_(num_pages, 0) {
+  free_.reserve(num_pages);
+  // Reversed so that a fresh allocator hands out pages 0, 1, 2, ...
+  for (int32_t p = num_pages - 1; p >= 0; --p) free_.push_back(p);
+}
+
+absl::StatusOr<int32_t> PageAllocator::Allocate() {
+  if (free_.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat("all ", num_pages(), " kv cache pages are in use"));
+  }
+  const int32_t page = free_.back();
+  free_.pop_back();
+  ref_counts_[page] = 1;
+  return page;
+}
+
+// A reference to a free or unknown page is a caller bug; debug builds stop
+// there, release builds ignore it rather than corrupt the free list.
+void PageAllocator::AddRef(int32_t page) {
+  const bool held = page >= 0 && page < num_pages() && ref_counts_[page] > 0;
+  assert(held && "AddRef of a page that is not allocated");
+  if (held) ++ref_counts_[page];
+}
+
+void PageAllocator::Release(int32_t page) {
+  const bool held = page >= 0 && page < num_pages() && ref_counts_[page] > 0;
+  assert(held && "Release of a page that is not allocated");
+  if (!held) return;
+  if (--ref_counts_[page] == 0) free_.push_back(page);
+}
+
+absl::Status ReservePages(PageTable& table, int32_t num_tokens, int32_t page_size, PageAllocator& allocator) {
+  if (page_size < 1 || num_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot reserve ", num_tokens, " tokens in pages of ", page_size));
+  }
+  const int64_t needed = (static_cast<int64_t>(num_tokens) + page_size - 1) / page_size;
+  const int64_t missing = needed - static_cast<int64_t>(table.pages.size());
+  if (missing <= 0) return absl::OkStatus();
+  if (missing > allocator.num_free()) {
+    return absl::ResourceExhaustedError(absl::StrCat("need ", missing, " kv cache pages, ", allocator.num_free(),
+                                                     " are free"));
+  }
+  for (int64_t i = 0; i < missing; ++i) table.pages.push_back(*allocator.Allocate());
+  return absl::OkStatus();
+}
+
+void ReleasePages(PageTable& table, PageAllocator& allocator) {
+  for (int32_t page : table.pages) allocator.Release(page);
+  table.pages.clear();
+  table.num_tokens = 0;
+}
+
+void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos, int32_t n_tokens,
+             const float* k, const float* v) {
+  const KvCacheShape& s = pool.shape();
+  fp16_t* keys = pool.keys(layer);
+  fp16_t* values = pool.values(layer);
+  const int64_t row = static_cast<int64_t>(s.n_kv_heads) * s.head_dim;
+  for (int32_t i = 0; i < n_tokens; ++i) {
+    const int32_t t = first_pos + i;
+    const int64_t page = table.pages[t / s.page_size];
+    for (int32_t h = 0; h < s.n_kv_heads; ++h) {
+      const int64_t dst = ((page * s.n_kv_heads + h) * s.page_size + t % s.page_size) * s.head_dim;
+      const int64_t src = i * row + static_cast<int64_t>(h) * s.head_dim;
+      for (int32_t c = 0; c < s.head_dim; ++c) {
+        keys[dst + c] = FloatToFp16(k[src + c]);
+        values[dst + c] = FloatToFp16(v[src + c]);
+      }
+    }
+  }
+}
+
+PagedKv LayerView(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t num_tokens) {
+  const KvCacheShape& s = pool.shape();
+  PagedKv kv;
+  kv.keys = pool.keys(layer);
+  kv.values = pool.values(layer);
+  kv.page_table = table.pages.data();
+  kv.page_size = s.page_size;
+  kv.n_kv_heads = s.n_kv_heads;
+  kv.head_dim = s.head_dim;
+  kv.num_tokens = num_tokens;
+  return kv;
+}
+
+}  // namespace attnserve

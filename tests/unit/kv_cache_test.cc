@@ -1,0 +1,170 @@
+#include "engine/kv/kv_cache.h"
+
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/common/half.h"
+
+namespace attnserve {
+namespace {
+
+TEST(PageAllocatorTest, AllocatesInOrderAndCountsReferences) {
+  PageAllocator a(3);
+  EXPECT_EQ(a.num_pages(), 3);
+  EXPECT_EQ(a.num_free(), 3);
+  EXPECT_EQ(*a.Allocate(), 0);
+  EXPECT_EQ(*a.Allocate(), 1);
+  EXPECT_EQ(a.ref_count(1), 1);
+  a.AddRef(1);
+  EXPECT_EQ(a.ref_count(1), 2);
+  a.Release(1);
+  EXPECT_EQ(a.ref_count(1), 1);
+  EXPECT_EQ(a.num_free(), 1);
+  a.Release(1);
+  EXPECT_EQ(a.ref_count(1), 0);
+  EXPECT_EQ(a.num_free(), 2);
+  // LIFO: the page freed last comes back first.
+  EXPECT_EQ(*a.Allocate(), 1);
+}
+
+TEST(PageAllocatorTest, ExhaustionIsAnError) {
+  PageAllocator a(2);
+  ASSERT_TRUE(a.Allocate().ok());
+  ASSERT_TRUE(a.Allocate().ok());
+  const absl::StatusOr<int32_t> page = a.Allocate();
+  EXPECT_EQ(page.status().code(), absl::StatusCode::kResourceExhausted);
+  a.Release(0);
+  EXPECT_EQ(*a.Allocate(), 0);
+}
+
+#ifdef NDEBUG
+// Release builds ignore misuse instead of corrupting the free list.
+TEST(PageAllocatorTest, MisuseIsIgnored) {
+  PageAllocator a(2);
+  const int32_t p = *a.Allocate();
+  a.Release(p);
+  a.Release(p);  // double free
+  a.AddRef(1);   // never allocated
+  a.Release(7);  // out of range
+  EXPECT_EQ(a.num_free(), 2);
+  EXPECT_EQ(a.ref_count(1), 0);
+  EXPECT_NE(*a.Allocate(), *a.Allocate());
+  EXPECT_FALSE(a.Allocate().ok());
+}
+#else
+TEST(PageAllocatorDeathTest, MisuseAsserts) {
+  PageAllocator a(2);
+  const int32_t p = *a.Allocate();
+  a.Release(p);
+  EXPECT_DEATH(a.Release(p), "not allocated");
+  EXPECT_DEATH(a.AddRef(1), "not allocated");
+}
+#endif
+
+TEST(ReservePagesTest, AllOrNothing) {
+  PageAllocator a(5);
+  PageTable t1, t2;
+  ASSERT_TRUE(ReservePages(t1, 33, 16, a).ok());  // 3 pages
+  EXPECT_EQ(t1.pages.size(), 3u);
+  EXPECT_EQ(a.num_free(), 2);
+  ASSERT_TRUE(ReservePages(t1, 48, 16, a).ok());  // still 3 pages
+  EXPECT_EQ(t1.pages.size(), 3u);
+
+  ASSERT_TRUE(ReservePages(t2, 16, 16, a).ok());
+  const absl::Status s = ReservePages(t2, 16 * 3, 16, a);  // needs 2 more, 1 free
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(t2.pages.size(), 1u);
+  EXPECT_EQ(a.num_free(), 1);
+
+  EXPECT_EQ(ReservePages(t2, 10, 0, a).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ReservePagesTest, ReleaseKeepsSharedPages) {
+  PageAllocator a(4);
+  PageTable t1, t2;
+  ASSERT_TRUE(ReservePages(t1, 20, 16, a).ok());
+  // t2 shares t1's first page, as a prefix-cache hit would.
+  a.AddRef(t1.pages[0]);
+  t2.pages.push_back(t1.pages[0]);
+  ASSERT_TRUE(ReservePages(t2, 17, 16, a).ok());
+  t1.num_tokens = 20;
+  ReleasePages(t1, a);
+  EXPECT_TRUE(t1.pages.empty());
+  EXPECT_EQ(t1.num_tokens, 0);
+  EXPECT_EQ(a.ref_count(t2.pages[0]), 1);
+  EXPECT_EQ(a.num_free(), 2);
+  ReleasePages(t2, a);
+  EXPECT_EQ(a.num_free(), 4);
+}
+
+TEST(KvCachePoolTest, ShapeAndSizes) {
+  const KvCacheShape shape{3, 2, 8, 4};
+  absl::StatusOr<KvCachePool> pool = KvCachePool::Create(shape, 5);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(pool->num_pages(), 5);
+  EXPECT_EQ(pool->page_elements(), 2 * 4 * 8);
+  EXPECT_EQ(pool->bytes_per_page(), 2 * 3 * 64 * 2);
+  EXPECT_EQ(pool->keys(1) - pool->keys(0), 5 * 64);
+  EXPECT_EQ(pool->values(2) - pool->values(0), 2 * 5 * 64);
+}
+
+TEST(KvCachePoolTest, RejectsBadShapesAndAbsurdSizes) {
+  EXPECT_EQ(KvCachePool::Create({0, 2, 8, 4}, 5).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvCachePool::Create({1, 2, 8, 0}, 5).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvCachePool::Create({1, 2, 8, 4}, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvCachePool::Create({1 << 20, 64, 128, 16}, 1 << 30).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(KvCacheTest, WriteAndReadBackThroughLayerView) {
+  const KvCacheShape shape{2, 3, 10, 4};
+  absl::StatusOr<KvCachePool> pool_or = KvCachePool::Create(shape, 8);
+  ASSERT_TRUE(pool_or.ok());
+  KvCachePool& pool = *pool_or;
+  PageAllocator a(8);
+  // Scatter the sequence's pages: allocate some, give back every other one.
+  std::vector<int32_t> held;
+  for (int i = 0; i < 6; ++i) held.push_back(*a.Allocate());
+  for (int i = 0; i < 6; i += 2) a.Release(held[i]);
+  PageTable table;
+  const int n = 11;
+  ASSERT_TRUE(ReservePages(table, n, shape.page_size, a).ok());
+
+  const int row = shape.n_kv_heads * shape.head_dim;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> k(n * row), v(n * row);
+  for (float& x : k) x = normal(rng);
+  for (float& x : v) x = normal(rng);
+  // Two writes whose boundary falls inside a page, as prefill then decode.
+  WriteKv(pool, 1, table, 0, 6, k.data(), v.data());
+  WriteKv(pool, 1, table, 6, n - 6, k.data() + 6 * row, v.data() + 6 * row);
+  table.num_tokens = n;
+
+  const PagedKv kv = LayerView(pool, 1, table, n);
+  EXPECT_EQ(kv.num_tokens, n);
+  EXPECT_EQ(kv.page_size, shape.page_size);
+  EXPECT_EQ(kv.n_kv_heads, shape.n_kv_heads);
+  EXPECT_EQ(kv.head_dim, shape.head_dim);
+  EXPECT_EQ(kv.page_table, table.pages.data());
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < shape.n_kv_heads; ++h) {
+      for (int c = 0; c < shape.head_dim; ++c) {
+        const int64_t at = ((static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.n_kv_heads + h) *
+                                kv.page_size + t % kv.page_size) * kv.head_dim + c;
+        ASSERT_EQ(kv.keys[at], FloatToFp16(k[t * row + h * shape.head_dim + c]));
+        ASSERT_EQ(kv.values[at], FloatToFp16(v[t * row + h * shape.head_dim + c]));
+      }
+    }
+  }
+  // Layer 0 was never written.
+  const PagedKv other = LayerView(pool, 0, table, n);
+  for (int64_t i = 0; i < pool.num_pages() * pool.page_elements(); ++i) {
+    ASSERT_EQ(other.keys[i], 0);
+    ASSERT_EQ(other.values[i], 0);
+  }
+}
+
+}  // namespace
+}  // namespace attnserve
