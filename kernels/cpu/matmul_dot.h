@@ -1,0 +1,36 @@
+// Internal to kernels/cpu: the per-target dot-product kernels behind MatMul.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/common/ggml_types.h"
+
+namespace attnserve {
+
+// Activation rows in ActivationTypeFor(weight type), `stride` bytes apart.
+// For Q8_0 and Q8_1 rows, `scales` holds each block's [d, s] as two floats
+// (s = 0 for Q8_0), ActScalesPerRow floats per row: the kernels would
+// otherwise convert them from fp16 once per weight row.
+struct ActRows {
+  const void* data = nullptr;
+  size_t stride = 0;
+  int64_t count = 0;
+  const float* scales = nullptr;
+};
+
+// Floats of ActRows::scales per row of `cols` elements; 0 for formats
+// without (F32, Q8_K).
+int64_t ActScalesPerRow(GgmlType act_type, int64_t cols);
+
+// Fills the scales of one quantized activation row.
+void ComputeActScales(GgmlType act_type, const void* row, int64_t cols, float* scales);
+
+// For r in [0, rows) and b in [0, act.count):
+//   y[b * y_stride + r] = dot(weight row r, activation row b)
+// Weight rows of `type` are w_stride bytes apart. Each weight row is read
+// once per 4 activation rows, so callers keep rows * w_stride cache-sized.
+void DotTile(GgmlType type, const void* w, size_t w_stride, int64_t rows, int64_t cols, const ActRows& act,
+             float* y, int64_t y_stride);
+
+}  // namespace attnserve
