@@ -6,14 +6,30 @@
 
 #include "kernels/common/half.h"
 
+// Numerics mirror the CPU reference this kernel is validated against
+// (llama.cpp without flash attention), because small models amplify every
+// rounding the two do differently into logit differences of ~1. It computes
+//   KQ  = mul_mat(K_f16, q): q converted to fp16; each dot product in fp32
+//         lanes, chunk after chunk of head_dim, the lanes then added by halves;
+//   P   = soft_max(KQ * scale): e = exp(s - max) by a vectorised exp, Σ e as
+//         per-vector float sums added in double, p = e * (1 / Σ);
+//   KQV = mul_mat(V_f16, P): P converted to fp16; one fp32 lane per key
+//         position mod the vector width, the lanes then added by halves.
+// (Those are the orders of its batched matmul; for one-token batches it sums
+// four accumulators per lane, which a kernel call cannot tell apart.)
+// Hence two passes: the logits of every visible key (over the key pages), the
+// softmax of whole rows, then the values. The hooks sit where its mask does:
+// bias after the scale, hidden keys at -inf, the virtual sink in max and
+// denominator, ACT on the normalised p before its fp16 rounding.
+
 #ifndef ATTNSERVE_KERNELS_CPU_ATTENTION_SHARED
 #define ATTNSERVE_KERNELS_CPU_ATTENTION_SHARED
 namespace attnserve::attention_detail {
 
-// Keys converted and scored together: small enough that the float copies of
-// a block's keys and values stay in L1 for head_dim up to 128, large enough
-// that page size 1 costs no more per key than page size 16.
-constexpr int kBlock = 32;
+// Keys (or values) converted to float together: 32 KiB at head_dim 64. Each
+// row's accumulators are loaded once per block and stripe (see pass 2), so
+// larger blocks cost less there.
+constexpr int kBlock = 128;
 
 struct KeyRange2 {
   KeyRange r[2];
@@ -37,21 +53,31 @@ inline KeyRange2 KeysToRead(const SequenceAttentionParams& p, int32_t min_pos, i
   return out;
 }
 
-// Per-row online-softmax state lives in flat arrays of the scratch below.
+// The ranges to read, packed into the columns of the per-row logit arrays.
+// Dense, column == position: the softmax sums the reference's vectors of keys.
+struct Columns {
+  KeyRange2 k;
+  int32_t Size0() const { return k.r[0].end - k.r[0].begin; }
+  int32_t Count() const { return Size0() + (k.n == 2 ? k.r[1].end - k.r[1].begin : 0); }
+  int32_t Of(int32_t t) const { return k.n == 2 && t >= k.r[1].begin ? t - k.r[1].begin + Size0() : t - k.r[0].begin; }
+  int32_t Position(int32_t c) const { return k.n == 1 || c < Size0() ? c + k.r[0].begin : c - Size0() + k.r[1].begin; }
+};
+
 struct Scratch {
-  std::vector<float> q;        // [rows][hdp], pre-multiplied by logit_scale
-  std::vector<float> acc;      // [rows][hdp]: Σ p v over keys outside the reweight set
-  std::vector<float> acc_set;  // [rows][hdp]: Σ p v over the reweight set (ACT rows only)
-  std::vector<float> max;      // running max, starts at the virtual sink logit
-  std::vector<float> mass;     // Σ p outside the reweight set
-  std::vector<float> mass_set;
-  std::vector<float> keys, values;  // [kBlock][hdp] floats of the block
-  std::vector<float> outside;       // [kBlock]: 1 where the key gets outside_span_bias
-  std::vector<float> in_set;        // [G][kBlock]: 1 where the key is in the head's reweight set
+  std::vector<float> q;        // [rows][hdp]: queries rounded to fp16
+  std::vector<float> logits;   // [rows][stride]: logits, then probabilities rounded to fp16
+  std::vector<float> acc;      // [rows][N][hdp]: Σ p v, one accumulator per key position mod N
+  std::vector<float> block;    // [kBlock][hdp]: floats of a block's keys, then of its values
+  std::vector<float> outside;  // [kBlock]: 1 where the key gets outside_span_bias
 };
 
 inline bool Reweights(const AttentionHeadParams& h) {
   return h.reweight_beta != 1.0f && h.reweight_keys_size > 0;
+}
+
+template <class T>
+void Grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
 }
 
 }  // namespace attnserve::attention_detail
@@ -61,7 +87,6 @@ inline bool Reweights(const AttentionHeadParams& h) {
 #define HWY_TARGET_INCLUDE "kernels/cpu/attention.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "hwy/contrib/math/math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attnserve {
@@ -69,36 +94,93 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using namespace attention_detail;
 using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
 
 #if HWY_TARGET != HWY_SCALAR
-// Adds the 128-bit blocks of v and stores the resulting 4 lanes.
+// Adds the upper half of v to its lower half until 128 bits remain: the
+// order of _mm512_reduce_add_ps and of the reference's 256-bit horizontal sum.
 template <class D, class V>
-HWY_INLINE void StoreBlockSum(D d, V v, float* out4) {
+HWY_INLINE auto FoldTo128(D d, V v) {
   if constexpr (hn::MaxLanes(d) <= 4) {
-    hn::StoreU(v, d, out4);
+    return v;
   } else {
     const hn::Half<D> dh;
-    StoreBlockSum(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out4);
+    return FoldTo128(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
   }
 }
 #endif
 
-// out4[i] = sum of the lanes of the i-th argument, with one transpose-add
-// tree instead of four horizontal reductions.
-HWY_INLINE void Sum4(DF d, hn::Vec<DF> a, hn::Vec<DF> b, hn::Vec<DF> c, hn::Vec<DF> e, float* out4) {
+// Sum of the lanes of v, folded by halves.
+HWY_INLINE float FoldSum(DF d, VF v) {
 #if HWY_TARGET == HWY_SCALAR
-  out4[0] = hn::GetLane(a);
-  out4[1] = hn::GetLane(b);
-  out4[2] = hn::GetLane(c);
-  out4[3] = hn::GetLane(e);
+  return hn::GetLane(v);
 #else
-  const hn::RepartitionToWide<hn::RebindToUnsigned<DF>> d64;
-  const auto ab = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b)));
-  const auto ce = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e)));
-  const auto sums = hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, ab, ce)),
-                            hn::BitCast(d, hn::InterleaveUpper(d64, ab, ce)));
-  StoreBlockSum(d, sums, out4);
+  const auto v4 = FoldTo128(d, v);
+  alignas(16) float x[4];
+  hn::Store(v4, hn::DFromV<decltype(v4)>(), x);
+  return (x[0] + x[2]) + (x[1] + x[3]);
 #endif
+}
+
+// out4[i] = FoldSum of the i-th argument times scale, the last two folds of
+// the four done as one transpose-add.
+HWY_INLINE void FoldSum4(DF d, VF a, VF b, VF c, VF e, float scale, float* out4) {
+#if HWY_TARGET == HWY_SCALAR
+  const VF v[4] = {a, b, c, e};
+  for (int i = 0; i < 4; ++i) out4[i] = hn::GetLane(v[i]) * scale;
+#else
+  const auto a4 = FoldTo128(d, a), b4 = FoldTo128(d, b), c4 = FoldTo128(d, c), e4 = FoldTo128(d, e);
+  const hn::DFromV<decltype(a4)> d4;
+  const hn::RepartitionToWide<hn::RebindToUnsigned<decltype(d4)>> d64;
+  // Lanes (a0+a2, b0+b2, a1+a3, b1+b3), likewise for c and e.
+  const auto ab = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d4, a4, b4), hn::InterleaveUpper(d4, a4, b4)));
+  const auto ce = hn::BitCast(d64, hn::Add(hn::InterleaveLower(d4, c4, e4), hn::InterleaveUpper(d4, c4, e4)));
+  const auto sums =
+      hn::Add(hn::BitCast(d4, hn::InterleaveLower(d64, ab, ce)), hn::BitCast(d4, hn::InterleaveUpper(d64, ab, ce)));
+  hn::StoreU(hn::Mul(sums, hn::Set(d4, scale)), d4, out4);
+#endif
+}
+
+// x rounded to the nearest fp16 value, ties to even (F16C's vcvtps2ph, which
+// the reference uses to convert q and p), returned as float.
+HWY_INLINE VF RoundToFp16(DF d, VF x) {
+  const hn::RebindToUnsigned<DF> du;
+  const VF a = hn::Abs(x);
+  // Normal fp16: drop 13 mantissa bits, rounding to even.
+  const auto bits = hn::BitCast(du, a);
+  const auto odd = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1u));
+  const VF normal = hn::BitCast(d, hn::And(hn::Add(bits, hn::Add(hn::Set(du, 0xfffu), odd)), hn::Set(du, ~0x1fffu)));
+  // Subnormal fp16: multiples of 2^-24, the spacing of floats in [0.5, 1).
+  const VF half = hn::Set(d, 0.5f);
+  VF r = hn::IfThenElse(hn::Lt(a, hn::Set(d, 0x1p-14f)), hn::Sub(hn::Add(a, half), half), normal);
+  r = hn::IfThenElse(hn::Ge(a, hn::Set(d, 65520.0f)), hn::Set(d, INFINITY), r);
+  return hn::CopySignToAbs(r, x);
+}
+
+// exp(x) for x <= 0 as the reference's vectorised expf computes it: n =
+// round(x / ln 2), a polynomial in the remainder b, times 2^n. Its AVX-512
+// build adds the polynomial's 1 before scaling (vscalefps); the AVX2 and NEON
+// builds compute k + k·j with k = 2^n. Results below 2^-126 are flushed to 0:
+// they cannot change a probability that sums with the maximum's 1 and rounds
+// to fp16.
+HWY_INLINE VF ExpNonPositive(DF d, VF x) {
+  const hn::RebindToUnsigned<DF> du;
+  const VF shifter = hn::Set(d, 0x1.8p23f);
+  const VF z = hn::MulAdd(x, hn::Set(d, 0x1.715476p+0f), shifter);
+  const VF n = hn::Sub(z, shifter);
+  const VF b = hn::NegMulAdd(n, hn::Set(d, 0x1.7f7d1cp-20f), hn::NegMulAdd(n, hn::Set(d, 0x1.62e4p-1f), x));
+  const VF u = hn::Mul(b, b);
+  const VF poly = hn::MulAdd(hn::MulAdd(hn::Set(d, 0x1.0e4020p-7f), b, hn::Set(d, 0x1.573e2ep-5f)), u,
+                             hn::MulAdd(hn::Set(d, 0x1.555e66p-3f), b, hn::Set(d, 0x1.fffdb6p-2f)));
+  // 2^n from the integer n held in z's low mantissa bits.
+  const VF k = hn::BitCast(d, hn::Add(hn::ShiftLeft<23>(hn::BitCast(du, z)), hn::Set(du, 0x3f800000u)));
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  const VF e = hn::Mul(hn::MulAdd(poly, u, hn::MulAdd(hn::Set(d, 0x1.ffffecp-1f), b, hn::Set(d, 1.0f))), k);
+#else
+  const VF j = hn::MulAdd(poly, u, hn::Mul(hn::Set(d, 0x1.ffffecp-1f), b));
+  const VF e = hn::MulAdd(k, j, k);
+#endif
+  return hn::IfThenZeroElse(hn::Lt(n, hn::Set(d, -126.0f)), e);
 }
 
 // Converts `n` rows of head_dim fp16 values to floats padded with zeros to hdp.
@@ -107,9 +189,10 @@ HWY_INLINE void ConvertRows(const fp16_t* base, const int32_t* page_table, int32
   const DF d;
   const hn::Rebind<hwy::float16_t, DF> dh;
   const int N = static_cast<int>(hn::Lanes(d));
+  int32_t page = first / page_size, slot = first % page_size;
   for (int j = 0; j < n; ++j) {
-    const int32_t t = first + j;
-    const fp16_t* src = base + page_table[t / page_size] * head_stride + static_cast<int64_t>(t % page_size) * hd;
+    const fp16_t* src = base + page_table[page] * head_stride + static_cast<int64_t>(slot) * hd;
+    if (++slot == page_size) slot = 0, ++page;
     float* row = dst + static_cast<int64_t>(j) * hdp;
     int c = 0;
     for (; c + N <= hd; c += N) {
@@ -120,43 +203,45 @@ HWY_INLINE void ConvertRows(const fp16_t* base, const int32_t* page_table, int32
   }
 }
 
-// s[j] = q · k_j for the first n keys of the block.
-HWY_INLINE void Scores(const float* q, const float* keys, int n, int hdp, float* s) {
+// s[j] = (q · k_j) * scale for the first n keys of the block: one accumulator
+// per lane over the chunks of head_dim, then folded (the reference's matmul
+// kernel), then scaled (its softmax).
+HWY_INLINE void Dots(const float* q, const float* keys, int n, int hdp, float scale, float* s) {
   const DF d;
   const int N = static_cast<int>(hn::Lanes(d));
   int j = 0;
   for (; j + 4 <= n; j += 4) {
     const float* k = keys + static_cast<int64_t>(j) * hdp;
-    auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
     for (int c = 0; c < hdp; c += N) {
-      const auto qv = hn::LoadU(d, q + c);
+      const VF qv = hn::LoadU(d, q + c);
       a0 = hn::MulAdd(qv, hn::LoadU(d, k + c), a0);
       a1 = hn::MulAdd(qv, hn::LoadU(d, k + hdp + c), a1);
       a2 = hn::MulAdd(qv, hn::LoadU(d, k + 2 * hdp + c), a2);
       a3 = hn::MulAdd(qv, hn::LoadU(d, k + 3 * hdp + c), a3);
     }
-    Sum4(d, a0, a1, a2, a3, s + j);
+    FoldSum4(d, a0, a1, a2, a3, scale, s + j);
   }
   for (; j < n; ++j) {
     const float* k = keys + static_cast<int64_t>(j) * hdp;
-    auto a = hn::Zero(d);
+    VF a = hn::Zero(d);
     for (int c = 0; c < hdp; c += N) a = hn::MulAdd(hn::LoadU(d, q + c), hn::LoadU(d, k + c), a);
-    s[j] = hn::GetLane(hn::SumOfLanes(d, a));
+    s[j] = FoldSum(d, a) * scale;
   }
 }
 
-// acc = acc * scale + Σ_{j<n} p[j] v_j. Four head_dim vectors at a time keep
-// independent FMA chains in registers across the keys.
-HWY_INLINE void AccumulateValues(const float* p, const float* values, int n, int hdp, float scale, float* acc) {
+// acc += Σ p[j] v_j over j = first, first + stride, ... < n, in that order.
+// Four head_dim vectors at a time keep independent FMA chains in registers.
+HWY_INLINE void AccumulateValues(const float* p, const float* values, int first, int n, int stride, int hdp,
+                                 float* acc) {
   const DF d;
   const int N = static_cast<int>(hn::Lanes(d));
-  const auto vs = hn::Set(d, scale);
   int c = 0;
   for (; c + 4 * N <= hdp; c += 4 * N) {
-    auto a0 = hn::Mul(hn::LoadU(d, acc + c), vs), a1 = hn::Mul(hn::LoadU(d, acc + c + N), vs);
-    auto a2 = hn::Mul(hn::LoadU(d, acc + c + 2 * N), vs), a3 = hn::Mul(hn::LoadU(d, acc + c + 3 * N), vs);
-    for (int j = 0; j < n; ++j) {
-      const auto pj = hn::Set(d, p[j]);
+    VF a0 = hn::LoadU(d, acc + c), a1 = hn::LoadU(d, acc + c + N);
+    VF a2 = hn::LoadU(d, acc + c + 2 * N), a3 = hn::LoadU(d, acc + c + 3 * N);
+    for (int j = first; j < n; j += stride) {
+      const VF pj = hn::Set(d, p[j]);
       const float* v = values + static_cast<int64_t>(j) * hdp + c;
       a0 = hn::MulAdd(pj, hn::LoadU(d, v), a0);
       a1 = hn::MulAdd(pj, hn::LoadU(d, v + N), a1);
@@ -169,35 +254,61 @@ HWY_INLINE void AccumulateValues(const float* p, const float* values, int n, int
     hn::StoreU(a3, d, acc + c + 3 * N);
   }
   for (; c < hdp; c += N) {
-    auto a = hn::Mul(hn::LoadU(d, acc + c), vs);
-    for (int j = 0; j < n; ++j) {
+    VF a = hn::LoadU(d, acc + c);
+    for (int j = first; j < n; j += stride) {
       a = hn::MulAdd(hn::Set(d, p[j]), hn::LoadU(d, values + static_cast<int64_t>(j) * hdp + c), a);
     }
     hn::StoreU(a, d, acc + c);
   }
 }
 
-// p[j] = exp(s[j] - max) over padded vectors (s is -inf past n, so p is 0
-// there); returns Σ p.
-HWY_INLINE float ExpShifted(const float* s, int n, float max, float* p) {
+// The row's logits s[0, extent) become probabilities, reweighted by ACT and
+// rounded to fp16 as the reference's KQV matmul converts them; zeros when
+// nothing is visible and there is no sink. The row is used up to whole vectors.
+HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHeadParams& h, const Columns& cols,
+                        int extent, float* s) {
   const DF d;
   const int N = static_cast<int>(hn::Lanes(d));
-  const auto vmax = hn::Set(d, max);
-  auto sum = hn::Zero(d);
-  for (int j = 0; j < n; j += N) {
-    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, s + j), vmax));
-    hn::StoreU(e, d, p + j);
-    sum = hn::Add(sum, e);
+  const int n = (extent + N - 1) / N * N;
+  std::fill(s + extent, s + n, -INFINITY);
+  VF vmax = hn::Set(d, h.virtual_sink_logit);
+  for (int j = 0; j < n; j += N) vmax = hn::Max(vmax, hn::LoadU(d, s + j));
+  const float max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  if (max == -INFINITY) {
+    std::fill(s, s + n, 0.0f);
+    return;
   }
-  return hn::GetLane(hn::SumOfLanes(d, sum));
-}
-
-HWY_INLINE float MaxOf(const float* s, int n) {
-  const DF d;
-  const int N = static_cast<int>(hn::Lanes(d));
-  auto m = hn::Set(d, -INFINITY);
-  for (int j = 0; j < n; j += N) m = hn::Max(m, hn::LoadU(d, s + j));
-  return hn::GetLane(hn::MaxOfLanes(d, m));
+  double sum = 0.0;
+  for (int j = 0; j < n; j += N) {
+    const VF e = ExpNonPositive(d, hn::Sub(hn::LoadU(d, s + j), hn::Set(d, max)));
+    hn::StoreU(e, d, s + j);
+    sum += FoldSum(d, e);
+  }
+  if (h.virtual_sink_logit != -INFINITY) sum += std::exp(h.virtual_sink_logit - max);
+  const VF inv = hn::Set(d, static_cast<float>(1.0 / sum));
+  if (!Reweights(h)) {
+    for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::Mul(hn::LoadU(d, s + j), inv)), d, s + j);
+    return;
+  }
+  for (int j = 0; j < n; j += N) hn::StoreU(hn::Mul(hn::LoadU(d, s + j), inv), d, s + j);
+  // ACT: the masses of the set and of the other keys (the rest summed, not
+  // taken as 1 - set, which would cancel when the set holds nearly all).
+  const int32_t* keys = params.reweight_keys + h.reweight_keys_begin;
+  const int32_t* end = keys + h.reweight_keys_size;
+  auto for_each_key = [&](auto&& f) {
+    const int32_t* it = std::lower_bound(keys, end, cols.Position(0));
+    for (int c = 0; c < extent; ++c) {
+      const int32_t t = cols.Position(c);
+      while (it != end && *it < t) ++it;
+      f(s[c], it != end && *it == t);
+    }
+  };
+  double mass_set = 0.0, mass_rest = 0.0;
+  for_each_key([&](float p, bool in_set) { (in_set ? mass_set : mass_rest) += p; });
+  const ReweightScales w =
+      ComputeReweightScales(h.reweight_beta, static_cast<float>(mass_set), static_cast<float>(mass_rest));
+  for_each_key([&](float& p, bool in_set) { p *= in_set ? w.in_set : w.rest; });
+  for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, s + j)), d, s + j);
 }
 
 void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv,
@@ -214,144 +325,114 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
   const fp16_t* value_base = kv.values + static_cast<int64_t>(kv_head) * kv.page_size * hd;
   const AttentionHeadParams* heads = params.heads + kv_head * G;
 
-  thread_local Scratch sc;
-  sc.q.assign(static_cast<size_t>(rows) * hdp, 0.0f);
-  sc.acc.assign(static_cast<size_t>(rows) * hdp, 0.0f);
-  sc.max.resize(rows);
-  sc.mass.assign(rows, 0.0f);
-  sc.mass_set.assign(rows, 0.0f);
-  sc.keys.resize(static_cast<size_t>(kBlock) * hdp);
-  sc.values.resize(static_cast<size_t>(kBlock) * hdp);
-  sc.outside.resize(kBlock);
-  sc.in_set.resize(static_cast<size_t>(G) * kBlock);
-
-  bool any_span_bias = false, any_reweight = false;
-  for (int g = 0; g < G; ++g) {
-    any_span_bias |= heads[g].outside_span_bias != 0.0f;
-    any_reweight |= Reweights(heads[g]);
-  }
-  if (any_reweight) sc.acc_set.assign(static_cast<size_t>(rows) * hdp, 0.0f);
-
   int32_t min_pos = queries.positions[0], max_pos = queries.positions[0];
   for (int i = 0; i < queries.n_queries; ++i) {
     min_pos = std::min(min_pos, queries.positions[i]);
     max_pos = std::max(max_pos, queries.positions[i]);
-    for (int g = 0; g < G; ++g) {
-      const int r = i * G + g;
-      const float* qsrc = queries.q + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd;
-      for (int c = 0; c < hd; ++c) sc.q[static_cast<size_t>(r) * hdp + c] = qsrc[c] * heads[g].logit_scale;
-      sc.max[r] = heads[g].virtual_sink_logit;
-    }
   }
+  const Columns cols{KeysToRead(params, min_pos, max_pos)};
+  const int64_t stride = (cols.Count() + N - 1) / N * N;
 
-  // Scores and weights of one row over the block, padded with -inf / 0.
-  alignas(64) float s[kBlock + 16];
-  alignas(64) float p[kBlock + 16];
-  alignas(64) float p_set[kBlock + 16];
+  thread_local Scratch sc;
+  Grow(sc.q, static_cast<size_t>(rows) * hdp);
+  Grow(sc.logits, static_cast<size_t>(rows) * stride);
+  Grow(sc.block, static_cast<size_t>(kBlock) * hdp);
+  Grow(sc.outside, kBlock);
+  sc.acc.assign(static_cast<size_t>(rows) * N * hdp, 0.0f);
 
-  const KeyRange2 ranges = KeysToRead(params, min_pos, max_pos);
-  for (int ri = 0; ri < ranges.n; ++ri) {
-    for (int32_t b0 = ranges.r[ri].begin; b0 < ranges.r[ri].end; b0 += kBlock) {
-      const int nb = std::min(kBlock, ranges.r[ri].end - b0);
-      ConvertRows(key_base, kv.page_table, kv.page_size, head_stride, b0, nb, hd, hdp, sc.keys.data());
-      ConvertRows(value_base, kv.page_table, kv.page_size, head_stride, b0, nb, hd, hdp, sc.values.data());
-      if (any_span_bias) {
-        for (int j = 0; j < nb; ++j) {
-          const int32_t t = b0 + j;
-          sc.outside[j] = t < params.prompt_tokens && !InSpans(params, t) ? 1.0f : 0.0f;
-        }
-      }
-      for (int g = 0; g < G; ++g) {
-        if (!Reweights(heads[g])) continue;
-        // Walk the sorted set from the block's first key.
-        const int32_t* keys = params.reweight_keys + heads[g].reweight_keys_begin;
-        const int32_t* end = keys + heads[g].reweight_keys_size;
-        const int32_t* it = std::lower_bound(keys, end, b0);
-        float* mask = &sc.in_set[static_cast<size_t>(g) * kBlock];
-        for (int j = 0; j < nb; ++j) {
-          const bool hit = it != end && *it == b0 + j;
-          mask[j] = hit ? 1.0f : 0.0f;
-          it += hit;
-        }
-      }
-
-      for (int i = 0; i < queries.n_queries; ++i) {
-        const int32_t pos = queries.positions[i];
-        const int n = std::min(nb, pos + 1 - b0);  // causal: keys [b0, b0 + n)
-        if (n <= 0) continue;
-        // Keys in [band_lo, band_hi) are evicted by the window for this query.
-        int band_lo = 0, band_hi = 0;
-        if (params.window_tokens > 0) {
-          band_lo = std::max(params.sink_tokens, b0) - b0;
-          band_hi = std::min(pos - params.window_tokens + 1, b0 + n) - b0;
-          if (band_lo == 0 && band_hi >= n) continue;
-        }
-        const int n_pad = (n + N - 1) / N * N;
-        for (int g = 0; g < G; ++g) {
-          const AttentionHeadParams& h = heads[g];
-          const int r = i * G + g;
-          Scores(&sc.q[static_cast<size_t>(r) * hdp], sc.keys.data(), n, hdp, s);
-          for (int j = n; j < n_pad; ++j) s[j] = -INFINITY;
-          for (int j = band_lo; j < band_hi; ++j) s[j] = -INFINITY;
-          if (b0 == 0) s[0] += h.first_token_bias;
-          if (h.outside_span_bias != 0.0f) {
-            for (int j = 0; j < n; ++j) {
-              if (sc.outside[j] != 0.0f) s[j] += h.outside_span_bias;
-            }
-          }
-          const float block_max = MaxOf(s, n_pad);
-          if (block_max == -INFINITY) continue;
-          const float old_max = sc.max[r];
-          const float new_max = std::max(old_max, block_max);
-          const float rescale = old_max == new_max ? 1.0f : std::exp(old_max - new_max);
-          sc.max[r] = new_max;
-          const float sum = ExpShifted(s, n_pad, new_max, p);
-          float* acc = &sc.acc[static_cast<size_t>(r) * hdp];
-          if (!Reweights(h)) {
-            sc.mass[r] = sc.mass[r] * rescale + sum;
-            AccumulateValues(p, sc.values.data(), n, hdp, rescale, acc);
-            continue;
-          }
-          // ACT: the set and the rest are accumulated apart and combined at
-          // the end. The rest's mass is summed, not taken as total minus set,
-          // which would cancel when the set holds nearly all of it.
-          const float* mask = &sc.in_set[static_cast<size_t>(g) * kBlock];
-          float sum_set = 0.0f, sum_rest = 0.0f;
-          for (int j = 0; j < n; ++j) {
-            p_set[j] = p[j] * mask[j];
-            p[j] -= p_set[j];
-            sum_set += p_set[j];
-            sum_rest += p[j];
-          }
-          sc.mass_set[r] = sc.mass_set[r] * rescale + sum_set;
-          sc.mass[r] = sc.mass[r] * rescale + sum_rest;
-          AccumulateValues(p, sc.values.data(), n, hdp, rescale, acc);
-          AccumulateValues(p_set, sc.values.data(), n, hdp, rescale, &sc.acc_set[static_cast<size_t>(r) * hdp]);
-        }
-      }
-    }
-  }
-
+  bool any_span_bias = false;
+  for (int g = 0; g < G; ++g) any_span_bias |= heads[g].outside_span_bias != 0.0f;
   for (int i = 0; i < queries.n_queries; ++i) {
     for (int g = 0; g < G; ++g) {
-      const AttentionHeadParams& h = heads[g];
-      const int r = i * G + g;
-      float* dst = out + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd;
-      const float sink = sc.max[r] == -INFINITY ? 0.0f : std::exp(h.virtual_sink_logit - sc.max[r]);
-      const float denom = sc.mass[r] + sc.mass_set[r] + sink;
-      const float* acc = &sc.acc[static_cast<size_t>(r) * hdp];
-      if (denom <= 0.0f) {
-        std::fill(dst, dst + hd, 0.0f);
-      } else if (!Reweights(h)) {
-        const float inv = 1.0f / denom;
-        for (int c = 0; c < hd; ++c) dst[c] = acc[c] * inv;
-      } else {
-        const ReweightScales w = ComputeReweightScales(h.reweight_beta, sc.mass_set[r], sc.mass[r]);
-        const float* acc_set = &sc.acc_set[static_cast<size_t>(r) * hdp];
-        const float in_set = w.in_set / denom, rest = w.rest / denom;
-        for (int c = 0; c < hd; ++c) dst[c] = acc_set[c] * in_set + acc[c] * rest;
+      const float* src = queries.q + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd;
+      float* dst = &sc.q[static_cast<size_t>(i * G + g) * hdp];
+      std::copy(src, src + hd, dst);
+      std::fill(dst + hd, dst + hdp, 0.0f);
+      for (int c = 0; c < hdp; c += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, dst + c)), d, dst + c);
+    }
+  }
+
+  // Calls body(b0, nb, col, n, band_lo, band_hi, i) for each block of keys to
+  // read and each query that sees some of it: keys [b0, b0 + n) are causal
+  // for the query and [band_lo, band_hi) of them (block offsets) evicted.
+  auto for_blocks = [&](const fp16_t* base, auto&& body) {
+    int32_t col = 0;
+    for (int ri = 0; ri < cols.k.n; ++ri) {
+      for (int32_t b0 = cols.k.r[ri].begin; b0 < cols.k.r[ri].end; b0 += kBlock) {
+        const int nb = std::min(kBlock, cols.k.r[ri].end - b0);
+        ConvertRows(base, kv.page_table, kv.page_size, head_stride, b0, nb, hd, hdp, sc.block.data());
+        for (int i = 0; i < queries.n_queries; ++i) {
+          const int32_t pos = queries.positions[i];
+          const int n = std::min(nb, pos + 1 - b0);
+          if (n <= 0) continue;
+          int band_lo = 0, band_hi = 0;
+          if (params.window_tokens > 0) {
+            band_lo = std::min(n, std::max(params.sink_tokens, b0) - b0);
+            band_hi = std::max(band_lo, std::min(pos - params.window_tokens + 1, b0 + n) - b0);
+          }
+          body(b0, nb, col, n, band_lo, band_hi, i);
+        }
+        col += nb;
       }
     }
+  };
+
+  // Pass 1: logits, -inf where hidden, up to each query's own position.
+  int32_t outside_b0 = -1;  // the block sc.outside describes
+  for_blocks(key_base, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
+    if (any_span_bias && outside_b0 != b0) {
+      for (int j = 0; j < nb; ++j) {
+        sc.outside[j] = b0 + j < params.prompt_tokens && !InSpans(params, b0 + j) ? 1.0f : 0.0f;
+      }
+      outside_b0 = b0;
+    }
+    for (int g = 0; g < G; ++g) {
+      const AttentionHeadParams& h = heads[g];
+      float* s = &sc.logits[static_cast<size_t>(i * G + g) * stride + col];
+      if (band_lo == 0 && band_hi >= n) {
+        std::fill(s, s + n, -INFINITY);
+        continue;
+      }
+      Dots(&sc.q[static_cast<size_t>(i * G + g) * hdp], sc.block.data(), n, hdp, h.logit_scale, s);
+      if (b0 == 0) s[0] += h.first_token_bias;
+      if (h.outside_span_bias != 0.0f) {
+        for (int j = 0; j < n; ++j) {
+          if (sc.outside[j] != 0.0f) s[j] += h.outside_span_bias;
+        }
+      }
+      std::fill(s + band_lo, s + band_hi, -INFINITY);
+    }
+  });
+
+  for (int r = 0; r < rows; ++r) {
+    const int extent = cols.Of(queries.positions[r / G]) + 1;
+    Softmax(params, heads[r % G], cols, extent, &sc.logits[static_cast<size_t>(r) * stride]);
+  }
+
+  // Pass 2: key position t goes to accumulator t mod N (the lane of the
+  // reference's matmul), each in key order; the N are then folded by halves.
+  for_blocks(value_base, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
+    if (band_lo == 0 && band_hi >= n) return;
+    for (int g = 0; g < G; ++g) {
+      const float* p = &sc.logits[static_cast<size_t>(i * G + g) * stride + col];
+      float* acc = &sc.acc[static_cast<size_t>(i * G + g) * N * hdp];
+      for (int j = 0; j < std::min(n, N); ++j) {
+        AccumulateValues(p, sc.block.data(), j, n, N, hdp, acc + static_cast<size_t>((b0 + j) % N) * hdp);
+      }
+    }
+  });
+
+  for (int r = 0; r < rows; ++r) {
+    float* acc = &sc.acc[static_cast<size_t>(r) * N * hdp];
+    for (int half = N / 2; half >= 1; half /= 2) {
+      for (int l = 0; l < half; ++l) {
+        float* lo = acc + static_cast<size_t>(l) * hdp;
+        const float* hi = acc + static_cast<size_t>(l + half) * hdp;
+        for (int c = 0; c < hdp; c += N) hn::StoreU(hn::Add(hn::LoadU(d, lo + c), hn::LoadU(d, hi + c)), d, lo + c);
+      }
+    }
+    const int i = r / G, g = r % G;
+    std::copy(acc, acc + hd, out + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd);
   }
 }
 

@@ -34,8 +34,9 @@ struct AttentionQueries {
 
 // out[i][h][:] = Σ_j p_ij v_j for the query heads of KV head `kv_head`
 // (heads kv_head*G .. kv_head*G+G-1, G = n_q_heads / n_kv_heads), reading each
-// key page once for the whole group. out has the layout of q. Online softmax
-// with the hooks applied per key; no materialised logits.
+// key and value page once for the whole group. out has the layout of q. Two
+// passes (logits of all keys, then values) with llama.cpp's roundings: q and
+// the weights p rounded to fp16 (see attention.cc).
 void PagedAttentionKvHead(const AttentionQueries& queries, const PagedKv& kv,
                           const SequenceAttentionParams& params, int kv_head, float* out);
 
