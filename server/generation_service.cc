@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "server/generate_reactor.h"
 #include "server/grpc_status.h"
+#include "server/policy_mapping.h"
 #include "server/request_mapping.h"
 
 namespace attnserve {
@@ -29,15 +30,20 @@ struct PolicyEntry {
 constexpr PolicyEntry kPolicies[] = {
     {"full", true, false, "keeps every token up to the model's context"},
     {"dense", true, false, "reads every visible token"},
-    {"streaming", false, false, "sink_tokens (default 4), window_tokens >= 1, positions cache|original"},
-    {"virtual_sink", false, false, "logit, or n_layers * n_heads per-head logits"},
+    {"streaming", true, false,
+     "sink_tokens (default 4), window_tokens >= 1; positions ORIGINAL (CACHE, the proto default, is not "
+     "implemented yet)"},
+    {"virtual_sink", true, false, "logit (default 0), or n_layers * n_heads per-head logits"},
     {"act", false, false, "beta in (0, 1] (0.4), tau in (0, 1) (0.1), layers (2 .. n_layers - 2), heads"},
-    {"zero_tuning", false, false, "gamma > 0, layers, heads"},
-    {"temperature", false, false, "n_layers * n_heads factors > 0"},
-    {"emphasis", false, false, "spans inside the prompt (chars or tokens), alpha in (0, 1] (0.01), layers, heads"},
+    {"zero_tuning", true, false, "gamma > 0, layers (all), heads (all)"},
+    {"temperature", true, false, "n_layers * n_heads factors > 0"},
+    {"emphasis", true, false,
+     "1 to 256 spans inside the prompt (CHARS need a text prompt, or TOKENS), alpha in (0, 1] (0.01), layers "
+     "(all), heads (all)"},
     {"duo", false, false, "retrieval_heads, sink_tokens (64), recent_tokens (256)"},
     {"sparse.quest", false, false, "token_budget >= page size, dense_layers (2)"},
     {"linear", false, true, "window_tokens, sink_tokens, feature_map taylor2"},
+    {"profile", false, false, "a head profile made by `attnserve profile`"},
 };
 
 std::string CpuModelName() {
@@ -70,24 +76,25 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
   record.method = "Score";
   record.request_id = serving_.NewRequestId();
   const absl::Time arrival = absl::Now();
-  absl::StatusOr<std::vector<int32_t>> ids = serving_.draining.load()
-                                                 ? absl::UnavailableError("the server is draining")
-                                                 : ScoreTokenIds(*request, serving_.engine.model());
+  absl::StatusOr<ScoreInput> input =
+      serving_.draining.load() ? absl::UnavailableError("the server is draining")
+                               : ToScoreInput(*request, serving_.engine.model(), serving_.default_attention);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!ids.ok()) {
-    record.code = ids.status().code();
-    record.error = std::string(ids.status().message());
+  if (!input.ok()) {
+    record.code = input.status().code();
+    record.error = std::string(input.status().message());
     serving_.RecordFinished(record);
-    reactor->Finish(ToGrpcStatus(ids.status()));
+    reactor->Finish(ToGrpcStatus(input.status()));
     return reactor;
   }
-  record.prompt_tokens = static_cast<int32_t>(ids->size());
+  record.prompt_tokens = static_cast<int32_t>(input->token_ids.size());
   // Engine::Score blocks until the engine thread has computed it; a gRPC
   // callback thread must not block that long.
   serving_.BeginBackgroundCall();
-  std::thread([this, reactor, response, arrival, record = std::move(record), ids = *std::move(ids),
+  std::thread([this, reactor, response, arrival, record = std::move(record), input = *std::move(input),
                deadline = DeadlineOf(*context)]() mutable {
-    absl::StatusOr<ScoreResult> result = serving_.engine.Score(std::move(ids), deadline);
+    absl::StatusOr<ScoreResult> result =
+        serving_.engine.Score(std::move(input.token_ids), std::move(input.attention), deadline);
     if (result.ok()) {
       response->mutable_token_ids()->Add(result->token_ids.begin(), result->token_ids.end());
       response->mutable_token_logprobs()->Add(result->token_logprobs.begin(), result->token_logprobs.end());
@@ -175,8 +182,7 @@ grpc::ServerUnaryReactor* GenerationService::GetServerInfo(grpc::CallbackServerC
   response->set_max_num_batched_tokens(o.max_num_batched_tokens);
   response->set_waiting_queue_limit(o.max_waiting);
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - serving_.started));
-  // No --default-attention yet: the default is dense over the full cache.
-  response->set_default_attention_json("{}");
+  response->set_default_attention_json(AttentionPolicyJson(serving_.default_attention));
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -7,13 +7,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "server/policy_mapping.h"
 
 namespace attnserve {
 namespace {
-
-absl::Status Unimplemented(absl::string_view field) {
-  return absl::UnimplementedError(absl::StrCat("attention.", field, ": not implemented yet"));
-}
 
 // Field-named errors of engine validators say "temperature: ..."; the client
 // wrote "sampling.temperature".
@@ -58,29 +55,21 @@ absl::StatusOr<std::vector<int32_t>> CheckedIds(const v1::TokenIds& ids, absl::s
 
 }  // namespace
 
-absl::Status CheckAttentionPolicy(const v1::AttentionPolicy& policy) {
-  if (policy.has_streaming()) return Unimplemented("streaming");
-  if (policy.has_virtual_sink()) return Unimplemented("virtual_sink");
-  if (policy.has_act()) return Unimplemented("act");
-  if (policy.has_zero_tuning()) return Unimplemented("zero_tuning");
-  if (policy.has_temperature()) return Unimplemented("temperature");
-  if (policy.has_emphasis()) return Unimplemented("emphasis");
-  if (policy.has_duo()) return Unimplemented("duo");
-  if (policy.has_sparse()) return Unimplemented("sparse");
-  if (policy.has_linear()) return Unimplemented("linear");
-  if (!policy.profile().empty()) return Unimplemented("profile");
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::vector<int32_t>> PromptTokenIds(const v1::GenerateRequest& request, const Model& model) {
-  std::vector<int32_t> ids;
+absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, const Model& model) {
+  MappedPrompt prompt;
+  std::vector<int32_t>& ids = prompt.ids;
   absl::string_view field;
   switch (request.input_case()) {
-    case v1::GenerateRequest::kPrompt:
+    case v1::GenerateRequest::kPrompt: {
       field = "prompt";
       if (request.prompt().empty()) return absl::InvalidArgumentError("prompt: is empty");
-      ids = model.tokenizer->Encode(request.prompt(), /*add_special=*/true, /*parse_special=*/true);
+      // Offsets for emphasis spans given in CHARS.
+      ids = model.tokenizer->EncodeWithOffsets(request.prompt(), /*add_special=*/true, /*parse_special=*/true,
+                                               &prompt.info.token_offsets);
+      prompt.info.is_text = true;
+      prompt.info.text_bytes = static_cast<int64_t>(request.prompt().size());
       break;
+    }
     case v1::GenerateRequest::kMessages: {
       field = "messages";
       ATTN_ASSIGN_OR_RETURN(ids, ChatPromptIds(request.messages(), model));
@@ -101,7 +90,16 @@ absl::StatusOr<std::vector<int32_t>> PromptTokenIds(const v1::GenerateRequest& r
     return absl::InvalidArgumentError(absl::StrCat(field, ": ", ids.size(), " tokens; the model's context of ", context,
                                                    " holds prompts of at most ", context - 1));
   }
-  return ids;
+  prompt.info.num_tokens = static_cast<int32_t>(ids.size());
+  return prompt;
+}
+
+absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const v1::AttentionPolicy* policy,
+                                                                          const v1::AttentionPolicy& server_default,
+                                                                          const ModelConfig& config,
+                                                                          const PromptInfo& prompt) {
+  ATTN_ASSIGN_OR_RETURN(const PolicySpec spec, ToPolicySpec(policy != nullptr ? *policy : server_default));
+  return PlanAttention(spec, config, prompt);
 }
 
 absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& params, const ModelConfig& config,
@@ -136,7 +134,8 @@ absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& para
   return o;
 }
 
-absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model) {
+absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model,
+                                                      const v1::AttentionPolicy& default_attention) {
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return absl::InvalidArgumentError(absl::StrCat("request_id: ", request.request_id().size(),
                                                    " bytes; at most ", kMaxRequestIdBytes));
@@ -145,27 +144,40 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
     return absl::InvalidArgumentError(absl::StrCat("priority: ", request.priority(), " is outside [", kMinPriority,
                                                    ", ", kMaxPriority, "]"));
   }
-  ATTN_RETURN_IF_ERROR(CheckAttentionPolicy(request.attention()));
+  ATTN_ASSIGN_OR_RETURN(MappedPrompt prompt, GeneratePrompt(request, model));
   GenerationRequest out;
-  ATTN_ASSIGN_OR_RETURN(out.prompt_ids, PromptTokenIds(request, model));
+  ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
+                                                            default_attention, model.config, prompt.info));
+  out.prompt_ids = std::move(prompt.ids);
   ATTN_ASSIGN_OR_RETURN(out.sampling, ToSamplingOptions(request.sampling(), model.config,
                                                         static_cast<int32_t>(out.prompt_ids.size())));
   out.priority = request.priority();
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> ScoreTokenIds(const v1::ScoreRequest& request, const Model& model) {
-  ATTN_RETURN_IF_ERROR(CheckAttentionPolicy(request.attention()));
+absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const Model& model,
+                                        const v1::AttentionPolicy& default_attention) {
+  ScoreInput out;
+  PromptInfo info;
   switch (request.input_case()) {
     case v1::ScoreRequest::kText:
       if (request.text().empty()) return absl::InvalidArgumentError("text: is empty");
-      return model.tokenizer->Encode(request.text(), /*add_special=*/true, /*parse_special=*/false);
-    case v1::ScoreRequest::kTokenIds:
-      return CheckedIds(request.token_ids(), "token_ids", model.config.vocab_size);
-    case v1::ScoreRequest::INPUT_NOT_SET:
+      out.token_ids = model.tokenizer->EncodeWithOffsets(request.text(), /*add_special=*/true,
+                                                         /*parse_special=*/false, &info.token_offsets);
+      info.is_text = true;
+      info.text_bytes = static_cast<int64_t>(request.text().size());
       break;
+    case v1::ScoreRequest::kTokenIds: {
+      ATTN_ASSIGN_OR_RETURN(out.token_ids, CheckedIds(request.token_ids(), "token_ids", model.config.vocab_size));
+      break;
+    }
+    case v1::ScoreRequest::INPUT_NOT_SET:
+      return absl::InvalidArgumentError("input: set one of text, token_ids");
   }
-  return absl::InvalidArgumentError("input: set one of text, token_ids");
+  info.num_tokens = static_cast<int32_t>(out.token_ids.size());
+  ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
+                                                            default_attention, model.config, info));
+  return out;
 }
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason) {

@@ -1,19 +1,22 @@
 // Protobuf requests -> engine requests, and engine deltas -> protobuf
 // responses. Every check of a request happens here, at the boundary; errors
 // are INVALID_ARGUMENT naming the field as the client spells it
-// ("sampling.temperature"), or UNIMPLEMENTED for a policy not built yet.
+// ("sampling.temperature", "attention.emphasis.spans[0]"), or UNIMPLEMENTED
+// for a policy not built yet.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "attnserve/v1/generation.pb.h"
 #include "engine/core/request.h"
 #include "engine/model/model.h"
+#include "engine/policy/planner.h"
 
 namespace attnserve {
 
@@ -22,13 +25,23 @@ inline constexpr int32_t kMinPriority = -100;
 inline constexpr int32_t kMaxPriority = 100;
 inline constexpr uint32_t kDefaultMaxTokens = 16;
 
-// OK for an absent, empty, full-cache or dense policy; UNIMPLEMENTED
-// "attention.<field>: not implemented yet" for anything else.
-absl::Status CheckAttentionPolicy(const v1::AttentionPolicy& policy);
+// A prompt's token ids and what an attention policy needs to know of it.
+struct MappedPrompt {
+  std::vector<int32_t> ids;
+  PromptInfo info;
+};
 
 // The prompt as the CLI builds it: text tokenized with BOS and special
 // tokens recognised; messages rendered with the chat template first.
-absl::StatusOr<std::vector<int32_t>> PromptTokenIds(const v1::GenerateRequest& request, const Model& model);
+absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, const Model& model);
+
+// The request's policy (`policy` when present, else the server default)
+// planned for its prompt. INVALID_ARGUMENT or UNIMPLEMENTED naming the
+// field "attention.<field>".
+absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const v1::AttentionPolicy* policy,
+                                                                          const v1::AttentionPolicy& server_default,
+                                                                          const ModelConfig& config,
+                                                                          const PromptInfo& prompt);
 
 // SamplingParams with their documented defaults, validated for a prompt of
 // `prompt_tokens` tokens.
@@ -37,10 +50,17 @@ absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& para
 
 // Every check of a Generate request. request_id, arrival and deadline are
 // the caller's to fill in.
-absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model);
+absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model,
+                                                      const v1::AttentionPolicy& default_attention);
 
-// The tokens of a Score request (text tokenized as `attnserve score` does).
-absl::StatusOr<std::vector<int32_t>> ScoreTokenIds(const v1::ScoreRequest& request, const Model& model);
+// The tokens of a Score request (text tokenized as `attnserve score` does)
+// and its planned policy.
+struct ScoreInput {
+  std::vector<int32_t> token_ids;
+  std::shared_ptr<const AttentionPlan> attention;
+};
+absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const Model& model,
+                                        const v1::AttentionPolicy& default_attention);
 
 v1::GenerateResponse ToGenerateResponse(GenerationDelta&& delta, const std::string& request_id);
 v1::FinishReason ToProtoFinishReason(FinishReason reason);

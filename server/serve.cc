@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -15,6 +16,7 @@
 #include "engine/metrics/metrics.h"
 #include "engine/model/model.h"
 #include "server/byte_size.h"
+#include "server/policy_mapping.h"
 #include "server/server.h"
 #include "tools/common_flags.h"
 
@@ -26,6 +28,10 @@ ABSL_FLAG(int, max_num_batched_tokens, 512, "Tokens per engine step (longer prom
 ABSL_FLAG(attnserve::ByteSize, kv_cache_memory, attnserve::ByteSize{256ll << 20},
           "KV cache size, e.g. 256MiB or 2GiB.");
 ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, default_attention, "",
+          "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
+          "'{\"streaming\": {\"window_tokens\": 1024, \"positions\": \"ORIGINAL\"}}'. Empty: dense over the "
+          "full cache.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long running requests may finish before they are aborted.");
 
@@ -59,6 +65,16 @@ int RunServe() {
   if (metrics_port < -1 || metrics_port > 65535) {
     return Fail(absl::InvalidArgumentError("--metrics_port: must be -1 (off) or in [0, 65535]"));
   }
+  ServerOptions server_options;
+  if (const std::string json = absl::GetFlag(FLAGS_default_attention); !json.empty()) {
+    // Parsed before the model loads, so a typo fails at once; its values are
+    // checked against the model by Server::Start.
+    absl::StatusOr<v1::AttentionPolicy> policy = ParseAttentionPolicyJson(json);
+    if (!policy.ok()) {
+      return Fail(absl::Status(policy.status().code(), absl::StrCat("--default-attention: ", policy.status().message())));
+    }
+    server_options.default_attention = *std::move(policy);
+  }
   absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(absl::GetFlag(FLAGS_model));
   if (!model.ok()) return Fail(model.status());
 
@@ -79,7 +95,6 @@ int RunServe() {
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(**model, options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
 
-  ServerOptions server_options;
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = absl::GetFlag(FLAGS_port);
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(**engine, &metrics, server_options);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/policy_mapping.h"
 
 namespace attnserve {
 namespace {
@@ -19,9 +20,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine& engine, Metrics* m
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("port: ", options.port, " is outside [0, 65535]"));
   }
+  if (absl::Status s = CheckDefaultAttention(options.default_attention, engine.model().config); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("--default-attention: ", s.message()));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<Server> server(new Server(engine, metrics));
+  std::unique_ptr<Server> server(new Server(engine, metrics, options.default_attention));
   const std::string host = options.host.find(':') != std::string::npos ? absl::StrCat("[", options.host, "]")
                                                                         : options.host;
   grpc::ServerBuilder builder;

@@ -17,11 +17,15 @@ namespace attnserve {
 struct ServerOptions {
   std::string host = "0.0.0.0";
   int port = 50051;  // 0: an ephemeral port, see Server::port()
+  // --default-attention: the policy of requests that bring none.
+  v1::AttentionPolicy default_attention;
 };
 
 class Server {
  public:
   // `engine` (and `metrics`, which may be null) must outlive the server.
+  // INVALID_ARGUMENT or UNIMPLEMENTED "--default-attention: attention.<field>:
+  // ..." for a default policy that could not serve every request.
   static absl::StatusOr<std::unique_ptr<Server>> Start(Engine& engine, Metrics* metrics, const ServerOptions& options);
   // Stops at once if Drain has not: calls in flight are cancelled.
   ~Server();
@@ -34,7 +38,8 @@ class Server {
   void Drain(absl::Duration timeout);
 
  private:
-  Server(Engine& engine, Metrics* metrics) : serving_(engine, metrics), service_(serving_) {}
+  Server(Engine& engine, Metrics* metrics, const v1::AttentionPolicy& default_attention)
+      : serving_(engine, metrics, default_attention), service_(serving_) {}
 
   ServingContext serving_;
   GenerationService service_;

@@ -7,10 +7,13 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
+
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "attnserve/v1/attention.pb.h"
 #include "engine/core/engine.h"
 
 namespace attnserve {
@@ -31,7 +34,8 @@ struct RequestRecord {
 };
 
 struct ServingContext {
-  ServingContext(Engine& e, Metrics* m) : engine(e), metrics(m), started(absl::Now()) {}
+  ServingContext(Engine& e, Metrics* m, v1::AttentionPolicy default_policy)
+      : engine(e), metrics(m), default_attention(std::move(default_policy)), started(absl::Now()) {}
 
   // "req-<n>", unique within this process, for requests that bring none.
   std::string NewRequestId();
@@ -46,6 +50,8 @@ struct ServingContext {
 
   Engine& engine;
   Metrics* metrics;  // may be null
+  // For requests that bring no policy; validated when the server started.
+  const v1::AttentionPolicy default_attention;
   const absl::Time started;
   std::atomic<bool> draining{false};  // new Generate/Score calls get UNAVAILABLE
   std::atomic<uint64_t> next_request_id{1};

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/model_config.h"
+#include "engine/policy/attention_plan.h"
 
 namespace attnserve {
 
@@ -23,6 +24,9 @@ struct SequenceStep {
   std::span<const int32_t> tokens;
   int32_t first_pos = 0;             // position of tokens[0]; earlier K/V are cached
   LogitsWanted logits = LogitsWanted::kLast;
+  // The sequence's attention policy; null is dense over the full cache.
+  // Sequences of one step may each have their own.
+  const AttentionPlan* attention = nullptr;
 };
 
 class Backend {

@@ -18,6 +18,14 @@
 namespace attnserve {
 namespace {
 
+// A plan is made for one model; one for another would fail the whole step.
+absl::Status CheckPlanFitsModel(const AttentionPlan* plan, const ModelConfig& c) {
+  if (plan == nullptr || (plan->n_layers() == c.n_layers && plan->n_heads() == c.n_heads)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("attention: the plan has ", plan->n_layers(), " layers of ",
+                                                 plan->n_heads(), " heads; the model ", c.n_layers, " of ",
+                                                 c.n_heads));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const EngineOptions& options,
@@ -84,6 +92,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
                                                    c.context_length));
   }
   ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, c.context_length - prompt));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(request.attention.get(), c));
   const int32_t pages_needed = (prompt + 1 + e.options.page_size - 1) / e.options.page_size;
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError(absl::StrCat("prompt: ", prompt, " tokens need ", pages_needed,
@@ -115,7 +124,8 @@ void Engine::Abort(uint64_t handle, absl::Status reason) {
   impl_->wake.notify_one();
 }
 
-absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, absl::Time deadline) {
+absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::shared_ptr<const AttentionPlan> attention,
+                                          absl::Time deadline) {
   Impl& e = *impl_;
   const ModelConfig& c = e.model.config;
   if (token_ids.size() < 2) return absl::InvalidArgumentError("input: scoring needs at least 2 tokens");
@@ -126,6 +136,7 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, absl::
   for (int32_t t : token_ids) {
     if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
   }
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(attention.get(), c));
   const int64_t pages_needed = (static_cast<int64_t>(token_ids.size()) + e.options.page_size - 1) / e.options.page_size;
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError("input: the text does not fit in the KV cache");
@@ -134,6 +145,7 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, absl::
   r->score = true;
   r->request.prompt_ids = std::move(token_ids);
   r->request.deadline = deadline;
+  r->request.attention = std::move(attention);
   std::future<absl::StatusOr<ScoreResult>> result = r->score_result.get_future();
   {
     std::lock_guard<std::mutex> lock(e.mu);

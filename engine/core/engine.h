@@ -60,9 +60,11 @@ class Engine {
   // handles are ignored.
   void Abort(uint64_t handle, absl::Status reason);
 
-  // Per-token log-probabilities of `token_ids`, computed by the engine
-  // thread between generation steps. Blocks the caller.
-  absl::StatusOr<ScoreResult> Score(std::vector<int32_t> token_ids, absl::Time deadline);
+  // Per-token log-probabilities of `token_ids` under `attention` (null:
+  // dense), computed by the engine thread between generation steps. Blocks
+  // the caller.
+  absl::StatusOr<ScoreResult> Score(std::vector<int32_t> token_ids, std::shared_ptr<const AttentionPlan> attention,
+                                    absl::Time deadline);
 
   // Refuses new requests (UNAVAILABLE), lets running and waiting requests
   // finish until `timeout`, then aborts the rest. Returns when all are done.

@@ -30,6 +30,8 @@ struct Engine::Impl {
   void AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming);
   void StartSequence(Sequence& seq);
   void RunStep(const ScheduleOutput& schedule);
+  void ReleaseHiddenPages(Sequence& seq);
+  void CountAttentionPages(const ScheduleOutput& schedule);
   void AfterToken(Sequence& seq, int32_t token, const SampledToken& sampled);
   void AfterScoreRows(Sequence& seq, int32_t first_pos, int32_t n, const float* rows);
   void FinishSequence(Sequence& seq, FinishReason reason, absl::Status error);

@@ -29,6 +29,8 @@ StepPhase PhaseOf(const ScheduleOutput& schedule) {
   return prefill && decode ? StepPhase::kMixed : (decode ? StepPhase::kDecode : StepPhase::kPrefill);
 }
 
+const AttentionPlan* PlanOf(const Sequence& seq) { return seq.request->request.attention.get(); }
+
 }  // namespace
 
 void Engine::Impl::Loop() {
@@ -79,6 +81,14 @@ void Engine::Impl::Loop() {
 
 void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming) {
   for (std::unique_ptr<RequestState>& r : incoming) {
+    const AttentionPlan* plan = r->request.attention.get();
+    if (metrics) {
+      const PolicyLabels labels = plan != nullptr ? plan->labels() : PolicyLabels{};
+      metrics->CountRequest(labels.mode, labels.sink, labels.calibration);
+    }
+    // Requests whose policies change prefill K/V differently never share
+    // pages; dense ones (signature 0) share with requests without a plan.
+    const uint64_t policy_salt = plan != nullptr ? plan->prefill_signature() : 0;
     const int32_t n = r->score ? 1 : std::max(1, r->request.sampling.n);
     for (int32_t i = 0; i < n; ++i) {
       auto seq = std::make_unique<Sequence>();
@@ -98,7 +108,7 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
         seq->stop.emplace(r->request.sampling.stop, r->request.sampling.min_tokens);
         // Completions of one request always share the prompt's pages; other
         // requests only when prefix caching is on.
-        seq->cache_salt = options.prefix_caching ? 0 : PrivateSalt(r->handle);
+        seq->cache_salt = (options.prefix_caching ? 0 : PrivateSalt(r->handle)) ^ policy_salt;
       }
       r->seqs.push_back(std::move(seq));
     }
@@ -131,6 +141,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     step.first_pos = seq.num_computed;
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
+    step.attention = PlanOf(seq);
     steps.push_back(step);
   }
   const absl::Status forward = backend->Forward(steps, logits);
@@ -143,6 +154,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     for (RequestState* r : failed) FailRequest(*r, absl::InternalError(absl::StrCat("engine step failed: ", s.message())));
     return;
   }
+  if (metrics) CountAttentionPages(schedule);
   const size_t vocab = model.config.vocab_size;
   size_t row = 0;
   for (size_t i = 0; i < schedule.chunks.size(); ++i) {
@@ -155,6 +167,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
       prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(seq.num_computed), seq.pages.pages,
                           seq.cache_salt);
     }
+    ReleaseHiddenPages(seq);
     if (seq.request->score) {
       AfterScoreRows(seq, first, n, &logits[row * vocab]);
       row += n;
@@ -172,6 +185,34 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     const SampledToken sampled = seq.sampler->Sample(last);
     AfterToken(seq, sampled.token, sampled);
   }
+}
+
+// Pages of keys no later query sees go back to the pool at once: a
+// streaming sequence holds sinks + window, however long it runs.
+void Engine::Impl::ReleaseHiddenPages(Sequence& seq) {
+  const AttentionPlan* plan = PlanOf(seq);
+  if (plan == nullptr) return;
+  const PageRange hidden = plan->visible_set().EvictablePages(seq.num_computed, options.page_size);
+  if (hidden.empty()) return;
+  const int32_t released = ReleasePageRange(seq.pages, allocator, hidden.begin, hidden.end);
+  if (metrics && released > 0) metrics->AddEvictedPages(released);
+}
+
+// Per layer and KV head, the pages each sequence's attention read this step
+// against those a dense read of its keys would have touched; from the
+// visible-set rule alone, so it costs nothing per key.
+void Engine::Impl::CountAttentionPages(const ScheduleOutput& schedule) {
+  int64_t read = 0, visible = 0;
+  for (const ScheduledChunk& c : schedule.chunks) {
+    const Sequence& seq = static_cast<const Sequence&>(*c.seq);
+    const AttentionPlan* plan = PlanOf(seq);
+    const VisibleSet rule = plan != nullptr ? plan->visible_set() : VisibleSet{};
+    const int32_t first = seq.num_computed, last = seq.num_computed + c.num_tokens - 1;
+    read += rule.PagesRead(first, last, options.page_size);
+    visible += last / options.page_size + 1;
+  }
+  const int64_t heads = static_cast<int64_t>(model.config.n_layers) * model.config.n_kv_heads;
+  metrics->AddAttentionPages(read * heads, visible * heads);
 }
 
 void Engine::Impl::AfterToken(Sequence& seq, int32_t token, const SampledToken& sampled) {

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "engine/policy/attention_plan.h"
 #include "engine/sampling/sampling_options.h"
 
 namespace attnserve {
@@ -22,6 +23,9 @@ struct GenerationRequest {
   int32_t priority = 0;             // higher runs first; FIFO within a priority
   absl::Time arrival = absl::InfinitePast();
   absl::Time deadline = absl::InfiniteFuture();  // the sequence is aborted when it passes
+  // Planned for this prompt and the engine's model; null is dense attention
+  // over the full cache.
+  std::shared_ptr<const AttentionPlan> attention;
 };
 
 struct TokenLogprob {

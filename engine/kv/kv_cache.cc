@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <limits>
 #include <new>
@@ -116,9 +117,28 @@ absl::Status ReservePages(PageTable& table, int32_t num_tokens, int32_t page_siz
 }
 
 void ReleasePages(PageTable& table, PageAllocator& allocator) {
-  for (int32_t page : table.pages) allocator.Release(page);
+  for (int32_t page : table.pages) {
+    if (page != kReleasedPage) allocator.Release(page);
+  }
   table.pages.clear();
   table.num_tokens = 0;
+}
+
+int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t begin, int32_t end) {
+  int32_t released = 0;
+  end = std::min(end, static_cast<int32_t>(table.pages.size()));
+  for (int32_t i = std::max(begin, 0); i < end; ++i) {
+    if (table.pages[i] == kReleasedPage) continue;
+    allocator.Release(table.pages[i]);
+    table.pages[i] = kReleasedPage;
+    ++released;
+  }
+  return released;
+}
+
+int32_t HeldPages(const PageTable& table) {
+  return static_cast<int32_t>(std::count_if(table.pages.begin(), table.pages.end(),
+                                            [](int32_t page) { return page != kReleasedPage; }));
 }
 
 void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos, int32_t n_tokens,

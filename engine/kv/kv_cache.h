@@ -63,10 +63,15 @@ class PageAllocator {
   std::vector<int32_t> ref_counts_;
 };
 
+// A page table entry whose page was given back while the sequence goes on:
+// its keys are invisible to every later query (a streaming window moved
+// past them), so the attention kernel never reads it.
+inline constexpr int32_t kReleasedPage = -1;
+
 // Logical-to-physical page map of one sequence.
 struct PageTable {
-  std::vector<int32_t> pages;
-  int32_t num_tokens = 0;  // tokens whose K/V have been written
+  std::vector<int32_t> pages;  // kReleasedPage for pages given back early
+  int32_t num_tokens = 0;      // tokens whose K/V have been written
 };
 
 // Grows `table` so that positions [0, num_tokens) have pages. On failure
@@ -74,6 +79,11 @@ struct PageTable {
 absl::Status ReservePages(PageTable& table, int32_t num_tokens, int32_t page_size, PageAllocator& allocator);
 // Releases every page of the table and empties it.
 void ReleasePages(PageTable& table, PageAllocator& allocator);
+// Releases the table's pages [begin, end) (clamped to the table) that are
+// still held, marking them kReleasedPage. Returns how many it released.
+int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t begin, int32_t end);
+// Pages the table still holds.
+int32_t HeldPages(const PageTable& table);
 
 // Writes K and V ([n_tokens][n_kv_heads * head_dim] floats, converted to
 // fp16) for positions [first_pos, first_pos + n_tokens) of one layer. The

@@ -46,7 +46,7 @@ void PrefixCache::Insert(std::span<const int32_t> tokens, std::span<const int32_
   for (size_t i = 0; i < full; ++i) {
     key = PageKey(key, tokens.subspan(i * page_size_, page_size_), salt);
     const int32_t page = pages[i];
-    if (entries_.count(key) != 0 || key_of_page_.count(page) != 0) continue;
+    if (page == kReleasedPage || entries_.count(key) != 0 || key_of_page_.count(page) != 0) continue;
     allocator_.AddRef(page);
     lru_.push_back(page);
     entries_.emplace(key, Entry{key, page, std::prev(lru_.end())});

@@ -30,7 +30,11 @@ class PrefixCache {
 
   // Registers the full pages of a sequence: page i of `pages` holds tokens
   // [i * page_size, (i + 1) * page_size). Pages already registered (or whose
-  // key is already cached under another page) are skipped.
+  // key is already cached under another page) are skipped, and so are
+  // entries the sequence has released (kReleasedPage): such a page may
+  // already hold another sequence's K/V. A page registered before its
+  // sequence released it stays: its K/V are still those of that prefix
+  // under that salt, for the sequence's siblings and its own recompute.
   void Insert(std::span<const int32_t> tokens, std::span<const int32_t> pages, uint64_t salt);
 
   // A page for writing: from the free list, else by evicting the least

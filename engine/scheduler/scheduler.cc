@@ -28,8 +28,8 @@ void Scheduler::Remove(SchedSeq* seq) {
 
 int32_t Scheduler::pages_in_use() const {
   int32_t n = 0;
-  for (const SchedSeq* s : running_) n += static_cast<int32_t>(s->pages.pages.size());
-  for (const SchedSeq* s : waiting_) n += static_cast<int32_t>(s->pages.pages.size());
+  for (const SchedSeq* s : running_) n += HeldPages(s->pages);
+  for (const SchedSeq* s : waiting_) n += HeldPages(s->pages);
   return n;
 }
 

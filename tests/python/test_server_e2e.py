@@ -1,6 +1,7 @@
 """End-to-end tests of `attnserve serve` through a real gRPC client: the
 built binary on the default model, ephemeral ports on 127.0.0.1."""
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -59,9 +60,31 @@ def test_invalid_request_is_rejected_and_counted(stubs, server):
 
 def test_non_dense_policy_is_unimplemented(stubs, server):
     with pytest.raises(grpc.RpcError) as e:
-        generate(stubs, server, prompt="hi", attention={"streaming": {"window_tokens": 64}})
+        generate(stubs, server, prompt="hi", attention={"sparse": {"token_budget": 64}})
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "attention.streaming" in e.value.details()
+    assert e.value.details() == "attention.sparse: not implemented yet"
+
+
+def test_default_attention_flag(stubs, attnserve_bin, model_path, tmp_path):
+    policy = '{"streaming": {"window_tokens": 64, "positions": "ORIGINAL"}}'
+    s = ServerProcess(attnserve_bin, model_path, tmp_path / "stderr.log", "--default-attention", policy)
+    try:
+        stub = stubs.pb_grpc.GenerationStub(s.channel)
+        info = stub.GetServerInfo(stubs.pb.GetServerInfoRequest(), timeout=30)
+        assert info.default_attention_json == '{"streaming":{"window_tokens":64,"positions":"ORIGINAL"}}'
+        messages = generate(stubs, s, prompt="hi", sampling={"max_tokens": 3, "ignore_eos": True})
+        assert messages[-1].finished
+        assert s.metric("attnserve_requests_total", 'sink="streaming"') == 1
+    finally:
+        s.stop()
+    # Invalid JSON, and a valid JSON policy with a bad value, stop the server at start naming the field.
+    for bad, field in [('{"streaming": {"windw_tokens": 8}}', "windw_tokens"),
+                       ('{"zero_tuning": {"gamma": -1}}', "attention.zero_tuning.gamma: must be > 0 (got -1)")]:
+        proc = subprocess.run([str(attnserve_bin), "serve", "--model", str(model_path), "--port", "0",
+                               "--metrics-port", "-1", "--default-attention", bad],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert "--default-attention: " in proc.stderr and field in proc.stderr, proc.stderr
 
 
 def test_32_concurrent_streams(stubs, server):

@@ -2,7 +2,6 @@
 // preemption, prefix caching, cancellation and scoring keep outputs exact.
 #include "engine/core/engine.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -10,14 +9,10 @@
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/unit/engine_test_util.h"
 
 namespace attnserve {
 namespace {
-
-std::string ModelPath() {
-  const char* root = std::getenv("ATTNSERVE_SOURCE_DIR");
-  return std::string(root ? root : ".") + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -53,41 +48,6 @@ class EngineTest : public ::testing::Test {
   static Model* model_;
 };
 Model* EngineTest::model_ = nullptr;
-
-// Collects a request's deltas until its stream closes.
-struct Collector {
-  Collector() : stream(std::make_shared<OutputStream>(nullptr)) {}
-  std::vector<GenerationDelta> Wait() {
-    std::vector<GenerationDelta> merged;
-    for (;;) {
-      // Everything pushed before the stream closed is visible to this Take.
-      const bool closed = stream->closed();
-      for (GenerationDelta& d : stream->Take()) {
-        if (merged.size() <= static_cast<size_t>(d.index)) merged.resize(d.index + 1);
-        GenerationDelta& m = merged[d.index];
-        m.index = d.index;
-        m.token_ids.insert(m.token_ids.end(), d.token_ids.begin(), d.token_ids.end());
-        m.text += d.text;
-        if (d.finish_reason != FinishReason::kNone || !d.error.ok()) {
-          m.finish_reason = d.finish_reason;
-          m.error = d.error;
-          m.prompt_tokens = d.prompt_tokens;
-          m.completion_tokens = d.completion_tokens;
-          m.cached_prompt_tokens = d.cached_prompt_tokens;
-        }
-      }
-      if (closed) return merged;
-      absl::SleepFor(absl::Milliseconds(1));
-    }
-  }
-  std::shared_ptr<OutputStream> stream;
-};
-
-std::vector<int32_t> RunAlone(Engine& engine, GenerationRequest r) {
-  Collector c;
-  EXPECT_TRUE(engine.Submit(std::move(r), c.stream).ok());
-  return c.Wait()[0].token_ids;
-}
 
 TEST_F(EngineTest, GreedyOutputIsTheSameAloneAndInABatchOfSixteen) {
   const std::vector<std::string> prompts = {
@@ -202,14 +162,14 @@ TEST_F(EngineTest, ScoreMatchesTheGreedyChoiceAndRejectsBadInput) {
   const std::vector<int32_t> generated = RunAlone(*engine, r);
   std::vector<int32_t> text = r.prompt_ids;
   text.insert(text.end(), generated.begin(), generated.end());
-  absl::StatusOr<ScoreResult> score = engine->Score(text, absl::InfiniteFuture());
+  absl::StatusOr<ScoreResult> score = engine->Score(text, nullptr, absl::InfiniteFuture());
   ASSERT_TRUE(score.ok()) << score.status();
   ASSERT_EQ(score->token_logprobs.size(), text.size());
   EXPECT_GT(score->perplexity, 1.0);
   // Greedy tokens are the most likely: their logprob is at least log(1/vocab).
   for (size_t i = r.prompt_ids.size(); i < text.size(); ++i) EXPECT_GT(score->token_logprobs[i], -10.0f);
-  EXPECT_EQ(engine->Score({1}, absl::InfiniteFuture()).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine->Score({1, 999999}, absl::InfiniteFuture()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Score({1}, nullptr, absl::InfiniteFuture()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Score({1, 999999}, nullptr, absl::InfiniteFuture()).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(EngineTest, DrainFinishesRunningWorkAndRefusesNewRequests) {

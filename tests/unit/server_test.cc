@@ -261,40 +261,6 @@ TEST_F(ServerTest, EveryInvalidFieldIsRejectedByName) {
   EXPECT_TRUE(EngineIdle(*engine_));
 }
 
-TEST_F(ServerTest, NonDensePoliciesAreUnimplementedAndDenseIsAccepted) {
-  using Edit = std::function<void(v1::AttentionPolicy&)>;
-  const std::vector<std::pair<std::string, Edit>> cases = {
-      {"streaming", [](auto& p) { p.mutable_streaming()->set_window_tokens(64); }},
-      {"virtual_sink", [](auto& p) { p.mutable_virtual_sink(); }},
-      {"act", [](auto& p) { p.mutable_act(); }},
-      {"zero_tuning", [](auto& p) { p.mutable_zero_tuning()->set_gamma(0.5f); }},
-      {"temperature", [](auto& p) { p.mutable_temperature(); }},
-      {"emphasis", [](auto& p) { p.mutable_emphasis(); }},
-      {"duo", [](auto& p) { p.mutable_duo(); }},
-      {"sparse", [](auto& p) { p.mutable_sparse()->set_token_budget(64); }},
-      {"linear", [](auto& p) { p.mutable_linear(); }},
-      {"profile", [](auto& p) { p.set_profile("default"); }},
-  };
-  for (const auto& [field, edit] : cases) {
-    v1::GenerateRequest r = Greedy("Hello", 2);
-    edit(*r.mutable_attention());
-    const Stream s = Generate(*stub_, r);
-    EXPECT_EQ(s.status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << field;
-    EXPECT_EQ(s.status.error_message(), "attention." + field + ": not implemented yet");
-  }
-  v1::GenerateRequest dense = Greedy("Hello", 2);
-  dense.mutable_attention()->mutable_dense();
-  dense.mutable_attention()->mutable_full();
-  EXPECT_TRUE(Generate(*stub_, dense).status.ok());
-
-  grpc::ClientContext context;
-  v1::ScoreRequest score;
-  score.set_text("Hello there");
-  score.mutable_attention()->mutable_act();
-  v1::ScoreResponse unused;
-  EXPECT_EQ(stub_->Score(&context, score, &unused).error_code(), grpc::StatusCode::UNIMPLEMENTED);
-}
-
 TEST_F(ServerTest, CancelMidStreamFreesThePages) {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =

@@ -63,6 +63,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
         end > static_cast<int64_t>(st.pages->pages.size()) * pool_.shape().page_size) {
       return absl::InvalidArgumentError("a sequence step's positions are not reserved in its page table");
     }
+    if (st.attention != nullptr && (st.attention->n_layers() != c.n_layers || st.attention->n_heads() != c.n_heads)) {
+      return absl::InvalidArgumentError("a sequence's attention plan was made for another model");
+    }
     for (int32_t t : st.tokens) {
       if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));
     }
@@ -153,10 +156,12 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     }
     row += n;
   }
-  SequenceAttentionParams params;
-  params.heads = dense_heads_.data();
+  SequenceAttentionParams dense;
+  dense.heads = dense_heads_.data();
   threads_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i, int) {
     const Task& t = tasks[i];
+    // Each sequence brings its own policy: one step, per-sequence parameters.
+    const SequenceAttentionParams& params = t.step->attention != nullptr ? t.step->attention->layer(layer) : dense;
     const int32_t num_tokens = t.step->first_pos + static_cast<int32_t>(t.step->tokens.size());
     const PagedKv kv = LayerView(pool_, layer, *t.step->pages, num_tokens);
     AttentionQueries q;

@@ -47,7 +47,7 @@ class CpuBackend : public Backend {
   CpuBackendOptions options_;
   ThreadPool threads_;
   Scratch s_;
-  // Dense attention for every head; policies replace these per sequence.
+  // Dense attention for every head, for sequences without a plan.
   std::vector<AttentionHeadParams> dense_heads_;
 };
 

@@ -1,0 +1,83 @@
+#include "engine/policy/attention_plan.h"
+
+#include <bit>
+#include <utility>
+
+namespace attnserve {
+namespace {
+
+// splitmix64's finaliser: every input bit reaches every output bit.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+class Hasher {
+ public:
+  void Add(uint64_t v) { h_ = Mix(h_ ^ v); }
+  void Add(int32_t v) { Add(static_cast<uint64_t>(static_cast<uint32_t>(v))); }
+  // -0 and +0 compute the same, so they hash the same.
+  void Add(float v) { Add(static_cast<uint64_t>(std::bit_cast<uint32_t>(v + 0.0f))); }
+  uint64_t value() const { return h_; }
+
+ private:
+  uint64_t h_ = 0x6174746e706c616eull;
+};
+
+bool SameHead(const AttentionHeadParams& a, const AttentionHeadParams& b) {
+  return a.logit_scale == b.logit_scale && a.first_token_bias == b.first_token_bias &&
+         a.outside_span_bias == b.outside_span_bias && a.virtual_sink_logit == b.virtual_sink_logit &&
+         a.reweight_beta == b.reweight_beta && a.reweight_keys_size == b.reweight_keys_size;
+}
+
+}  // namespace
+
+AttentionPlan::AttentionPlan(AttentionPlanContents contents) : c_(std::move(contents)) {
+  layers_.resize(c_.n_layers);
+  for (int32_t l = 0; l < c_.n_layers; ++l) {
+    SequenceAttentionParams& p = layers_[l];
+    p.heads = c_.heads.data() + static_cast<size_t>(l) * c_.n_heads;
+    p.sink_tokens = c_.visible.sink_tokens;
+    p.window_tokens = c_.visible.window_tokens;
+    p.spans = c_.spans.data();
+    p.num_spans = static_cast<int32_t>(c_.spans.size());
+    p.prompt_tokens = c_.prompt_tokens;
+  }
+  signature_ = ComputeSignature();
+}
+
+uint64_t AttentionPlan::ComputeSignature() const {
+  bool dense = c_.visible.keeps_everything();
+  bool any_span_bias = false;
+  for (const AttentionHeadParams& h : c_.heads) {
+    dense &= SameHead(h, c_.dense_head);
+    any_span_bias |= h.outside_span_bias != 0.0f;
+  }
+  if (dense) return 0;
+  Hasher hash;
+  hash.Add(c_.n_layers);
+  hash.Add(c_.n_heads);
+  hash.Add(c_.visible.sink_tokens);
+  hash.Add(c_.visible.window_tokens);
+  for (const AttentionHeadParams& h : c_.heads) {
+    hash.Add(h.logit_scale);
+    hash.Add(h.first_token_bias);
+    hash.Add(h.outside_span_bias);
+    hash.Add(h.virtual_sink_logit);
+    hash.Add(h.reweight_beta);
+  }
+  // Spans and the prompt's length matter only to heads that emphasise.
+  if (any_span_bias) {
+    hash.Add(c_.prompt_tokens);
+    for (const KeyRange& s : c_.spans) {
+      hash.Add(s.begin);
+      hash.Add(s.end);
+    }
+  }
+  // 0 is reserved for dense.
+  return hash.value() == 0 ? 1 : hash.value();
+}
+
+}  // namespace attnserve

@@ -1,0 +1,72 @@
+// A validated attention policy of one request, resolved into the plain
+// parameters the attention kernels read (kernels/common/attention_hooks.h).
+// Made by PlanAttention (planner.h), immutable after, shared by the
+// request's sequences and read by the backend's threads without locks.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/common/attention_hooks.h"
+#include "engine/policy/visible_set.h"
+
+namespace attnserve {
+
+// Labels of requests_total{mode,sink,calibration}: values from closed sets,
+// never client text.
+//   mode:        dense | duo | sparse | linear
+//   sink:        full | streaming | virtual_sink | streaming+virtual_sink
+//   calibration: none, or the present ones of act, zero_tuning, temperature,
+//                emphasis joined by '+' in that order (16 values)
+struct PolicyLabels {
+  std::string mode = "dense";
+  std::string sink = "full";
+  std::string calibration = "none";
+};
+
+// What the planner resolved; the plan owns it and points into it.
+struct AttentionPlanContents {
+  int32_t n_layers = 0;
+  int32_t n_heads = 0;
+  std::vector<AttentionHeadParams> heads;  // [n_layers][n_heads]
+  AttentionHeadParams dense_head;          // what every head is without a policy
+  VisibleSet visible;
+  std::vector<KeyRange> spans;             // emphasis: sorted, disjoint token ranges
+  int32_t prompt_tokens = 0;
+  PolicyLabels labels;
+};
+
+class AttentionPlan {
+ public:
+  explicit AttentionPlan(AttentionPlanContents contents);
+  // Holds pointers into its own storage.
+  AttentionPlan(const AttentionPlan&) = delete;
+  AttentionPlan& operator=(const AttentionPlan&) = delete;
+
+  int32_t n_layers() const { return c_.n_layers; }
+  int32_t n_heads() const { return c_.n_heads; }
+
+  // The kernel parameters of layer l; heads and spans point into the plan.
+  const SequenceAttentionParams& layer(int32_t l) const { return layers_[l]; }
+  const AttentionHeadParams& head(int32_t l, int32_t h) const { return c_.heads[l * c_.n_heads + h]; }
+  const VisibleSet& visible_set() const { return c_.visible; }
+  std::span<const KeyRange> spans() const { return c_.spans; }
+  const PolicyLabels& labels() const { return c_.labels; }
+
+  // 64-bit hash of everything that changes prefill K/V or outputs, for the
+  // prefix cache's salt. 0 exactly when the plan computes what dense
+  // attention over the full cache computes, so such requests share pages
+  // with requests that have no policy.
+  uint64_t prefill_signature() const { return signature_; }
+
+ private:
+  uint64_t ComputeSignature() const;
+
+  const AttentionPlanContents c_;
+  std::vector<SequenceAttentionParams> layers_;
+  uint64_t signature_ = 0;
+};
+
+}  // namespace attnserve

@@ -1,0 +1,327 @@
+// Attention policies in the serving engine on the real default model: mixed
+// batches, streaming's bounded KV memory, prefix-cache salts, preemption,
+// scoring and the policy metrics.
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/core/engine.h"
+#include "engine/metrics/metrics.h"
+#include "engine/policy/planner.h"
+#include "engine/sampling/sampler.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "tests/unit/engine_test_util.h"
+
+namespace attnserve {
+namespace {
+
+StreamingSpec Original(uint32_t sink, uint32_t window) {
+  StreamingSpec s;
+  s.sink_tokens = sink;
+  s.window_tokens = window;
+  s.positions = StreamingPositions::kOriginal;
+  return s;
+}
+
+// The value of a counter series of `metrics` (0 when absent).
+double CounterValue(const Metrics& metrics, const std::string& name,
+                    const std::vector<std::pair<std::string, std::string>>& labels = {}) {
+  for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& m : family.metric) {
+      bool match = true;
+      for (const auto& [key, value] : labels) {
+        match &= std::any_of(m.label.begin(), m.label.end(),
+                             [&](const prometheus::ClientMetric::Label& l) { return l.name == key && l.value == value; });
+      }
+      if (match) return m.counter.value;
+    }
+  }
+  return 0.0;
+}
+
+class EnginePolicyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(ModelPath())) return;
+    model_ = std::move(LoadModel(ModelPath())).value();
+  }
+  static void TearDownTestSuite() { model_.reset(); }
+  void SetUp() override {
+    if (model_ == nullptr) GTEST_SKIP() << "model missing: run scripts/setup.sh (" << ModelPath() << ")";
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options = {}, Metrics* metrics = nullptr) {
+    absl::StatusOr<std::unique_ptr<Engine>> e = Engine::Create(*model_, options, metrics);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  static std::shared_ptr<const AttentionPlan> Plan(const PolicySpec& spec, int32_t prompt_tokens) {
+    PromptInfo prompt;
+    prompt.num_tokens = prompt_tokens;
+    absl::StatusOr<std::shared_ptr<const AttentionPlan>> plan = PlanAttention(spec, model_->config, prompt);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return plan.ok() ? *plan : nullptr;
+  }
+
+  static GenerationRequest Greedy(const std::string& prompt, int32_t max_tokens, const PolicySpec* spec = nullptr) {
+    GenerationRequest r;
+    r.prompt_ids = model_->tokenizer->Encode(prompt, true, true);
+    r.sampling.max_tokens = max_tokens;
+    r.sampling.ignore_eos = true;
+    r.arrival = absl::Now();
+    if (spec != nullptr) r.attention = Plan(*spec, static_cast<int32_t>(r.prompt_ids.size()));
+    return r;
+  }
+
+  // Greedy tokens from the backend alone: one sequence, no scheduler, and
+  // no page ever released, so it checks that releasing pages changes nothing.
+  static std::vector<int32_t> BackendGreedy(const GenerationRequest& r, int32_t max_tokens) {
+    const ModelConfig& c = model_->config;
+    const int32_t page_size = 16;
+    const int32_t pages = (static_cast<int32_t>(r.prompt_ids.size()) + max_tokens) / page_size + 1;
+    KvCachePool pool = KvCachePool::Create({c.n_layers, c.n_kv_heads, c.head_dim, page_size}, pages).value();
+    PageAllocator allocator(pages);
+    std::unique_ptr<CpuBackend> backend = CpuBackend::Create(*model_, pool, {2, 512}).value();
+    PageTable table;
+    EXPECT_TRUE(ReservePages(table, pages * page_size, page_size, allocator).ok());
+    std::vector<int32_t> tokens = r.prompt_ids, generated;
+    std::vector<float> logits;
+    int32_t pos = 0;
+    while (static_cast<int32_t>(generated.size()) < max_tokens) {
+      SequenceStep step;
+      step.pages = &table;
+      step.tokens = std::span<const int32_t>(tokens).subspan(pos);
+      step.first_pos = pos;
+      step.attention = r.attention.get();
+      EXPECT_TRUE(backend->Forward({&step, 1}, logits).ok());
+      pos = static_cast<int32_t>(tokens.size());
+      tokens.push_back(ArgMax(logits));
+      generated.push_back(tokens.back());
+    }
+    return generated;
+  }
+
+  static inline std::unique_ptr<Model> model_;
+};
+
+// Eight policies, each alone and then all at once in one engine: the
+// batch runs them in the same steps with per-sequence parameters.
+TEST_F(EnginePolicyTest, EightPoliciesInOneBatchGiveEachRequestsOwnTokens) {
+  const std::string prompt =
+      "The following is a short report about the history of the city of Rome, its founding, its kings, "
+      "the republic and the empire. Rome was";
+  const ModelConfig& c = model_->config;
+  std::vector<std::unique_ptr<PolicySpec>> specs;
+  specs.push_back(nullptr);  // no plan: dense
+  auto add = [&](auto edit) {
+    specs.push_back(std::make_unique<PolicySpec>());
+    edit(*specs.back());
+  };
+  add([](PolicySpec& p) { p.sink = Original(4, 16); });
+  add([](PolicySpec& p) { p.virtual_sink = VirtualSinkSpec{0.0f, {}}; });
+  add([&](PolicySpec& p) {
+    p.virtual_sink = VirtualSinkSpec{0.0f, std::vector<float>(c.n_layers * c.n_heads)};
+    for (size_t i = 0; i < p.virtual_sink->per_head_logits.size(); ++i) {
+      p.virtual_sink->per_head_logits[i] = static_cast<float>(i % 7) - 2.0f;
+    }
+  });
+  add([](PolicySpec& p) { p.zero_tuning = ZeroTuningSpec{0.2f, {2, 3, 4, 5, 6, 7, 8}, {}}; });
+  add([&](PolicySpec& p) {
+    p.temperature = TemperatureSpec{std::vector<float>(c.n_layers * c.n_heads)};
+    for (size_t i = 0; i < p.temperature->factors.size(); ++i) p.temperature->factors[i] = i % 2 ? 1.3f : 0.8f;
+  });
+  add([](PolicySpec& p) { p.emphasis = EmphasisSpec{{{3, 12, SpanUnit::kTokens}}, 0.05f, {}, {}}; });
+  add([](PolicySpec& p) {
+    p.sink = Original(2, 24);
+    p.virtual_sink = VirtualSinkSpec{1.0f, {}};
+    p.zero_tuning = ZeroTuningSpec{3.0f, {}, {0, 1, 2}};
+    p.emphasis = EmphasisSpec{{{18, 26, SpanUnit::kTokens}}, std::nullopt, {10, 11, 12}, {}};
+  });
+  ASSERT_EQ(specs.size(), 8u);
+
+  // Without prefix caching every run prefills the whole prompt, so only
+  // the company in the batch differs between the runs.
+  EngineOptions options;
+  options.prefix_caching = false;
+  std::unique_ptr<Engine> engine = MakeEngine(options);
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& spec : specs) alone.push_back(RunAlone(*engine, Greedy(prompt, 24, spec.get())));
+  std::vector<std::unique_ptr<Collector>> batch;
+  for (const auto& spec : specs) {
+    batch.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(engine->Submit(Greedy(prompt, 24, spec.get()), batch.back()->stream).ok());
+  }
+  int differ_from_dense = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const std::vector<GenerationDelta> out = batch[i]->Wait();
+    EXPECT_EQ(out[0].token_ids, alone[i]) << "policy " << i;
+    EXPECT_EQ(out[0].completion_tokens, 24);
+    differ_from_dense += alone[i] != alone[0] ? 1 : 0;
+  }
+  // The policies are applied: most change what greedy decoding picks.
+  EXPECT_GE(differ_from_dense, 5);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+// StreamingLLM with absolute positions: pages behind the window go back to
+// the pool as the generation runs, so its KV stays flat; and the tokens are
+// those of the same policy computed with every page kept.
+TEST_F(EnginePolicyTest, StreamingKeepsKvPagesFlatOverALongGeneration) {
+  Metrics metrics;
+  std::unique_ptr<Engine> engine = MakeEngine({}, &metrics);
+  PolicySpec spec;
+  spec.sink = Original(4, 64);
+  constexpr int32_t kTokens = 600;
+  GenerationRequest r = Greedy("Once upon a time, in a land far away,", kTokens, &spec);
+  const std::vector<int32_t> expected = BackendGreedy(r, kTokens);
+  Collector c;
+  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
+  int32_t max_pages = 0;
+  while (!c.stream->closed()) {
+    max_pages = std::max(max_pages, engine->stats().kv_pages_used);
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  const GenerationDelta out = c.Wait()[0];
+  EXPECT_EQ(out.completion_tokens, kTokens);
+  EXPECT_EQ(out.token_ids, expected);
+  // The sink page, the window's 64 tokens over up to 5 pages, the page
+  // being written; a dense sequence would end with 38.
+  EXPECT_GT(max_pages, 0);
+  EXPECT_LE(max_pages, 7);
+  const double evicted = CounterValue(metrics, "attnserve_kv_evicted_pages_total");
+  EXPECT_GE(evicted, (kTokens + 10 - 64) / 16 - 2);
+  const double read = CounterValue(metrics, "attnserve_attention_pages_read_total");
+  const double visible = CounterValue(metrics, "attnserve_attention_pages_visible_total");
+  EXPECT_GT(read, 0.0);
+  EXPECT_LT(read, visible / 2);
+  EXPECT_EQ(CounterValue(metrics, "attnserve_requests_total",
+                         {{"mode", "dense"}, {"sink", "streaming"}, {"calibration", "none"}}),
+            1.0);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+TEST_F(EnginePolicyTest, PrefixPagesAreSharedOnlyByEqualPrefillPolicies) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  const std::string prompt =
+      "<|im_start|>system\nYou are a helpful assistant who answers briefly and precisely.<|im_end|>\n"
+      "<|im_start|>user\nWhat is the longest river in Africa?<|im_end|>\n<|im_start|>assistant\n";
+  auto run = [&](const PolicySpec* spec) {
+    Collector c;
+    EXPECT_TRUE(engine->Submit(Greedy(prompt, 4, spec), c.stream).ok());
+    return c.Wait()[0];
+  };
+  PolicySpec gamma2, gamma3, dense, neutral;
+  gamma2.zero_tuning = ZeroTuningSpec{2.0f, {}, {}};
+  gamma3.zero_tuning = ZeroTuningSpec{3.0f, {}, {}};
+  // alpha 1 biases nothing: the plan computes what dense computes.
+  neutral.emphasis = EmphasisSpec{{{0, 4, SpanUnit::kTokens}}, 1.0f, {}, {}};
+  const GenerationDelta first = run(&gamma2);
+  const GenerationDelta same = run(&gamma2);
+  EXPECT_EQ(first.cached_prompt_tokens, 0);
+  EXPECT_GT(same.cached_prompt_tokens, 0);
+  EXPECT_EQ(same.token_ids, first.token_ids);
+  EXPECT_EQ(run(&gamma3).cached_prompt_tokens, 0);
+  EXPECT_EQ(run(nullptr).cached_prompt_tokens, 0);
+  EXPECT_GT(run(&dense).cached_prompt_tokens, 0);
+  EXPECT_GT(run(&neutral).cached_prompt_tokens, 0);
+  PolicySpec streaming;
+  streaming.sink = Original(4, 16);
+  EXPECT_EQ(run(&streaming).cached_prompt_tokens, 0);
+}
+
+TEST_F(EnginePolicyTest, StreamingSequencesSurvivePreemptionUnderATinyKvCache) {
+  std::unique_ptr<Engine> reference = MakeEngine();
+  EngineOptions tiny;
+  tiny.page_size = 16;
+  tiny.kv_cache_bytes = 10ll * 16 * 2 * 30 * 3 * 64 * 2;  // 10 pages; 4 sequences need ~20
+  tiny.max_num_batched_tokens = 64;
+  std::unique_ptr<Engine> engine = MakeEngine(tiny);
+  PolicySpec spec;
+  spec.sink = Original(4, 32);
+  std::vector<std::string> prompts;
+  std::vector<std::vector<int32_t>> expected;
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back("Chapter " + std::to_string(i + 1) + ". The storm had passed, and the");
+    expected.push_back(RunAlone(*reference, Greedy(prompts.back(), 120, &spec)));
+  }
+  std::vector<std::unique_ptr<Collector>> runs;
+  for (const std::string& prompt : prompts) {
+    runs.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(engine->Submit(Greedy(prompt, 120, &spec), runs.back()->stream).ok());
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(runs[i]->Wait()[0].token_ids, expected[i]) << "sequence " << i;
+  EXPECT_GT(engine->stats().preemptions_total, 0);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+TEST_F(EnginePolicyTest, CompletionsOfAStreamingRequestShareItsPrompt) {
+  Metrics metrics;
+  std::unique_ptr<Engine> engine = MakeEngine({}, &metrics);
+  PolicySpec spec;
+  spec.sink = Original(4, 16);
+  GenerationRequest r = Greedy(
+      "Here is a list of short words that rhyme with cat, one per line, without numbering, followed by a "
+      "list of words that rhyme with dog, then a list of words that rhyme with fish, and at the very end a "
+      "list of words that rhyme with bird:",
+      12, &spec);
+  ASSERT_GT(r.prompt_ids.size(), 52u);  // so that completion 0 releases prompt pages
+  r.sampling.n = 3;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 11;
+  Collector c;
+  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
+  const std::vector<GenerationDelta> out = c.Wait();
+  ASSERT_EQ(out.size(), 3u);
+  // Completion 0 released the prompt's middle pages, but the prefix cache
+  // still holds them for its siblings.
+  EXPECT_EQ(out[0].cached_prompt_tokens, 0);
+  EXPECT_EQ(out[1].cached_prompt_tokens, (r.prompt_ids.size() - 1) / 16 * 16);
+  for (const GenerationDelta& d : out) EXPECT_EQ(d.completion_tokens, 12);
+  EXPECT_GT(CounterValue(metrics, "attnserve_kv_evicted_pages_total"), 0.0);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+TEST_F(EnginePolicyTest, ScoreUsesThePlan) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  const std::vector<int32_t> text = model_->tokenizer->Encode(
+      "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+      "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light.",
+      true, false);
+  const double dense = engine->Score(text, nullptr, absl::InfiniteFuture()).value().perplexity;
+  PolicySpec none;
+  EXPECT_EQ(engine->Score(text, Plan(none, static_cast<int32_t>(text.size())), absl::InfiniteFuture())
+                .value()
+                .perplexity,
+            dense);
+  PolicySpec spec;
+  spec.sink = Original(1, 8);
+  const double streaming =
+      engine->Score(text, Plan(spec, static_cast<int32_t>(text.size())), absl::InfiniteFuture()).value().perplexity;
+  EXPECT_NE(streaming, dense);
+  EXPECT_GT(streaming, 1.0);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+TEST_F(EnginePolicyTest, PlansForAnotherModelAreRefused) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ModelConfig other = model_->config;
+  other.n_layers = 2;
+  const auto plan = PlanAttention(PolicySpec{}, other, PromptInfo{4}).value();
+  GenerationRequest r = Greedy("Hello", 2);
+  r.attention = plan;
+  Collector c;
+  EXPECT_EQ(engine->Submit(r, c.stream).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Score({1, 2, 3}, plan, absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace attnserve
