@@ -26,11 +26,22 @@ int64_t ActScalesPerRow(GgmlType act_type, int64_t cols);
 // Fills the scales of one quantized activation row.
 void ComputeActScales(GgmlType act_type, const void* row, int64_t cols, float* scales);
 
+// A kernel's view of up to 4 activation rows (plus their ActRows::scales)
+// and of where their results for the current weight row go.
+struct Rows {
+  const uint8_t* act;
+  size_t act_stride;
+  const float* scales;
+  int64_t scales_stride;
+  float* y;
+  int64_t y_stride;
+};
+
 // For r in [0, rows) and b in [0, act.count):
 //   y[b * y_stride + r] = dot(weight row r, activation row b)
 // Weight rows of `type` are w_stride bytes apart. Each weight row is read
 // once per 4 activation rows, so callers keep rows * w_stride cache-sized.
-void DotTile(GgmlType type, const void* w, size_t w_stride, int64_t rows, int64_t cols, const ActRows& act,
-             float* y, int64_t y_stride);
+void DotTile(GgmlType type, const void* w, size_t w_stride, int64_t rows, int64_t cols, const ActRows& act, float* y,
+             int64_t y_stride);
 
 }  // namespace attnserve

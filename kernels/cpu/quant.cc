@@ -138,8 +138,7 @@ void QuantizeActivationRow(GgmlType type, const float* src, void* dst, int64_t n
       for (int64_t i = 0; i < n / kQK_K; ++i) QuantizeQ8_KBlock(src + i * kQK_K, y + i);
       return;
     }
-    default:
-      UnsupportedType("QuantizeActivationRow", type);
+    default: UnsupportedType("QuantizeActivationRow", type);
   }
 }
 
@@ -194,13 +193,9 @@ void Fp16ToFloatRow(const fp16_t* src, float* dst, int64_t n) { HWY_DYNAMIC_DISP
 
 void DequantizeRow(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::kF32:
-      memcpy(dst, src, n * sizeof(float));
-      return;
-    case GgmlType::kF16:
-      return Fp16ToFloatRow(static_cast<const fp16_t*>(src), dst, n);
-    case GgmlType::kBF16:
-      return HWY_DYNAMIC_DISPATCH(Bf16ToFloatRow)(static_cast<const bf16_t*>(src), dst, n);
+    case GgmlType::kF32: memcpy(dst, src, n * sizeof(float)); return;
+    case GgmlType::kF16: return Fp16ToFloatRow(static_cast<const fp16_t*>(src), dst, n);
+    case GgmlType::kBF16: return HWY_DYNAMIC_DISPATCH(Bf16ToFloatRow)(static_cast<const bf16_t*>(src), dst, n);
     default:
       if (!IsBlockType(type)) UnsupportedType("DequantizeRow", type);
       return HWY_DYNAMIC_DISPATCH(DequantizeBlocks)(type, src, dst, n);
@@ -209,14 +204,11 @@ void DequantizeRow(GgmlType type, const void* src, float* dst, int64_t n) {
 
 void QuantizeRow(GgmlType type, const float* src, void* dst, int64_t n) {
   switch (type) {
-    case GgmlType::kF16:
-      return FloatToFp16Row(src, static_cast<fp16_t*>(dst), n);
+    case GgmlType::kF16: return FloatToFp16Row(src, static_cast<fp16_t*>(dst), n);
     case GgmlType::kQ8_0:
     case GgmlType::kQ8_1:
-    case GgmlType::kQ8_K:
-      return HWY_DYNAMIC_DISPATCH(QuantizeActivationRow)(type, src, dst, n);
-    default:
-      return QuantizeRowReference(type, src, dst, n);
+    case GgmlType::kQ8_K: return HWY_DYNAMIC_DISPATCH(QuantizeActivationRow)(type, src, dst, n);
+    default: return QuantizeRowReference(type, src, dst, n);
   }
 }
 
@@ -227,16 +219,12 @@ GgmlType ActivationTypeFor(GgmlType weight_type) {
   switch (weight_type) {
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
-    case GgmlType::kQ8_0:
-      return GgmlType::kQ8_0;
+    case GgmlType::kQ8_0: return GgmlType::kQ8_0;
     case GgmlType::kQ4_1:
-    case GgmlType::kQ5_1:
-      return GgmlType::kQ8_1;
+    case GgmlType::kQ5_1: return GgmlType::kQ8_1;
     case GgmlType::kQ4_K:
-    case GgmlType::kQ6_K:
-      return GgmlType::kQ8_K;
-    default:
-      return GgmlType::kF32;
+    case GgmlType::kQ6_K: return GgmlType::kQ8_K;
+    default: return GgmlType::kF32;
   }
 }
 

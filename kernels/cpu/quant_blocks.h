@@ -24,6 +24,17 @@ bool IsBlockType(GgmlType type);
 // Decodes one block of a block type.
 void UnpackBlock(GgmlType type, const void* block, UnpackedBlock* out);
 
+// Q4_K's 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).
+inline void ScaleMinK4(int j, const uint8_t* packed, int* scale, int* min) {
+  if (j < 4) {
+    *scale = packed[j] & 63;
+    *min = packed[j + 4] & 63;
+  } else {
+    *scale = (packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4);
+    *min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+  }
+}
+
 // Aborts with a message naming the type; for types a kernel does not handle.
 [[noreturn]] void UnsupportedType(const char* what, GgmlType type);
 

@@ -24,7 +24,9 @@ inline void CpuRelax() {
 
 // How long an idle worker polls for the next job before it sleeps. A decode
 // step issues its parallel regions back to back with gaps far below this, so
-// workers stay awake for a whole step and sleep between steps.
+// workers stay awake for a whole step and sleep between steps; waking a
+// sleeping worker costs the caller several microseconds (futex, and on a VM
+// an inter-processor interrupt through the hypervisor).
 constexpr auto kSpinTime = std::chrono::microseconds(50);
 
 // One 64-bit word tells workers everything about the current job:
@@ -47,7 +49,9 @@ thread_local bool t_inside_task = false;
 struct ThreadPool::State {
   std::vector<std::thread> workers;
 
-  std::atomic<uint64_t> ctrl{0};
+  // `ctrl` and the job share a cache line: a worker that sees a new epoch
+  // finds the job in the same line.
+  alignas(64) std::atomic<uint64_t> ctrl{0};
   // The job. Written by the caller only while no worker can be inside it
   // (before opening, after all joined workers left), read by joined workers.
   const std::function<void(int64_t, int)>* task = nullptr;
@@ -57,7 +61,7 @@ struct ThreadPool::State {
   // Sleeping. `sleepers` and `ctrl` are both seq_cst so that either the caller
   // sees a sleeper and notifies under the mutex, or the sleeper sees the new
   // epoch before it waits (no lost wake-up).
-  std::mutex mu;
+  alignas(64) std::mutex mu;
   std::condition_variable cv;
   std::atomic<int> sleepers{0};
   std::atomic<bool> stop{false};

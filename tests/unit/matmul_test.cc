@@ -249,9 +249,8 @@ TEST(ThreadPoolTest, UsesWorkerThreads) {
 TEST(ThreadPoolTest, NestedCallsRunInline) {
   ThreadPool pool(3);
   std::vector<std::atomic<int>> runs(8 * 8);
-  pool.ParallelFor(8, [&](int64_t i, int) {
-    pool.ParallelFor(8, [&](int64_t j, int) { runs[i * 8 + j].fetch_add(1); });
-  });
+  pool.ParallelFor(8,
+                   [&](int64_t i, int) { pool.ParallelFor(8, [&](int64_t j, int) { runs[i * 8 + j].fetch_add(1); }); });
   for (auto& r : runs) EXPECT_EQ(r.load(), 1);
 }
 

@@ -80,14 +80,17 @@ TEST(QuantTest, ActivationTypes) {
 }
 
 // Round trip through each type: a worst-case bound per element where the
-// format has a simple one, and a bound on the relative RMS error of Gaussian
-// data for all (llama.cpp's quantizers reach these with some margin).
+// format has a simple one, and for all a bound on the relative RMS error of
+// Gaussian data about 1.2x what llama.cpp's quantizers reach on it.
 TEST(QuantTest, RoundTripError) {
-  struct Case { GgmlType type; double max_rel_rms; };
+  struct Case {
+    GgmlType type;
+    double max_rel_rms;
+  };
   const Case cases[] = {
-      {GgmlType::kF32, 0},       {GgmlType::kF16, 4e-4},    {GgmlType::kBF16, 3e-3},  {GgmlType::kQ4_0, 0.13},
-      {GgmlType::kQ4_1, 0.10},   {GgmlType::kQ5_0, 0.065},  {GgmlType::kQ5_1, 0.05},  {GgmlType::kQ8_0, 0.008},
-      {GgmlType::kQ8_1, 0.008},  {GgmlType::kQ4_K, 0.10},   {GgmlType::kQ6_K, 0.025}, {GgmlType::kQ8_K, 0.008},
+      {GgmlType::kF32, 0},       {GgmlType::kF16, 3e-4},   {GgmlType::kBF16, 2e-3},  {GgmlType::kQ4_0, 0.10},
+      {GgmlType::kQ4_1, 0.09},   {GgmlType::kQ5_0, 0.05},  {GgmlType::kQ5_1, 0.045}, {GgmlType::kQ8_0, 0.0065},
+      {GgmlType::kQ8_1, 0.0065}, {GgmlType::kQ4_K, 0.085}, {GgmlType::kQ6_K, 0.021}, {GgmlType::kQ8_K, 0.008},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(Name(c.type));
@@ -115,7 +118,7 @@ TEST(QuantTest, RoundTripError) {
       }
       double bound;
       switch (c.type) {
-        case GgmlType::kQ4_0: bound = 1.01 * amax / 8; break;   // the opposite extreme clips to 7/8
+        case GgmlType::kQ4_0: bound = 1.01 * amax / 8; break;  // the opposite extreme clips to 7/8
         case GgmlType::kQ5_0: bound = 1.01 * amax / 16; break;
         case GgmlType::kQ4_1: bound = 0.51 * (hi - lo) / 15 + 1e-3 * std::fabs(lo); break;
         case GgmlType::kQ5_1: bound = 0.52 * (hi - lo) / 31 + 1e-3 * std::fabs(lo); break;
@@ -217,11 +220,26 @@ TEST(QuantTest, Fp16ToFloatRowAllValues) {
 
 std::vector<float> SpecialFloats() {
   const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> v = {0.f, -0.f, 1.f, -1.f, 65504.f, 65519.f, 65520.f, 1e6f, -1e6f, inf, -inf,
-                          std::numeric_limits<float>::quiet_NaN(), 5.9604645e-08f /* 2^-24 */,
-                          2.9802322e-08f /* 2^-25: ties to 0 */, 4.4703484e-08f /* 1.5 * 2^-25 */,
-                          6.1035156e-05f /* 2^-14 */, 6.0975552e-05f /* largest subnormal */,
-                          std::numeric_limits<float>::denorm_min(), 1e-40f, 1.00048828125f /* tie */,
+  std::vector<float> v = {0.f,
+                          -0.f,
+                          1.f,
+                          -1.f,
+                          65504.f,
+                          65519.f,
+                          65520.f,
+                          1e6f,
+                          -1e6f,
+                          inf,
+                          -inf,
+                          std::numeric_limits<float>::quiet_NaN(),
+                          5.9604645e-08f /* 2^-24 */,
+                          2.9802322e-08f /* 2^-25: ties to 0 */,
+                          4.4703484e-08f /* 1.5 * 2^-25 */,
+                          6.1035156e-05f /* 2^-14 */,
+                          6.0975552e-05f /* largest subnormal */,
+                          std::numeric_limits<float>::denorm_min(),
+                          1e-40f,
+                          1.00048828125f /* tie */,
                           1.00146484375f /* tie, odd */};
   std::mt19937 rng(11);
   std::uniform_int_distribution<uint32_t> bits;
@@ -251,9 +269,9 @@ TEST(QuantTest, FloatToFp16RowRoundsToNearestEven) {
       }
     }
   });
-  EXPECT_EQ(FloatToFp16(65520.f), 0x7c00);       // rounds up to inf
-  EXPECT_EQ(FloatToFp16(2.9802322e-08f), 0);      // 2^-25 ties to even (zero)
-  EXPECT_EQ(FloatToFp16(4.4703484e-08f), 1);      // above the tie: smallest subnormal
+  EXPECT_EQ(FloatToFp16(65520.f), 0x7c00);         // rounds up to inf
+  EXPECT_EQ(FloatToFp16(2.9802322e-08f), 0);       // 2^-25 ties to even (zero)
+  EXPECT_EQ(FloatToFp16(4.4703484e-08f), 1);       // above the tie: smallest subnormal
   EXPECT_EQ(FloatToFp16(1.00048828125f), 0x3c00);  // tie to even
   EXPECT_EQ(FloatToFp16(1.00146484375f), 0x3c02);
 }
