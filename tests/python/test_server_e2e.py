@@ -153,3 +153,16 @@ def test_sigterm_drains_and_exits_0(stubs, attnserve_bin, model_path, tmp_path):
     s.stop()
     log = (tmp_path / "stderr.log").read_text()
     assert "drained" in log and 'method=Generate' in log
+
+
+def test_prefix_cache_hit_in_usage_and_metrics(stubs, server):
+    prompt = ("<|im_start|>system\nYou are a careful assistant who answers in one short sentence.<|im_end|>\n"
+              "<|im_start|>user\nWhich river flows through Paris?<|im_end|>\n<|im_start|>assistant\n")
+    hits_before = server.metric("attnserve_prefix_cache_hits_total") or 0.0
+    first = generate(stubs, server, prompt=prompt, sampling={"max_tokens": 4, "ignore_eos": True})[-1]
+    second = generate(stubs, server, prompt=prompt, sampling={"max_tokens": 4, "ignore_eos": True})[-1]
+    assert first.usage.cached_prompt_tokens == 0
+    assert second.usage.cached_prompt_tokens > 0
+    assert second.usage.cached_prompt_tokens % 16 == 0  # whole pages
+    hits = server.metric("attnserve_prefix_cache_hits_total") - hits_before
+    assert hits >= second.usage.cached_prompt_tokens
