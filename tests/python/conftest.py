@@ -55,3 +55,11 @@ def llama_reference(path, n_ctx=2048, logits_all=True):
 @pytest.fixture(scope="session")
 def stubs(tmp_path_factory):
     return grpc_stubs.generate(tmp_path_factory.mktemp("stubs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random Llama GGUF (tests/python/tiny_llama.py), written once per session."""
+    import tiny_llama
+
+    return tiny_llama.write_tiny_llama(tmp_path_factory.mktemp("tiny_model") / "tiny-llama.F32.gguf")
