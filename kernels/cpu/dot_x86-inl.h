@@ -18,9 +18,11 @@
 
 #include "hwy/highway.h"
 #include "kernels/common/ggml_types.h"
+#include "kernels/common/half.h"
 #include "kernels/cpu/matmul_dot.h"
 
 #undef ATTN_X86_INT
+#undef ATTN_HW_BF16
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
 #define ATTN_X86_INT 1
 #else
@@ -69,6 +71,21 @@ HWY_INLINE __m128 LeadingHalves(const void* block) {
   return _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
 }
 
+HWY_INLINE int32_t HorizontalSumI32(__m128i v) {
+  v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+  return _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+// The sums of the 8 lanes of each of p[0..MR) (MR <= 4), in lanes 0..MR-1.
+template <int MR>
+HWY_INLINE __m128i RowSumsI32(const __m256i* p) {
+  const __m256i z = _mm256_setzero_si256();
+  const __m256i h01 = _mm256_hadd_epi32(p[0], MR > 1 ? p[1] : z);
+  const __m256i h23 = MR > 2 ? _mm256_hadd_epi32(p[2], MR > 3 ? p[3] : z) : z;
+  const __m256i h = _mm256_hadd_epi32(h01, h23);
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 HWY_INLINE float HorizontalSum(__m128 v) {
   v = _mm_add_ps(v, _mm_movehl_ps(v, v));
   return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
@@ -81,31 +98,37 @@ HWY_INLINE float HorizontalSum(__m256 v) {
 // The 32-element types, as 32 quants per block: the *_0 types give signed
 // quants centred on 0 (x = q * d), the *_1 types unsigned ones and a min m
 // (x = q * d + m), whose term is m * s with the s = d * sum(q) of Q8_1.
+// Q4_0 and Q5_0 give their stored unsigned quants, kBias above the signed
+// ones: the kernels take kBias times the activations' sums off the products,
+// which leaves every integer sum as it was (and saves moving signs around).
 struct Q4_0Kernel {
   using Block = BlockQ4_0;
   using Act = BlockQ8_0;
   static constexpr bool kSigned = true;
-  static __m256i Quants(const Block& b) { return _mm256_sub_epi8(Nibbles(b.qs), _mm256_set1_epi8(8)); }
+  static constexpr int kBias = 8;
+  static __m256i Quants(const Block& b) { return Nibbles(b.qs); }
 };
 struct Q4_1Kernel {
   using Block = BlockQ4_1;
   using Act = BlockQ8_1;
   static constexpr bool kSigned = false;
+  static constexpr int kBias = 0;
   static __m256i Quants(const Block& b) { return Nibbles(b.qs); }
 };
 struct Q5_0Kernel {
   using Block = BlockQ5_0;
   using Act = BlockQ8_0;
   static constexpr bool kSigned = true;
-  // q5 - 16 is the nibble with 0xF0 or'ed in (i.e. -16 added) where bit 5 is clear.
+  static constexpr int kBias = 16;
   static __m256i Quants(const Block& b) {
-    return _mm256_or_si256(Nibbles(b.qs), _mm256_andnot_si256(BitsToBytes(b.qh), _mm256_set1_epi8(-16)));
+    return _mm256_or_si256(Nibbles(b.qs), _mm256_and_si256(BitsToBytes(b.qh), _mm256_set1_epi8(16)));
   }
 };
 struct Q5_1Kernel {
   using Block = BlockQ5_1;
   using Act = BlockQ8_1;
   static constexpr bool kSigned = false;
+  static constexpr int kBias = 0;
   static __m256i Quants(const Block& b) {
     return _mm256_or_si256(Nibbles(b.qs), _mm256_and_si256(BitsToBytes(b.qh), _mm256_set1_epi8(16)));
   }
@@ -114,66 +137,153 @@ struct Q8_0Kernel {
   using Block = BlockQ8_0;
   using Act = BlockQ8_0;
   static constexpr bool kSigned = true;
+  static constexpr int kBias = 0;
   static __m256i Quants(const Block& b) { return LoadBytes(b.qs); }
 };
 
-// Accumulators of DotSmallRows for NB activation rows.
-template <int NB>
-struct SmallAcc {
-  __m256 sum[NB];
-  __m128 min[NB];  // lane 1: sum of m * s over the blocks (*_1 types)
-};
+// The integer sums of 4 products per lane of a block's quants q (K::Quants)
+// with the activation quants y, as ggml's kernels get them. With kUseBias
+// (worth it where several weight rows share y), the biased unsigned quants
+// of Q4_0 / Q5_0 go in as they are and bias_sums (BiasSums: kBias times the
+// lanes' sums of y) come off; else the sign moves onto y, as in ggml.
+template <class K, bool kUseBias>
+HWY_INLINE __m256i BlockLaneSums(__m256i q, __m256i y, [[maybe_unused]] __m256i bias_sums) {
+  if constexpr (K::kBias != 0 && kUseBias) {
+    return _mm256_sub_epi32(DotU8I8(q, y), bias_sums);
+  } else if constexpr (K::kSigned) {
+    if constexpr (K::kBias != 0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(K::kBias));
+    // maddubs/vpdpbusd want one unsigned operand: move q's sign onto y.
+    return DotU8I8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+  } else {
+    return DotU8I8(q, y);
+  }
+}
 
-template <class K, int NB>
-HWY_INLINE void DotSmallRows(const void* wrow, int64_t n, const Rows& r) {
+template <class K, bool kUseBias>
+HWY_INLINE __m256i BiasSums(__m256i y) {
+  if constexpr (K::kBias == 0 || !kUseBias) {
+    return _mm256_setzero_si256();
+  } else {
+    static_assert(K::kBias == 8 || K::kBias == 16);
+    constexpr int kShift = K::kBias == 8 ? 3 : 4;
+    return _mm256_slli_epi32(DotU8I8(_mm256_set1_epi8(1), y), kShift);
+  }
+}
+
+// Dot products of MR consecutive weight rows (w_stride bytes apart) with NB
+// activation rows, in the order of ggml's AVX2 vec_dot_<type>_q8_{0,1}
+// (ggml/src/ggml-cpu/arch/x86/quants.c), which llama.cpp's tinyBLAS
+// (llamafile/sgemm.cpp, tinyBLAS_Q0_AVX) repeats for the *_0 types at batch
+// sizes above 1: one 8-lane accumulator per output, and per block
+//   acc = fma(set1(d_w * d_a), float(8 int32 sums of 4 products), acc)
+// in block order; the *_1 types add their min term per block in a scalar
+// fused multiply-add, summs = fma(m_w, s_a, summs) (GCC contracts ggml's
+// `summs += m * s`). The result is hsum(acc) + summs, hsum adding the upper
+// 128-bit half to the lower, then lanes 2-3 to 0-1, then lane 1 to 0. Each
+// output is thus a function of its two rows only, bit for bit what llama.cpp
+// computes; the MR * NB independent chains hide the FMA latency that a
+// single output's chain is bound by.
+template <class K, int MR, int NB>
+HWY_INLINE void DotSmallRows(const uint8_t* wrows, size_t w_stride, int64_t n, const Rows& r) {
   using Act = typename K::Act;
+  using Block = typename K::Block;
   const int64_t nblocks = n / kQK;
-  const auto* w = static_cast<const typename K::Block*>(wrow);
+  const Block* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = reinterpret_cast<const Block*>(wrows + m * w_stride);
   const Act* a[NB];
   const float* a_scales[NB];  // [d, s] per block
-  // Even and odd blocks go to separate accumulators: one dependent FMA per
-  // block would bound a single activation row by the FMA latency. Every NB
-  // sums in the same order, so a row's result does not depend on its batch.
-  SmallAcc<NB> acc[2];
+  __m256 acc[MR][NB];
+  __m128 summs[MR][NB];  // lane 1 (*_1 types)
   for (int b = 0; b < NB; ++b) {
     a[b] = reinterpret_cast<const Act*>(r.act + b * r.act_stride);
     a_scales[b] = r.scales + b * r.scales_stride;
-    for (SmallAcc<NB>& c : acc) {
-      c.sum[b] = _mm256_setzero_ps();
-      c.min[b] = _mm_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      acc[m][b] = _mm256_setzero_ps();
+      summs[m][b] = _mm_setzero_ps();
     }
   }
-  auto block = [&](int64_t i, SmallAcc<NB>& c) HWY_ATTR {
-    const __m256i q = K::Quants(w[i]);
-    if constexpr (K::kSigned) {
-      // maddubs wants one unsigned operand: move q's sign onto y.
-      const __m256i q_abs = _mm256_sign_epi8(q, q);
-      const float dw = F16(w[i].d);
-      for (int b = 0; b < NB; ++b) {
-        const __m256i p = DotU8I8(q_abs, _mm256_sign_epi8(LoadBytes(a[b][i].qs), q));
-        c.sum[b] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a_scales[b][2 * i]), _mm256_cvtepi32_ps(p), c.sum[b]);
-      }
-    } else {
-      const __m128 dm = LeadingHalves(&w[i]);
-      for (int b = 0; b < NB; ++b) {
-        const __m256i p = DotU8I8(q, LoadBytes(a[b][i].qs));
-        const __m128 ds = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a_scales[b] + 2 * i)));
-        const __m128 scales = _mm_mul_ps(dm, ds);  // [dw * da, m * s]
-        c.sum[b] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(p), c.sum[b]);
-        c.min[b] = _mm_add_ps(c.min[b], scales);
+  for (int64_t i = 0; i < nblocks; ++i) {
+    __m256i y[NB], bias_sums[NB];
+    for (int b = 0; b < NB; ++b) {
+      y[b] = LoadBytes(a[b][i].qs);
+      bias_sums[b] = BiasSums<K, (MR > 1)>(y[b]);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const Block& x = w[m][i];
+      const __m256i q = K::Quants(x);
+      if constexpr (K::kSigned) {
+        const float dw = F16(x.d);
+        for (int b = 0; b < NB; ++b) {
+          const __m256i p = BlockLaneSums<K, (MR > 1)>(q, y[b], bias_sums[b]);
+          acc[m][b] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a_scales[b][2 * i]), _mm256_cvtepi32_ps(p), acc[m][b]);
+        }
+      } else {
+        // Lanes [d_w, m_w] times [d_a, s_a]: lane 0 of the product is the
+        // block's scale, lane 1 of the fused multiply-add the running summs.
+        const __m128 dm = LeadingHalves(&x);
+        for (int b = 0; b < NB; ++b) {
+          const __m256i p = BlockLaneSums<K, (MR > 1)>(q, y[b], bias_sums[b]);
+          const __m128 ds = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a_scales[b] + 2 * i)));
+          acc[m][b] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_mul_ps(dm, ds)), _mm256_cvtepi32_ps(p), acc[m][b]);
+          summs[m][b] = _mm_fmadd_ps(dm, ds, summs[m][b]);
+        }
       }
     }
-  };
-  int64_t i = 0;
-  for (; i + 2 <= nblocks; i += 2) {
-    block(i, acc[0]);
-    block(i + 1, acc[1]);
   }
-  if (i < nblocks) block(i, acc[0]);
+  for (int m = 0; m < MR; ++m) {
+    for (int b = 0; b < NB; ++b) {
+      float sum = HorizontalSum(acc[m][b]);
+      if constexpr (!K::kSigned) sum += _mm_cvtss_f32(_mm_movehdup_ps(summs[m][b]));
+      r.y[b * r.y_stride + m] = sum;
+    }
+  }
+}
+
+// Q4_0 in the order of the 8x8 repacked kernels that llama.cpp's CPU_REPACK
+// buffer uses for Q4_0 matrices of a multiple of 8 rows on AVX2
+// (ggml_gemv/gemm_q4_0_8x8_q8_0): per block one integer sum per output, then
+//   acc = fma(float(sum), d_w * d_a, acc)
+// in block order, one scalar chain per output, here MR (<= 4) rows in the
+// lanes of one vector.
+template <int MR, int NB>
+HWY_INLINE void DotQ4_0RepackedRows(const uint8_t* wrows, size_t w_stride, int64_t n, const Rows& r) {
+  const int64_t nblocks = n / kQK;
+  const BlockQ4_0* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = reinterpret_cast<const BlockQ4_0*>(wrows + m * w_stride);
+  const BlockQ8_0* a[NB];
+  const float* a_scales[NB];
+  __m128 acc[NB];
   for (int b = 0; b < NB; ++b) {
-    const __m128 min = _mm_add_ps(acc[0].min[b], acc[1].min[b]);
-    r.y[b * r.y_stride] =
-        HorizontalSum(_mm256_add_ps(acc[0].sum[b], acc[1].sum[b])) + _mm_cvtss_f32(_mm_movehdup_ps(min));
+    a[b] = reinterpret_cast<const BlockQ8_0*>(r.act + b * r.act_stride);
+    a_scales[b] = r.scales + b * r.scales_stride;
+    acc[b] = _mm_setzero_ps();
+  }
+  for (int64_t i = 0; i < nblocks; ++i) {
+    __m256i y[NB], bias_sums[NB];
+    for (int b = 0; b < NB; ++b) {
+      y[b] = LoadBytes(a[b][i].qs);
+      bias_sums[b] = BiasSums<Q4_0Kernel, (MR > 1)>(y[b]);
+    }
+    __m256i p[NB][4];
+    uint16_t d[4] = {0, 0, 0, 0};
+    for (int m = 0; m < MR; ++m) {
+      const BlockQ4_0& x = w[m][i];
+      const __m256i q = Q4_0Kernel::Quants(x);
+      memcpy(&d[m], &x.d, sizeof(d[m]));
+      for (int b = 0; b < NB; ++b) p[b][m] = BlockLaneSums<Q4_0Kernel, (MR > 1)>(q, y[b], bias_sums[b]);
+    }
+    uint64_t d_bits;
+    memcpy(&d_bits, d, sizeof(d_bits));
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<int64_t>(d_bits)));
+    for (int b = 0; b < NB; ++b) {
+      const __m128 sums = _mm_cvtepi32_ps(RowSumsI32<MR>(p[b]));
+      acc[b] = _mm_fmadd_ps(sums, _mm_mul_ps(dw, _mm_set1_ps(a_scales[b][2 * i])), acc[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    HWY_ALIGN float out[4];
+    _mm_store_ps(out, acc[b]);
+    for (int m = 0; m < MR; ++m) r.y[b * r.y_stride + m] = out[m];
   }
 }
 
@@ -194,6 +304,30 @@ HWY_INLINE __m256i BroadcastI16(__m256i v, int k) {
   return _mm256_shuffle_epi8(v, _mm256_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * k)));
 }
 
+// The orders llama.cpp sums Q4_K rows in on this machine.
+enum class Q4KOrder {
+  // ggml_vec_dot_q4_K_q8_K (AVX2): per super-block an 8-lane accumulator
+  // takes d_w * d_a times the lanes' integer sums and a 4-lane one
+  // -dmin_w * d_a times the min terms; the result is hsum(acc) + hsum(mins).
+  kVecDot,
+  // The CPU_REPACK buffer's 8x8 kernels, used for Q4_K matrices of a
+  // multiple of 8 rows on AVX2 (ggml_gemv/gemm_q4_K_8x8_q8_K): one integer
+  // sum and one integer min term per output and step, each folded into a
+  // scalar chain,
+  //   acc = fma(float(sum), d_w * d_a, acc), mins = fma(float(min), dmin_w * d_a, mins),
+  // the result acc - mins. gemv (activation rows past the last whole group
+  // of 4) steps by super-block, gemm (the groups of 4) by 64 elements.
+  kRepackedGemv,
+  kRepackedGemm,
+  // llama.cpp's tiled K-quant kernels (ggml-cpu/tiled, taken from 8
+  // activation rows up for matrices outside CPU_REPACK): per super-block
+  // one integer sum and min term per output,
+  //   acc = fma(float(sum) * d_w - dmin_w * float(min), d_a, acc)
+  // (the subtraction fused with its product).
+  kTiled,
+};
+
+// Q4_K in ggml_vec_dot_q4_K_q8_K's order, one weight row.
 template <int NB>
 HWY_INLINE void DotQ4_KRows(const void* wrow, int64_t n, const Rows& r) {
   const int64_t nblocks = n / kQK_K;
@@ -244,11 +378,183 @@ HWY_INLINE void DotQ4_KRows(const void* wrow, int64_t n, const Rows& r) {
   for (int b = 0; b < NB; ++b) r.y[b * r.y_stride] = HorizontalSum(acc[b]) + HorizontalSum(acc_min[b]);
 }
 
+// The sums of the 4 lanes of each of v[0..L) (L <= 4), in lanes 0..L-1.
+template <int L>
+HWY_INLINE __m128i LaneSums4(const __m128i* v) {
+  const __m128i z = _mm_setzero_si128();
+  const __m128i h01 = _mm_hadd_epi32(v[0], L > 1 ? v[1] : z);
+  const __m128i h23 = L > 2 ? _mm_hadd_epi32(v[2], L > 3 ? v[3] : z) : z;
+  return _mm_hadd_epi32(h01, h23);
+}
+
+// Per-lane scales of the chain kernels below, lane m * NB + b for weight row
+// m and activation row b: the weight block's two fp16 fields and d_a.
+template <int MR, int NB>
+struct ChainScales {
+  __m128 w0, w1, da;
+};
+
+template <int MR, int NB>
+HWY_INLINE ChainScales<MR, NB> LaneScales(const fp16_t* f0, const fp16_t* f1, const float* da) {
+  if constexpr (NB == 1) {
+    // Lanes are the weight rows.
+    __m128i h0 = _mm_setzero_si128(), h1 = _mm_setzero_si128();
+    for (int m = 0; m < MR; ++m) {
+      h0 = _mm_insert_epi16(h0, f0[m], m);
+      if (f1 != nullptr) h1 = _mm_insert_epi16(h1, f1[m], m);
+    }
+    return {_mm_cvtph_ps(h0), _mm_cvtph_ps(h1), _mm_set1_ps(da[0])};
+  }
+  uint16_t h0[4] = {}, h1[4] = {};
+  HWY_ALIGN float d[4] = {};
+  for (int m = 0; m < MR; ++m) {
+    for (int b = 0; b < NB; ++b) {
+      h0[m * NB + b] = f0[m];
+      if (f1 != nullptr) h1[m * NB + b] = f1[m];
+      d[m * NB + b] = da[b];
+    }
+  }
+  uint64_t b0, b1;
+  memcpy(&b0, h0, sizeof(b0));
+  memcpy(&b1, h1, sizeof(b1));
+  return {_mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<int64_t>(b0))),
+          _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<int64_t>(b1))), _mm_load_ps(d)};
+}
+
+template <int L>
+HWY_INLINE void StoreLanes(__m128 v, int MRv, int NBv, const Rows& r) {
+  HWY_ALIGN float out[4];
+  _mm_store_ps(out, v);
+  for (int m = 0; m < MRv; ++m) {
+    for (int b = 0; b < NBv; ++b) r.y[b * r.y_stride + m] = out[m * NBv + b];
+  }
+}
+
+// Q4_K in the orders whose outputs are scalar chains (all but kVecDot), for
+// MR weight rows and NB activation rows at once, MR * NB <= 4: output
+// (m, b) in lane m * NB + b. kRepackedGemm only with MR = 1, NB = 4.
+template <int MR, int NB, Q4KOrder kOrder>
+HWY_INLINE void DotQ4_KChainRows(const uint8_t* wrows, size_t w_stride, int64_t n, const Rows& r) {
+  constexpr int L = MR * NB;
+  static_assert(L <= 4 && kOrder != Q4KOrder::kVecDot);
+  static_assert(kOrder != Q4KOrder::kRepackedGemm || (MR == 1 && NB == 4));
+  const int64_t nblocks = n / kQK_K;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const BlockQ4_K* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = reinterpret_cast<const BlockQ4_K*>(wrows + m * w_stride);
+  const BlockQ8_K* a[NB];
+  for (int b = 0; b < NB; ++b) a[b] = reinterpret_cast<const BlockQ8_K*>(r.act + b * r.act_stride);
+  __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+  for (int64_t i = 0; i < nblocks; ++i) {
+    __m256i scales2[MR];
+    __m128i mins[MR];
+    fp16_t d[MR], dmin[MR];
+    for (int m = 0; m < MR; ++m) {
+      const __m256i scales_mins = _mm256_cvtepu8_epi16(ScalesMinsK4(w[m][i].scales));
+      const __m128i scales = _mm256_castsi256_si128(scales_mins);
+      mins[m] = _mm256_extracti128_si256(scales_mins, 1);
+      scales2[m] = _mm256_set_m128i(scales, scales);
+      d[m] = w[m][i].d;
+      dmin[m] = w[m][i].dmin;
+    }
+    float da[NB];
+    for (int b = 0; b < NB; ++b) da[b] = a[b][i].d;
+    const ChainScales<MR, NB> sc = LaneScales<MR, NB>(d, dmin, da);
+    const __m128 d_da = _mm_mul_ps(sc.w0, sc.da), dmin_da = _mm_mul_ps(sc.w1, sc.da);
+    // Min terms, lane j: sub-blocks 2j, 2j + 1, min * (sum of the sub-block's activations).
+    __m128i min_terms[L];
+    __m256i sumi[L];
+    for (int b = 0; b < NB; ++b) {
+      const __m256i bsums = LoadBytes(a[b][i].bsums);
+      const __m128i sub_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+      for (int m = 0; m < MR; ++m) {
+        min_terms[m * NB + b] = _mm_madd_epi16(mins[m], sub_sums);
+        sumi[m * NB + b] = _mm256_setzero_si256();
+      }
+    }
+    for (int j = 0; j < kQK_K / 64; ++j) {
+      __m256i part[L];
+      for (int m = 0; m < MR; ++m) {
+        const __m256i scale_lo = BroadcastI16(scales2[m], 2 * j);
+        const __m256i scale_hi = BroadcastI16(scales2[m], 2 * j + 1);
+        const __m256i bits = LoadBytes(w[m][i].qs + 32 * j);
+        const __m256i q_lo = _mm256_and_si256(bits, low4);
+        const __m256i q_hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+        for (int b = 0; b < NB; ++b) {
+          const int8_t* y = a[b][i].qs + 64 * j;
+          const __m256i p_lo = _mm256_madd_epi16(scale_lo, _mm256_maddubs_epi16(q_lo, LoadBytes(y)));
+          const __m256i p_hi = _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(q_hi, LoadBytes(y + 32)));
+          part[m * NB + b] = _mm256_add_epi32(p_lo, p_hi);
+        }
+      }
+      if constexpr (kOrder == Q4KOrder::kRepackedGemm) {
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(RowSumsI32<L>(part)), d_da, acc);
+      } else {
+        for (int l = 0; l < L; ++l) sumi[l] = _mm256_add_epi32(sumi[l], part[l]);
+      }
+    }
+    if constexpr (kOrder == Q4KOrder::kRepackedGemm) {
+      // Lanes b of the 4 steps' min terms, in step order.
+      __m128 t0 = _mm_castsi128_ps(min_terms[0]), t1 = _mm_castsi128_ps(min_terms[1]);
+      __m128 t2 = _mm_castsi128_ps(min_terms[2]), t3 = _mm_castsi128_ps(min_terms[3]);
+      _MM_TRANSPOSE4_PS(t0, t1, t2, t3);
+      for (const __m128 t : {t0, t1, t2, t3}) acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_castps_si128(t)), dmin_da, acc_min);
+    } else {
+      const __m128 sums = _mm_cvtepi32_ps(RowSumsI32<L>(sumi));
+      const __m128 min_sums = _mm_cvtepi32_ps(LaneSums4<L>(min_terms));
+      if constexpr (kOrder == Q4KOrder::kTiled) {
+        acc = _mm_fmadd_ps(_mm_fnmadd_ps(sc.w1, min_sums, _mm_mul_ps(sums, sc.w0)), sc.da, acc);
+      } else {
+        acc = _mm_fmadd_ps(sums, d_da, acc);
+        acc_min = _mm_fmadd_ps(min_sums, dmin_da, acc_min);
+      }
+    }
+  }
+  StoreLanes<L>(kOrder == Q4KOrder::kTiled ? acc : _mm_sub_ps(acc, acc_min), MR, NB, r);
+}
+
+// Q6_K, one weight row with NB activation rows: the integer sums, 8 lanes
+// each, of super-block i.
+template <int NB>
+HWY_INLINE void Q6_KSums(const BlockQ6_K& x, const BlockQ8_K* const* a, int64_t i, __m256i* sumi) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.scales));
+  for (int b = 0; b < NB; ++b) {
+    // Quants are stored +32: take 32 * sum_g scale_g * (sum of group g) off.
+    const __m256i offset = _mm256_madd_epi16(LoadBytes(a[b][i].bsums), _mm256_cvtepi8_epi16(scales));
+    sumi[b] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+  }
+  for (int half = 0; half < 2; ++half) {
+    const __m256i ql0 = LoadBytes(x.ql + 64 * half);
+    const __m256i ql1 = LoadBytes(x.ql + 64 * half + 32);
+    const __m256i qh = LoadBytes(x.qh + 32 * half);
+    // Elements 32k + l of this half, as unsigned 6-bit values.
+    const __m256i q[4] = {
+        _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
+        _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, _mm256_set1_epi8(48))),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                        _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(-64)), 2)),
+    };
+    for (int k = 0; k < 4; ++k) {
+      // Groups g and g + 1 of 16: 8 int16 lanes of each scale.
+      const int64_t g = 8 * half + 2 * k;
+      const __m128i pick = _mm_set_epi64x(0x0101010101010101 * (g + 1), 0x0101010101010101 * g);
+      const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+      for (int b = 0; b < NB; ++b) {
+        const __m256i y = LoadBytes(a[b][i].qs + 128 * half + 32 * k);
+        sumi[b] = _mm256_add_epi32(sumi[b], _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], y)));
+      }
+    }
+  }
+}
+
+// Q6_K in the order of ggml_vec_dot_q6_K_q8_K (AVX2): an 8-lane accumulator
+// of d_w * d_a times the lanes' integer sums.
 template <int NB>
 HWY_INLINE void DotQ6_KRows(const void* wrow, int64_t n, const Rows& r) {
   const int64_t nblocks = n / kQK_K;
   const auto* w = static_cast<const BlockQ6_K*>(wrow);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
   const BlockQ8_K* a[NB];
   __m256 acc[NB];
   for (int b = 0; b < NB; ++b) {
@@ -256,46 +562,108 @@ HWY_INLINE void DotQ6_KRows(const void* wrow, int64_t n, const Rows& r) {
     acc[b] = _mm256_setzero_ps();
   }
   for (int64_t i = 0; i < nblocks; ++i) {
-    const BlockQ6_K& x = w[i];
-    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.scales));
     __m256i sumi[NB];
-    for (int b = 0; b < NB; ++b) {
-      // Quants are stored +32: take 32 * sum_g scale_g * (sum of group g) off.
-      const __m256i offset = _mm256_madd_epi16(LoadBytes(a[b][i].bsums), _mm256_cvtepi8_epi16(scales));
-      sumi[b] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
-    }
-    for (int half = 0; half < 2; ++half) {
-      const __m256i ql0 = LoadBytes(x.ql + 64 * half);
-      const __m256i ql1 = LoadBytes(x.ql + 64 * half + 32);
-      const __m256i qh = LoadBytes(x.qh + 32 * half);
-      // Elements 32k + l of this half, as unsigned 6-bit values.
-      const __m256i q[4] = {
-          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4)),
-          _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                          _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                          _mm256_and_si256(qh, _mm256_set1_epi8(48))),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                          _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(-64)), 2)),
-      };
-      for (int k = 0; k < 4; ++k) {
-        // Groups g and g + 1 of 16: 8 int16 lanes of each scale.
-        const int64_t g = 8 * half + 2 * k;
-        const __m128i pick = _mm_set_epi64x(0x0101010101010101 * (g + 1), 0x0101010101010101 * g);
-        const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-        for (int b = 0; b < NB; ++b) {
-          const __m256i y = LoadBytes(a[b][i].qs + 128 * half + 32 * k);
-          sumi[b] = _mm256_add_epi32(sumi[b], _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q[k], y)));
-        }
-      }
-    }
-    const float dw = F16(x.d);
+    Q6_KSums<NB>(w[i], a, i, sumi);
+    const float dw = F16(w[i].d);
     for (int b = 0; b < NB; ++b) {
       acc[b] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[b][i].d), _mm256_cvtepi32_ps(sumi[b]), acc[b]);
     }
   }
   for (int b = 0; b < NB; ++b) r.y[b * r.y_stride] = HorizontalSum(acc[b]);
 }
+
+// Q6_K in the order of llama.cpp's tiled K-quant kernels (ggml-cpu/tiled,
+// taken from 8 activation rows up): per super-block one integer sum per
+// output, then acc = fma(float(sum) * d_w, d_a, acc); MR weight rows with NB
+// activation rows, MR * NB <= 4, output (m, b) in lane m * NB + b.
+template <int MR, int NB>
+HWY_INLINE void DotQ6_KTiledRows(const uint8_t* wrows, size_t w_stride, int64_t n, const Rows& r) {
+  constexpr int L = MR * NB;
+  static_assert(L <= 4);
+  const int64_t nblocks = n / kQK_K;
+  const BlockQ6_K* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = reinterpret_cast<const BlockQ6_K*>(wrows + m * w_stride);
+  const BlockQ8_K* a[NB];
+  for (int b = 0; b < NB; ++b) a[b] = reinterpret_cast<const BlockQ8_K*>(r.act + b * r.act_stride);
+  __m128 acc = _mm_setzero_ps();
+  for (int64_t i = 0; i < nblocks; ++i) {
+    __m256i sumi[L];
+    fp16_t d[MR];
+    for (int m = 0; m < MR; ++m) {
+      Q6_KSums<NB>(w[m][i], a, i, sumi + m * NB);
+      d[m] = w[m][i].d;
+    }
+    float da[NB];
+    for (int b = 0; b < NB; ++b) da[b] = a[b][i].d;
+    const ChainScales<MR, NB> sc = LaneScales<MR, NB>(d, nullptr, da);
+    acc = _mm_fmadd_ps(_mm_mul_ps(_mm_cvtepi32_ps(RowSumsI32<L>(sumi)), sc.w0), sc.da, acc);
+  }
+  StoreLanes<L>(acc, MR, NB, r);
+}
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// BF16 rows with AVX512_BF16's vdpbf16ps, the instruction llama.cpp's BF16
+// kernels use (tinyBLAS, ggml_vec_dot_bf16) and which matmul_dot.cc's
+// portable emulation (DotBf16x32) reproduces; Highway 1.0.3 has no target
+// for it, so callers check HasAvx512Bf16() first.
+#define ATTN_BF16_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c")))
+
+inline bool HasAvx512Bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+// _mm512_reduce_add_ps as GCC expands it (see ReduceAdd16).
+ATTN_BF16_ATTR inline float ReduceAdd512(__m512 v) {
+  const __m256 t8 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+  const __m128 t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+  const __m128 t2 = _mm_add_ps(t4, _mm_permute_ps(t4, 0x4e));
+  return _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)));
+}
+
+ATTN_BF16_ATTR inline __m512bh LoadBf16x32(const bf16_t* p) {
+  return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
+}
+
+// tinyBLAS<32, __m512, __m512bh>: n is a multiple of 32.
+template <int NB>
+ATTN_BF16_ATTR void DotBf16RowsGemmHw(const void* wrow, int64_t n, const Rows& r) {
+  const auto* w = static_cast<const bf16_t*>(wrow);
+  __m512 acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 32) {
+    const __m512bh wv = LoadBf16x32(w + i);
+    for (int b = 0; b < NB; ++b) {
+      acc[b] = _mm512_dpbf16_ps(acc[b], wv, LoadBf16x32(reinterpret_cast<const bf16_t*>(r.act + b * r.act_stride) + i));
+    }
+  }
+  for (int b = 0; b < NB; ++b) r.y[b * r.y_stride] = ReduceAdd512(acc[b]);
+}
+
+// ggml_vec_dot_bf16 (AVX512BF16 branch).
+template <int NB>
+ATTN_BF16_ATTR void DotBf16RowsVecDotHw(const void* wrow, int64_t n, const Rows& r) {
+  const auto* w = static_cast<const bf16_t*>(wrow);
+  const int64_t np = n & ~int64_t{63};
+  for (int b = 0; b < NB; ++b) {
+    const auto* a = reinterpret_cast<const bf16_t*>(r.act + b * r.act_stride);
+    __m512 c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < np; i += 64) {
+      c1 = _mm512_dpbf16_ps(c1, LoadBf16x32(w + i), LoadBf16x32(a + i));
+      c2 = _mm512_dpbf16_ps(c2, LoadBf16x32(w + i + 32), LoadBf16x32(a + i + 32));
+    }
+    double sum = 0;
+    sum += static_cast<double>(ReduceAdd512(c1));
+    sum += static_cast<double>(ReduceAdd512(c2));
+    for (int64_t i = np; i < n; ++i) sum += static_cast<double>(Bf16ToFloat(w[i]) * Bf16ToFloat(a[i]));
+    r.y[b * r.y_stride] = static_cast<float>(sum);
+  }
+}
+#undef ATTN_BF16_ATTR
+#define ATTN_HW_BF16 1
+#else
+#define ATTN_HW_BF16 0
+#endif
 
 }  // namespace HWY_NAMESPACE
 }  // namespace attnserve

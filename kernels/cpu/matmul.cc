@@ -32,7 +32,8 @@ std::vector<float> DequantizedRow(GgmlType type, const void* row, int64_t n) {
 void MatMul(const WeightMatrix& w, const float* x, int64_t batch, float* y, ThreadPool& pool) {
   if (w.rows == 0 || batch == 0) return;
   const GgmlType act_type = ActivationTypeFor(w.type);
-  ActRows act{x, w.cols * sizeof(float), batch, nullptr};
+  ActRows act{x, w.cols * sizeof(float), batch, nullptr, FloatUsesVecDot(w.type, w.rows, w.cols, batch),
+              UsesRepackedOrder(w.type, w.rows), UsesTiledOrder(w.type, w.rows, batch)};
   std::vector<uint8_t> act_buf;
   std::vector<float> act_scales;
   if (act_type != GgmlType::kF32) {

@@ -17,7 +17,31 @@ struct ActRows {
   size_t stride = 0;
   int64_t count = 0;
   const float* scales = nullptr;
+  // Float weight types: sum in the order of ggml's vec_dot (llama.cpp's path
+  // for one activation row) rather than tinyBLAS's (FloatUsesVecDot).
+  bool float_vec_dot = true;
+  // Q4_0, Q4_K: sum in the order of llama.cpp's repacked kernels
+  // (UsesRepackedOrder) rather than ggml's vec_dot.
+  bool repacked = false;
+  // Q4_K, Q6_K: sum in the order of llama.cpp's tiled kernels
+  // (UsesTiledOrder).
+  bool tiled = false;
 };
+
+// Whether llama.cpp on AVX2 and up multiplies a matrix of `type` and `rows`
+// with the CPU_REPACK buffer's interleaved kernels (repack.cpp: Q4_0 and Q4_K
+// matrices of a multiple of 8 rows), whatever the batch.
+bool UsesRepackedOrder(GgmlType type, int64_t rows);
+
+// Whether llama.cpp multiplies a Q4_K or Q6_K matrix with `batch` activation
+// rows by its tiled K-quant kernels (ggml-cpu/tiled: from 8 rows up, for
+// matrices outside CPU_REPACK).
+bool UsesTiledOrder(GgmlType type, int64_t rows, int64_t batch);
+
+// Whether llama.cpp multiplies a float-type (F32, F16, BF16) matrix of
+// `rows` x `cols` with `batch` activation rows by ggml_vec_dot rather than
+// by tinyBLAS: for one row, or where tinyBLAS declines the shape.
+bool FloatUsesVecDot(GgmlType type, int64_t rows, int64_t cols, int64_t batch);
 
 // Floats of ActRows::scales per row of `cols` elements; 0 for formats
 // without (F32, Q8_K).

@@ -212,11 +212,13 @@ void QuantizeRow(GgmlType type, const float* src, void* dst, int64_t n) {
   }
 }
 
-// Types with an integer dot product pair with the 8-bit format of their block
-// size; the float types and the activation-only formats (Q8_1, Q8_K as
-// weights) are multiplied in float.
+// llama.cpp's vec_dot_type: types with an integer dot product pair with the
+// 8-bit format of their block size, F16 and BF16 with their own type; F32 and
+// the activation-only formats (Q8_1, Q8_K as weights) are multiplied in float.
 GgmlType ActivationTypeFor(GgmlType weight_type) {
   switch (weight_type) {
+    case GgmlType::kF16: return GgmlType::kF16;
+    case GgmlType::kBF16: return GgmlType::kBF16;
     case GgmlType::kQ4_0:
     case GgmlType::kQ5_0:
     case GgmlType::kQ8_0: return GgmlType::kQ8_0;

@@ -68,8 +68,9 @@ std::vector<uint8_t> Quantized(GgmlType t, const std::vector<float>& x) {
 
 TEST(QuantTest, ActivationTypes) {
   EXPECT_EQ(ActivationTypeFor(GgmlType::kF32), GgmlType::kF32);
-  EXPECT_EQ(ActivationTypeFor(GgmlType::kF16), GgmlType::kF32);
-  EXPECT_EQ(ActivationTypeFor(GgmlType::kBF16), GgmlType::kF32);
+  // llama.cpp rounds activations to F16 / BF16 for weights of those types.
+  EXPECT_EQ(ActivationTypeFor(GgmlType::kF16), GgmlType::kF16);
+  EXPECT_EQ(ActivationTypeFor(GgmlType::kBF16), GgmlType::kBF16);
   EXPECT_EQ(ActivationTypeFor(GgmlType::kQ4_0), GgmlType::kQ8_0);
   EXPECT_EQ(ActivationTypeFor(GgmlType::kQ5_0), GgmlType::kQ8_0);
   EXPECT_EQ(ActivationTypeFor(GgmlType::kQ8_0), GgmlType::kQ8_0);
