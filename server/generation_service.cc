@@ -31,8 +31,8 @@ constexpr PolicyEntry kPolicies[] = {
     {"full", true, false, "keeps every token up to the model's context"},
     {"dense", true, false, "reads every visible token"},
     {"streaming", true, false,
-     "sink_tokens (default 4), window_tokens >= 1; positions ORIGINAL (CACHE, the proto default, is not "
-     "implemented yet)"},
+     "sink_tokens (default 4), window_tokens >= 1; positions CACHE (the default: RoPE positions inside the "
+     "kept cache, runs past the model's context) or ORIGINAL (stops at the context)"},
     {"virtual_sink", true, false, "logit (default 0), or n_layers * n_heads per-head logits"},
     {"act", false, false, "beta in (0, 1] (0.4), tau in (0, 1) (0.1), layers (2 .. n_layers - 2), heads"},
     {"zero_tuning", true, false, "gamma > 0, layers (all), heads (all)"},

@@ -84,12 +84,7 @@ absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, 
       return absl::InvalidArgumentError("input: set one of prompt, messages, prompt_token_ids");
   }
   if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": has no tokens"));
-  // One position is left for the first generated token.
-  const int32_t context = model.config.context_length;
-  if (static_cast<int64_t>(ids.size()) >= context) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", ids.size(), " tokens; the model's context of ", context,
-                                                   " holds prompts of at most ", context - 1));
-  }
+  prompt.field = std::string(field);
   prompt.info.num_tokens = static_cast<int32_t>(ids.size());
   return prompt;
 }
@@ -102,8 +97,20 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const 
   return PlanAttention(spec, config, prompt);
 }
 
+absl::Status CheckPromptLength(const MappedPrompt& prompt, const ModelConfig& config, const AttentionPlan* plan) {
+  // One position is left for the first generated token.
+  const int32_t limit = SequenceTokenLimit(plan, config.context_length);
+  if (static_cast<int64_t>(prompt.ids.size()) < limit) return absl::OkStatus();
+  if (limit != config.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat(prompt.field, ": ", prompt.ids.size(), " tokens; streaming positions ",
+                                                   "CACHE holds sequences of at most ", limit, " tokens"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(prompt.field, ": ", prompt.ids.size(), " tokens; the model's context of ",
+                                                 limit, " holds prompts of at most ", limit - 1));
+}
+
 absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& params, const ModelConfig& config,
-                                                  int32_t prompt_tokens) {
+                                                  int32_t prompt_tokens, const AttentionPlan* plan) {
   // Unsigned fields saturate at INT32_MAX so that huge values fail
   // validation as too large instead of wrapping around.
   const auto sat = [](uint32_t v) {
@@ -129,7 +136,14 @@ absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& para
   o.logprobs = params.logprobs();
   o.top_logprobs = sat(params.top_logprobs());
   o.n = params.has_n() ? sat(params.n()) : 1;
-  const int32_t room = config.context_length - prompt_tokens;
+  const int32_t limit = SequenceTokenLimit(plan, config.context_length);
+  const int32_t room = limit - prompt_tokens;
+  if (limit != config.context_length && (o.max_tokens < 1 || o.max_tokens > room)) {
+    // Past the model's context: the engine's message would name the context.
+    return absl::InvalidArgumentError(absl::StrCat("sampling.max_tokens: must be in [1, ", room, "] (streaming ",
+                                                   "positions CACHE runs past the model's context up to ", limit,
+                                                   " tokens), got ", o.max_tokens));
+  }
   ATTN_RETURN_IF_ERROR(UnderField(ValidateSamplingOptions(o, config.vocab_size, room), "sampling"));
   return o;
 }
@@ -148,9 +162,11 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
   GenerationRequest out;
   ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
                                                             default_attention, model.config, prompt.info));
+  ATTN_RETURN_IF_ERROR(CheckPromptLength(prompt, model.config, out.attention.get()));
   out.prompt_ids = std::move(prompt.ids);
   ATTN_ASSIGN_OR_RETURN(out.sampling, ToSamplingOptions(request.sampling(), model.config,
-                                                        static_cast<int32_t>(out.prompt_ids.size())));
+                                                        static_cast<int32_t>(out.prompt_ids.size()),
+                                                        out.attention.get()));
   out.priority = request.priority();
   return out;
 }

@@ -29,11 +29,17 @@ inline constexpr uint32_t kDefaultMaxTokens = 16;
 struct MappedPrompt {
   std::vector<int32_t> ids;
   PromptInfo info;
+  std::string field;  // where it came from: prompt, messages or prompt_token_ids
 };
 
 // The prompt as the CLI builds it: text tokenized with BOS and special
-// tokens recognised; messages rendered with the chat template first.
+// tokens recognised; messages rendered with the chat template first. Its
+// length is checked against the request's plan by CheckPromptLength.
 absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, const Model& model);
+
+// The prompt leaves room for a generated token in the model's context, or
+// under streaming positions=CACHE (`plan`) in SequenceTokenLimit.
+absl::Status CheckPromptLength(const MappedPrompt& prompt, const ModelConfig& config, const AttentionPlan* plan);
 
 // The request's policy (`policy` when present, else the server default)
 // planned for its prompt. INVALID_ARGUMENT or UNIMPLEMENTED naming the
@@ -44,9 +50,10 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const 
                                                                           const PromptInfo& prompt);
 
 // SamplingParams with their documented defaults, validated for a prompt of
-// `prompt_tokens` tokens.
+// `prompt_tokens` tokens under `plan` (null: dense): max_tokens up to the
+// model's context, or past it for streaming positions=CACHE.
 absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& params, const ModelConfig& config,
-                                                  int32_t prompt_tokens);
+                                                  int32_t prompt_tokens, const AttentionPlan* plan);
 
 // Every check of a Generate request. request_id, arrival and deadline are
 // the caller's to fill in.

@@ -87,13 +87,16 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
                                                      c.vocab_size, ")"));
     }
   }
-  if (prompt >= c.context_length) {
+  // Streaming positions=CACHE runs past the model's context.
+  const int32_t limit = SequenceTokenLimit(request.attention.get(), c.context_length);
+  if (prompt >= limit) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt, " tokens leave no room in the model's context of ",
-                                                   c.context_length));
+                                                   limit));
   }
-  ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, c.context_length - prompt));
+  ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, limit - prompt));
   ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(request.attention.get(), c));
-  const int32_t pages_needed = (prompt + 1 + e.options.page_size - 1) / e.options.page_size;
+  const VisibleSet visible = request.attention != nullptr ? request.attention->visible_set() : VisibleSet{};
+  const int64_t pages_needed = visible.PeakPages(prompt + 1, e.options.max_num_batched_tokens, e.options.page_size);
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError(absl::StrCat("prompt: ", prompt, " tokens need ", pages_needed,
                                                      " KV pages; the cache has ", e.pool.num_pages()));
@@ -129,15 +132,19 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::s
   Impl& e = *impl_;
   const ModelConfig& c = e.model.config;
   if (token_ids.size() < 2) return absl::InvalidArgumentError("input: scoring needs at least 2 tokens");
-  if (static_cast<int64_t>(token_ids.size()) > c.context_length) {
+  const int32_t limit = SequenceTokenLimit(attention.get(), c.context_length);
+  if (static_cast<int64_t>(token_ids.size()) > limit) {
     return absl::InvalidArgumentError(absl::StrCat("input: ", token_ids.size(), " tokens exceed the model's context of ",
-                                                   c.context_length));
+                                                   limit));
   }
   for (int32_t t : token_ids) {
     if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
   }
   ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(attention.get(), c));
-  const int64_t pages_needed = (static_cast<int64_t>(token_ids.size()) + e.options.page_size - 1) / e.options.page_size;
+  // A streaming window gives pages back as the scoring advances.
+  const VisibleSet visible = attention != nullptr ? attention->visible_set() : VisibleSet{};
+  const int64_t pages_needed =
+      visible.PeakPages(static_cast<int64_t>(token_ids.size()), kScoreChunkTokens, e.options.page_size);
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError("input: the text does not fit in the KV cache");
   }

@@ -16,6 +16,10 @@
 
 namespace attnserve {
 
+// Scoring needs the logits of every token: its chunks are kept small so a
+// step's logits stay a few tens of MB.
+inline constexpr int32_t kScoreChunkTokens = 128;
+
 struct Engine::Impl {
   Impl(const Model& m, const EngineOptions& o, Metrics* metrics_sink, KvCachePool p)
       : model(m),

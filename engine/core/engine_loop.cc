@@ -11,10 +11,6 @@
 namespace attnserve {
 namespace {
 
-// Scoring needs the logits of every token: its chunks are kept small so a
-// step's logits stay a few tens of MB.
-constexpr int32_t kScoreChunkTokens = 128;
-
 // Salt that keeps a request's pages to itself; its n completions share them.
 uint64_t PrivateSalt(uint64_t handle) { return 0x5eed000000000000ull ^ (handle * 0x9e3779b97f4a7c15ull); }
 
@@ -163,7 +159,11 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     const int32_t first = seq.num_computed;
     seq.num_computed += n;
     seq.pages.num_tokens = seq.num_computed;
-    if (seq.num_computed / options.page_size > first / options.page_size && !seq.request->score) {
+    // Registering pages rehashes the sequence's whole prefix: past the
+    // model's context (streaming positions=CACHE) it would cost O(n) per
+    // page, and such long prefixes are not worth sharing.
+    if (seq.num_computed / options.page_size > first / options.page_size && !seq.request->score &&
+        seq.num_computed <= model.config.context_length) {
       prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(seq.num_computed), seq.pages.pages,
                           seq.cache_salt);
     }
@@ -248,7 +248,8 @@ void Engine::Impl::AfterToken(Sequence& seq, int32_t token, const SampledToken& 
     FinishSequence(seq, FinishReason::kStop, absl::OkStatus());
     return;
   }
-  if (seq.generated >= so.max_tokens || static_cast<int32_t>(seq.tokens.size()) >= model.config.context_length) {
+  if (seq.generated >= so.max_tokens ||
+      static_cast<int32_t>(seq.tokens.size()) >= SequenceTokenLimit(PlanOf(seq), model.config.context_length)) {
     seq.pending.text += seq.stop->Flush();
     FinishSequence(seq, FinishReason::kLength, absl::OkStatus());
   }

@@ -61,6 +61,7 @@ uint64_t AttentionPlan::ComputeSignature() const {
   hash.Add(c_.n_heads);
   hash.Add(c_.visible.sink_tokens);
   hash.Add(c_.visible.window_tokens);
+  hash.Add(static_cast<int32_t>(c_.cache_positions));
   for (const AttentionHeadParams& h : c_.heads) {
     hash.Add(h.logit_scale);
     hash.Add(h.first_token_bias);
@@ -78,6 +79,10 @@ uint64_t AttentionPlan::ComputeSignature() const {
   }
   // 0 is reserved for dense.
   return hash.value() == 0 ? 1 : hash.value();
+}
+
+int32_t SequenceTokenLimit(const AttentionPlan* plan, int32_t context_length) {
+  return plan != nullptr && plan->cache_positions() ? kMaxStreamingSequenceTokens : context_length;
 }
 
 }  // namespace attnserve

@@ -33,6 +33,10 @@ struct AttentionPlanContents {
   std::vector<AttentionHeadParams> heads;  // [n_layers][n_heads]
   AttentionHeadParams dense_head;          // what every head is without a policy
   VisibleSet visible;
+  // Streaming positions=CACHE: RoPE positions are slots of the kept cache
+  // (CacheSlot in attention_hooks.h), so the sequence may run past the
+  // model's context.
+  bool cache_positions = false;
   std::vector<KeyRange> spans;             // emphasis: sorted, disjoint token ranges
   int32_t prompt_tokens = 0;
   PolicyLabels labels;
@@ -52,6 +56,7 @@ class AttentionPlan {
   const SequenceAttentionParams& layer(int32_t l) const { return layers_[l]; }
   const AttentionHeadParams& head(int32_t l, int32_t h) const { return c_.heads[l * c_.n_heads + h]; }
   const VisibleSet& visible_set() const { return c_.visible; }
+  bool cache_positions() const { return c_.cache_positions; }
   std::span<const KeyRange> spans() const { return c_.spans; }
   const PolicyLabels& labels() const { return c_.labels; }
 
@@ -68,5 +73,15 @@ class AttentionPlan {
   std::vector<SequenceAttentionParams> layers_;
   uint64_t signature_ = 0;
 };
+
+// The most tokens (prompt and generated) a sequence of `plan` (null: dense)
+// may hold: the model's context, except under streaming positions=CACHE,
+// whose RoPE positions stay below sink + window, where only the int32
+// positions bound it (at 2^30, far from overflow). Its host bookkeeping then grows by ~4.3 bytes a token
+// (the token ids, kept for recompute after preemption, and one int32 page
+// table entry per page; released entries stay as kReleasedPage): 4.3 MB per
+// million tokens, while its KV pages stay those of sinks + window.
+inline constexpr int32_t kMaxStreamingSequenceTokens = 1 << 30;
+int32_t SequenceTokenLimit(const AttentionPlan* plan, int32_t context_length);
 
 }  // namespace attnserve

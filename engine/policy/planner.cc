@@ -228,11 +228,6 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
 }
 
 absl::Status CheckImplemented(const PolicySpec& spec) {
-  const auto* streaming = std::get_if<StreamingSpec>(&spec.sink);
-  if (streaming != nullptr && streaming->positions == StreamingPositions::kCache) {
-    // Positions inside the kept cache need keys re-rotated as the window moves.
-    return Unimplemented("streaming.positions", "CACHE is not implemented yet; ORIGINAL is");
-  }
   if (spec.act) return Unimplemented("act");
   if (std::holds_alternative<DuoSpec>(spec.mode)) return Unimplemented("duo");
   if (std::holds_alternative<SparseSpec>(spec.mode)) return Unimplemented("sparse");
@@ -298,6 +293,8 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   c.dense_head.logit_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
   c.heads.assign(static_cast<size_t>(config.n_layers) * config.n_heads, c.dense_head);
   c.visible = visible;
+  const auto* streaming = std::get_if<StreamingSpec>(&spec.sink);
+  c.cache_positions = streaming != nullptr && streaming->positions == StreamingPositions::kCache;
   c.spans = std::move(spans);
   c.prompt_tokens = prompt.num_tokens;
   c.labels = LabelsOf(spec);

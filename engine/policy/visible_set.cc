@@ -25,4 +25,15 @@ int32_t VisibleSet::PagesRead(int32_t first_query, int32_t last_query, int32_t p
   return sink_pages + window_pages - (shared ? 1 : 0);
 }
 
+int64_t VisibleSet::PeakPages(int64_t num_tokens, int32_t chunk, int32_t page_size) const {
+  const int64_t all = (num_tokens + page_size - 1) / page_size;
+  if (keeps_everything()) return all;
+  // Queries [p, p + chunk) run with the keys [sink_tokens, p - window_tokens]
+  // given back: held are the sink pages and the pages of keys
+  // [p - window_tokens + 1, p + chunk), over at most two partial pages.
+  const int64_t sink_pages = (static_cast<int64_t>(sink_tokens) + page_size - 1) / page_size;
+  const int64_t recent_pages = (static_cast<int64_t>(window_tokens) + chunk + page_size - 1) / page_size + 1;
+  return std::min(all, sink_pages + recent_pages);
+}
+
 }  // namespace attnserve

@@ -31,6 +31,12 @@ struct VisibleSet {
   // the pages the attention kernel reads for them (it skips the band that
   // the window hides from the first query).
   int32_t PagesRead(int32_t first_query, int32_t last_query, int32_t page_size) const;
+
+  // The most pages a sequence of num_tokens tokens holds at once when it
+  // advances by at most `chunk` tokens a step and gives back EvictablePages
+  // after each: the sinks' pages, and the window and the chunk's over their
+  // page boundaries. All of its pages when every key stays.
+  int64_t PeakPages(int64_t num_tokens, int32_t chunk, int32_t page_size) const;
 };
 
 }  // namespace attnserve

@@ -6,6 +6,8 @@
 //   V(i) = KeyVisible(i, j)                             (visible-set hook)
 //   denominator += exp(virtual_sink_logit)              (virtual-sink hook)
 //   p_ij scaled by ReweightScales(...)                  (post-softmax hook)
+// and, for streaming positions=CACHE, q_i rotated at CacheSlot(i) instead of
+// i for the sink keys j < sink_tokens (see CacheSlot).
 // Policies are data: a dense request is the default-constructed value.
 #pragma once
 
@@ -51,6 +53,20 @@ ATTN_HD bool KeyVisible(const SequenceAttentionParams& p, int32_t query_pos, int
   if (key_pos > query_pos) return false;
   if (p.window_tokens == 0 || key_pos < p.sink_tokens) return true;
   return key_pos > query_pos - p.window_tokens;
+}
+
+// Streaming positions=CACHE (StreamingLLM): the RoPE position of the query
+// at `query_pos` is its slot in the kept cache, i.e. its rank among the keys
+// it sees: query_pos while nothing is evicted, sink_tokens + window_tokens - 1
+// after. Keys keep the rotation of their original position: a window key's
+// slot offset to the query equals its original offset (the window is
+// contiguous and ends at the query), and a sink key's slot is its position,
+// so only the sink keys need the query rotated at this slot instead
+// (AttentionQueries::sink_q of the CPU kernel).
+ATTN_HD int32_t CacheSlot(const SequenceAttentionParams& p, int32_t query_pos) {
+  if (p.window_tokens == 0) return query_pos;
+  const int32_t last_slot = p.sink_tokens + p.window_tokens - 1;
+  return query_pos < last_slot ? query_pos : last_slot;
 }
 
 ATTN_HD bool InSpans(const SequenceAttentionParams& p, int32_t key_pos) {

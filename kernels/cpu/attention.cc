@@ -65,6 +65,7 @@ struct Columns {
 
 struct Scratch {
   std::vector<float> q;        // [rows][hdp]: queries rounded to fp16
+  std::vector<float> sink_q;   // [rows][hdp]: the same of queries.sink_q, when given
   std::vector<float> logits;   // [rows][stride]: logits, then probabilities rounded to fp16
   std::vector<float> acc;      // [rows][N][hdp]: Σ p v, one accumulator per key position mod N
   std::vector<float> block;    // [kBlock][hdp]: floats of a block's keys, then of its values
@@ -342,14 +343,24 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
 
   bool any_span_bias = false;
   for (int g = 0; g < G; ++g) any_span_bias |= heads[g].outside_span_bias != 0.0f;
-  for (int i = 0; i < queries.n_queries; ++i) {
-    for (int g = 0; g < G; ++g) {
-      const float* src = queries.q + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd;
-      float* dst = &sc.q[static_cast<size_t>(i * G + g) * hdp];
-      std::copy(src, src + hd, dst);
-      std::fill(dst + hd, dst + hdp, 0.0f);
-      for (int c = 0; c < hdp; c += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, dst + c)), d, dst + c);
+  // Streaming positions=CACHE: the sink keys' logits take the queries rotated
+  // at their cache slot (CacheSlot); every other key the queries as given.
+  const bool sink_queries = queries.sink_q != nullptr && params.sink_tokens > 0;
+  auto load_queries = [&](const float* q, std::vector<float>& rows_out) {
+    for (int i = 0; i < queries.n_queries; ++i) {
+      for (int g = 0; g < G; ++g) {
+        const float* src = q + (static_cast<int64_t>(i) * queries.n_q_heads + kv_head * G + g) * hd;
+        float* dst = &rows_out[static_cast<size_t>(i * G + g) * hdp];
+        std::copy(src, src + hd, dst);
+        std::fill(dst + hd, dst + hdp, 0.0f);
+        for (int c = 0; c < hdp; c += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, dst + c)), d, dst + c);
+      }
     }
+  };
+  load_queries(queries.q, sc.q);
+  if (sink_queries) {
+    Grow(sc.sink_q, static_cast<size_t>(rows) * hdp);
+    load_queries(queries.sink_q, sc.sink_q);
   }
 
   // Calls body(b0, nb, col, n, band_lo, band_hi, i) for each block of keys to
@@ -393,7 +404,15 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
         std::fill(s, s + n, -INFINITY);
         continue;
       }
-      Dots(&sc.q[static_cast<size_t>(i * G + g) * hdp], sc.block.data(), n, hdp, h.logit_scale, s);
+      const float* q = &sc.q[static_cast<size_t>(i * G + g) * hdp];
+      if (sink_queries && b0 < params.sink_tokens) {
+        // Each logit is its own dot product: splitting the block changes no bits.
+        const int ns = std::min(n, params.sink_tokens - b0);
+        Dots(&sc.sink_q[static_cast<size_t>(i * G + g) * hdp], sc.block.data(), ns, hdp, h.logit_scale, s);
+        Dots(q, sc.block.data() + static_cast<int64_t>(ns) * hdp, n - ns, hdp, h.logit_scale, s + ns);
+      } else {
+        Dots(q, sc.block.data(), n, hdp, h.logit_scale, s);
+      }
       if (b0 == 0) s[0] += h.first_token_bias;
       if (h.outside_span_bias != 0.0f) {
         for (int j = 0; j < n; ++j) {
@@ -463,7 +482,9 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
     for (int h = 0; h < queries.n_q_heads; ++h) {
       const AttentionHeadParams& hp = params.heads[h];
       const int g = h / G;
-      const float* q = queries.q + (static_cast<int64_t>(i) * queries.n_q_heads + h) * hd;
+      const int64_t q_offset = (static_cast<int64_t>(i) * queries.n_q_heads + h) * hd;
+      const float* q = queries.q + q_offset;
+      const float* sink_q = queries.sink_q != nullptr ? queries.sink_q + q_offset : q;
       // Logits of the visible keys, with the additive bias.
       std::vector<double> logit(pos + 1, -INFINITY);
       std::vector<bool> visible(pos + 1, false);
@@ -472,7 +493,8 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
         if (!KeyVisible(params, pos, j)) continue;
         const fp16_t* k = row(kv.keys, g, j);
         double dot = 0.0;
-        for (int c = 0; c < hd; ++c) dot += static_cast<double>(q[c]) * Fp16ToFloat(k[c]);
+        const float* qj = j < params.sink_tokens ? sink_q : q;
+        for (int c = 0; c < hd; ++c) dot += static_cast<double>(qj[c]) * Fp16ToFloat(k[c]);
         visible[j] = true;
         logit[j] = dot * hp.logit_scale + KeyBias(params, hp, j);
         max = std::max(max, logit[j]);

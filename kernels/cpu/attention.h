@@ -30,13 +30,18 @@ struct AttentionQueries {
   const int32_t* positions = nullptr;     // [n_queries], each < kv.num_tokens
   int32_t n_queries = 0;
   int32_t n_q_heads = 0;                  // a multiple of n_kv_heads (GQA)
+  // Streaming positions=CACHE: the same queries rotated at their cache slot
+  // (CacheSlot in attention_hooks.h), layout of q; they replace q for the
+  // sink keys (positions < params.sink_tokens). Null: q for every key.
+  const float* sink_q = nullptr;
 };
 
 // out[i][h][:] = Σ_j p_ij v_j for the query heads of KV head `kv_head`
 // (heads kv_head*G .. kv_head*G+G-1, G = n_q_heads / n_kv_heads), reading each
 // key and value page once for the whole group. out has the layout of q. Two
 // passes (logits of all keys, then values) with llama.cpp's roundings: q and
-// the weights p rounded to fp16 (see attention.cc).
+// the weights p rounded to fp16 (see attention.cc). With queries.sink_q the
+// sink keys' logits use it (rounded to fp16 the same way).
 void PagedAttentionKvHead(const AttentionQueries& queries, const PagedKv& kv,
                           const SequenceAttentionParams& params, int kv_head, float* out);
 

@@ -472,6 +472,120 @@ TEST_P(PagedAttentionTest, DenseRowsDoNotDependOnTheCall) {
   EXPECT_EQ(together, alone);
 }
 
+// Streaming positions=CACHE: sink keys take the sink queries, every other
+// key the queries; the kernel against the reference that does the same.
+TEST_P(PagedAttentionTest, SinkQueriesReplaceQueriesForSinkKeysOnly) {
+  for (auto [num_tokens, n_queries] : {std::pair{1000, 1}, {1000, 37}, {300, 300}, {70, 9}}) {
+    SCOPED_TRACE(testing::Message() << "tokens " << num_tokens << " queries " << n_queries);
+    Problem pr(16, 64, 2, 3, num_tokens, n_queries, 31 + num_tokens + n_queries);
+    pr.params.sink_tokens = 4;
+    pr.params.window_tokens = 48;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    std::vector<float> sink_q(pr.q.size());
+    for (float& x : sink_q) x = Fp16ToFloat(FloatToFp16(normal(rng)));
+    const std::vector<float> plain = pr.RunKernel();
+    const SequenceAttentionParams params = pr.Params();
+    AttentionQueries q = pr.Queries();
+    q.sink_q = sink_q.data();
+    std::vector<float> got(pr.q.size(), NAN), want(pr.q.size(), NAN);
+    for (int g = 0; g < pr.n_kv_heads; ++g) PagedAttentionKvHead(q, pr.Kv(), params, g, got.data());
+    PagedAttentionReference(q, pr.Kv(), params, want.data());
+    EXPECT_LT(MaxAbsDiff(got, want), kTolerance);
+    EXPECT_GT(MaxAbsDiff(got, plain), 1e-3f) << "the sink queries had no effect";
+    // Sink queries equal to the queries change no bit: splitting a block's
+    // logits between the two is exact.
+    q.sink_q = pr.q.data();
+    std::vector<float> same(pr.q.size(), NAN);
+    for (int g = 0; g < pr.n_kv_heads; ++g) PagedAttentionKvHead(q, pr.Kv(), params, g, same.data());
+    EXPECT_EQ(same, plain);
+  }
+}
+
+// The reason sink queries suffice: with keys rotated at their original
+// positions, the queries at theirs and the sink queries at the query's cache
+// slot, the logits are those of StreamingLLM's positions inside the cache
+// (every kept key at its rank, the query at its own), computed here directly
+// in double from unrotated vectors, as tests/python/policy_reference.py does.
+TEST_P(PagedAttentionTest, SinkQueriesGiveCachePositions) {
+  const int hd = 64, page = 16, n = 400, nq = 5, sink = 4, window = 40;
+  const double base = 10000.0;
+  auto rotate = [&](const float* x, double pos, double* out) {
+    for (int i = 0; i < hd; i += 2) {
+      const double a = pos * std::pow(base, -static_cast<double>(i) / hd);
+      out[i] = x[i] * std::cos(a) - x[i + 1] * std::sin(a);
+      out[i + 1] = x[i] * std::sin(a) + x[i + 1] * std::cos(a);
+    }
+  };
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> k_raw(n * hd), v(n * hd), q_raw(nq * hd);
+  for (float& x : k_raw) x = 1.5f * normal(rng);
+  for (float& x : v) x = normal(rng);
+  for (float& x : q_raw) x = 1.5f * normal(rng);
+  // The cache: keys at original positions, one KV head, pages in order.
+  std::vector<fp16_t> keys(n * hd), values(n * hd);
+  std::vector<int32_t> table(n / page), positions(nq);
+  std::iota(table.begin(), table.end(), 0);
+  std::vector<double> tmp(hd);
+  for (int t = 0; t < n; ++t) {
+    rotate(&k_raw[t * hd], t, tmp.data());
+    for (int c = 0; c < hd; ++c) keys[t * hd + c] = FloatToFp16(static_cast<float>(tmp[c]));
+    for (int c = 0; c < hd; ++c) values[t * hd + c] = FloatToFp16(v[t * hd + c]);
+  }
+  AttentionHeadParams head;
+  head.logit_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  SequenceAttentionParams params;
+  params.heads = &head;
+  params.sink_tokens = sink;
+  params.window_tokens = window;
+  std::vector<float> q(nq * hd), sink_q(nq * hd);
+  for (int i = 0; i < nq; ++i) {
+    positions[i] = n - nq + i;
+    rotate(&q_raw[i * hd], positions[i], tmp.data());
+    for (int c = 0; c < hd; ++c) q[i * hd + c] = static_cast<float>(tmp[c]);
+    rotate(&q_raw[i * hd], CacheSlot(params, positions[i]), tmp.data());
+    for (int c = 0; c < hd; ++c) sink_q[i * hd + c] = static_cast<float>(tmp[c]);
+  }
+  const PagedKv kv{keys.data(), values.data(), table.data(), page, 1, hd, n};
+  AttentionQueries queries{q.data(), positions.data(), nq, 1};
+  std::vector<float> original(nq * hd), got(nq * hd);
+  PagedAttentionKvHead(queries, kv, params, 0, original.data());
+  queries.sink_q = sink_q.data();
+  PagedAttentionKvHead(queries, kv, params, 0, got.data());
+
+  std::vector<float> want(nq * hd);
+  std::vector<double> qs(hd), ks(hd);
+  for (int i = 0; i < nq; ++i) {
+    const int32_t pos = positions[i];
+    std::vector<int32_t> kept;
+    for (int32_t j = 0; j <= pos; ++j) {
+      if (KeyVisible(params, pos, j)) kept.push_back(j);
+    }
+    const int32_t own = static_cast<int32_t>(kept.size()) - 1;  // the query's rank
+    rotate(&q_raw[i * hd], own, qs.data());
+    std::vector<double> logit(kept.size());
+    double max = -INFINITY;
+    for (size_t r = 0; r < kept.size(); ++r) {
+      rotate(&k_raw[kept[r] * hd], static_cast<double>(r), ks.data());
+      double dot = 0.0;
+      for (int c = 0; c < hd; ++c) dot += qs[c] * ks[c];
+      logit[r] = dot / std::sqrt(static_cast<double>(hd));
+      max = std::max(max, logit[r]);
+    }
+    double denom = 0.0;
+    for (double& l : logit) denom += l = std::exp(l - max);
+    for (int c = 0; c < hd; ++c) {
+      double o = 0.0;
+      for (size_t r = 0; r < kept.size(); ++r) o += logit[r] / denom * Fp16ToFloat(values[kept[r] * hd + c]);
+      want[i * hd + c] = static_cast<float>(o);
+    }
+  }
+  // fp16 keys and the kernel's fp16 queries and weights: ~1e-3 on logits of a few units.
+  EXPECT_LT(MaxAbsDiff(got, want), 5e-3f);  // measured 1.2e-3
+  EXPECT_GT(MaxAbsDiff(original, want), 0.1f) << "original positions should differ from cache positions";
+}
+
 INSTANTIATE_TEST_SUITE_P(Targets, PagedAttentionTest, testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),
                          [](const testing::TestParamInfo<int64_t>& info) { return hwy::TargetName(info.param); });
 

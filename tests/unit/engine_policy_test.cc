@@ -29,6 +29,12 @@ StreamingSpec Original(uint32_t sink, uint32_t window) {
   return s;
 }
 
+StreamingSpec Cache(uint32_t sink, uint32_t window) {
+  StreamingSpec s = Original(sink, window);
+  s.positions = StreamingPositions::kCache;
+  return s;
+}
+
 // The value of a counter series of `metrics` (0 when absent).
 double CounterValue(const Metrics& metrics, const std::string& name,
                     const std::vector<std::pair<std::string, std::string>>& labels = {}) {
@@ -206,6 +212,104 @@ TEST_F(EnginePolicyTest, StreamingKeepsKvPagesFlatOverALongGeneration) {
                          {{"mode", "dense"}, {"sink", "streaming"}, {"calibration", "none"}}),
             1.0);
   EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
+// StreamingLLM with positions inside the cache: as flat as with original
+// positions, the same tokens as the backend alone with every page kept (over
+// the first 1000, to keep the test short), and the same as original
+// positions until the window first fills.
+TEST_F(EnginePolicyTest, StreamingCacheKeepsKvPagesFlatOverALongGeneration) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  PolicySpec spec;
+  spec.sink = Cache(4, 64);
+  constexpr int32_t kTokens = 3000;
+  GenerationRequest r = Greedy("Once upon a time, in a land far away,", kTokens, &spec);
+  const std::vector<int32_t> expected = BackendGreedy(r, 1000);
+  Collector c;
+  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
+  int32_t max_pages = 0;
+  while (!c.stream->closed()) {
+    max_pages = std::max(max_pages, engine->stats().kv_pages_used);
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  const GenerationDelta out = c.Wait()[0];
+  EXPECT_EQ(out.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(out.completion_tokens, kTokens);
+  ASSERT_EQ(out.token_ids.size(), static_cast<size_t>(kTokens));
+  EXPECT_EQ(std::vector<int32_t>(out.token_ids.begin(), out.token_ids.begin() + expected.size()), expected);
+  EXPECT_GT(max_pages, 0);
+  EXPECT_LE(max_pages, 7);  // a dense sequence would end with 189
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+
+  PolicySpec original;
+  original.sink = Original(4, 64);
+  const std::vector<int32_t> with_original = RunAlone(*engine, Greedy("Once upon a time, in a land far away,", 200, &original));
+  const size_t same_until = 4 + 64 - r.prompt_ids.size();  // the first query past sinks + window
+  ASSERT_GT(same_until, 0u);
+  EXPECT_EQ(std::vector<int32_t>(with_original.begin(), with_original.begin() + same_until),
+            std::vector<int32_t>(expected.begin(), expected.begin() + same_until));
+  EXPECT_NE(with_original, std::vector<int32_t>(expected.begin(), expected.begin() + 200));
+}
+
+// The default model with its context cut to 256 tokens: positions=CACHE
+// generates and scores past it, with RoPE past the context in double; other
+// policies still stop at it.
+TEST_F(EnginePolicyTest, StreamingCacheRunsPastTheModelsContext) {
+  struct ContextOverride {
+    explicit ContextOverride(int32_t c) : saved(model_->config.context_length) { model_->config.context_length = c; }
+    ~ContextOverride() { model_->config.context_length = saved; }
+    int32_t saved;
+  };
+  const std::string prompt = "The history of the printing press begins";
+  constexpr int32_t kTokens = 600;
+  PolicySpec cache, original;
+  cache.sink = Cache(4, 64);
+  original.sink = Original(4, 64);
+  const std::vector<int32_t> text = model_->tokenizer->Encode(
+      std::string(40, ' ') + "It was the best of times, it was the worst of times, it was the age of wisdom, it "
+      "was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity. " +
+      "It was the season of Light, it was the season of Darkness, it was the spring of hope, it was the winter of "
+      "despair, we had everything before us, we had nothing before us, we were all going direct to Heaven, we "
+      "were all going direct the other way.", true, false);
+  std::vector<int32_t> long_text;
+  while (long_text.size() < 400) long_text.insert(long_text.end(), text.begin(), text.end());
+  std::vector<int32_t> below_context;
+  double score_below = 0.0;
+  {
+    // Below the 8192 context: ops' float RoPE everywhere.
+    std::unique_ptr<Engine> engine = MakeEngine();
+    below_context = RunAlone(*engine, Greedy(prompt, kTokens, &cache));
+    score_below = engine->Score(long_text, Plan(cache, 400), absl::InfiniteFuture()).value().perplexity;
+  }
+  ContextOverride context(256);
+  Metrics metrics;
+  std::unique_ptr<Engine> engine = MakeEngine({}, &metrics);
+  Collector c;
+  ASSERT_TRUE(engine->Submit(Greedy(prompt, kTokens, &cache), c.stream).ok());
+  const GenerationDelta out = c.Wait()[0];
+  EXPECT_EQ(out.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(out.completion_tokens, kTokens);
+  // Positions past 256 take RoPE in double, the float path's rotation to
+  // within its rounding there: greedy decoding follows the same path.
+  EXPECT_EQ(out.token_ids, below_context);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+  const absl::StatusOr<ScoreResult> score = engine->Score(long_text, Plan(cache, 400), absl::InfiniteFuture());
+  ASSERT_TRUE(score.ok()) << score.status();
+  EXPECT_NEAR(score->perplexity, score_below, 1e-3 * score_below);
+
+  // Original positions and dense stop at the context.
+  Collector refused;
+  EXPECT_EQ(engine->Submit(Greedy(prompt, kTokens, &original), refused.stream).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Score(long_text, Plan(original, 400), absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  GenerationRequest dense = Greedy(prompt, 200);
+  dense.sampling.max_tokens = 256 - static_cast<int32_t>(dense.prompt_ids.size());
+  Collector d;
+  ASSERT_TRUE(engine->Submit(dense, d.stream).ok());
+  const GenerationDelta dense_out = d.Wait()[0];
+  EXPECT_EQ(dense_out.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(static_cast<int32_t>(dense.prompt_ids.size()) + dense_out.completion_tokens, 256);
 }
 
 TEST_F(EnginePolicyTest, PrefixPagesAreSharedOnlyByEqualPrefillPolicies) {

@@ -3,6 +3,7 @@
 // naming its field for every invalid value and combination.
 #include "engine/policy/planner.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -100,6 +101,39 @@ TEST(PolicyPlannerTest, StreamingDefaultsToFourSinksAndKeepsZero) {
   EXPECT_EQ(huge->visible_set().window_tokens, 8192);
   spec.sink = Original(8192);
   EXPECT_EQ(huge->prefill_signature(), Plan(spec)->prefill_signature());
+}
+
+// positions=CACHE (the proto's default) plans like ORIGINAL but for the
+// positions: it runs past the context, and its prefill differs once the
+// window is full, so it shares no prefix pages with ORIGINAL.
+TEST(PolicyPlannerTest, StreamingCachePositionsRunPastTheContext) {
+  PolicySpec cache;
+  StreamingSpec s;
+  s.window_tokens = 64;
+  cache.sink = s;
+  const auto plan = Plan(cache);
+  ASSERT_NE(plan, nullptr);
+  EXPECT_TRUE(plan->cache_positions());
+  EXPECT_EQ(plan->visible_set().sink_tokens, 4);
+  EXPECT_EQ(plan->visible_set().window_tokens, 64);
+  EXPECT_EQ(SequenceTokenLimit(plan.get(), 8192), kMaxStreamingSequenceTokens);
+
+  PolicySpec original;
+  original.sink = Original(64);
+  const auto original_plan = Plan(original);
+  EXPECT_FALSE(original_plan->cache_positions());
+  EXPECT_EQ(SequenceTokenLimit(original_plan.get(), 8192), 8192);
+  EXPECT_EQ(SequenceTokenLimit(nullptr, 8192), 8192);
+  EXPECT_NE(plan->prefill_signature(), original_plan->prefill_signature());
+  EXPECT_NE(plan->prefill_signature(), 0u);
+
+  // The query's RoPE position is its slot among the keys it sees.
+  const SequenceAttentionParams& p = plan->layer(3);
+  EXPECT_EQ(CacheSlot(p, 0), 0);
+  EXPECT_EQ(CacheSlot(p, 67), 67);
+  EXPECT_EQ(CacheSlot(p, 68), 67);
+  EXPECT_EQ(CacheSlot(p, 1000000), 67);
+  EXPECT_EQ(CacheSlot(SequenceAttentionParams{}, 1000000), 1000000);
 }
 
 TEST(PolicyPlannerTest, HeadParamsOfEachPolicy) {
@@ -321,12 +355,6 @@ TEST(PolicyPlannerTest, CharSpansOutsideTheTextOrMissingTokensAreRejected) {
 TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
-      {"attention.streaming.positions: CACHE is not implemented yet; ORIGINAL is",
-       [](auto& p) {
-         StreamingSpec s;
-         s.window_tokens = 64;
-         p.sink = s;
-       }},
       {"attention.act: not implemented yet", [](auto& p) { p.act = ActSpec{}; }},
       {"attention.duo: not implemented yet", [](auto& p) { p.mode = DuoSpec{{{0, 0}}, {}, {}}; }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mode = SparseSpec{1024, {}}; }},
@@ -382,6 +410,30 @@ TEST(VisibleSetTest, PagesReadMatchesABruteForceCount) {
         const int32_t want = static_cast<int32_t>(std::count(page_read.begin(), page_read.end(), true));
         EXPECT_EQ(rule.PagesRead(first, last, 16), want)
             << rule.sink_tokens << "/" << rule.window_tokens << " queries " << first << ".." << last;
+      }
+    }
+  }
+}
+
+// A sequence that reserves pages for each chunk and gives back the
+// evictable ones after it never holds more than PeakPages.
+TEST(VisibleSetTest, PeakPagesBoundsAChunkedRun) {
+  for (const VisibleSet rule : {VisibleSet{}, VisibleSet{4, 64}, VisibleSet{0, 16}, VisibleSet{20, 8},
+                                VisibleSet{16, 16}, VisibleSet{4, 1}}) {
+    for (int32_t chunk : {1, 7, 16, 128}) {
+      for (int32_t n : {1, 50, 300, 1000}) {
+        std::vector<bool> released;
+        int64_t peak = 0;
+        for (int32_t p = 0; p < n; p += chunk) {
+          const int32_t end = std::min(n, p + chunk);
+          released.resize((end + 15) / 16, false);
+          peak = std::max<int64_t>(peak, std::count(released.begin(), released.end(), false));
+          const PageRange hidden = rule.EvictablePages(end, 16);
+          for (int32_t q = hidden.begin; q < std::min<int32_t>(hidden.end, released.size()); ++q) released[q] = true;
+        }
+        EXPECT_LE(peak, rule.PeakPages(n, chunk, 16)) << rule.sink_tokens << "/" << rule.window_tokens << " chunk "
+                                                      << chunk << " tokens " << n;
+        if (rule.keeps_everything()) EXPECT_EQ(rule.PeakPages(n, chunk, 16), (n + 15) / 16);
       }
     }
   }

@@ -142,8 +142,6 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
 
 TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
-      {"attention.streaming.positions: CACHE is not implemented yet; ORIGINAL is",
-       [](auto& p) { p.mutable_streaming()->set_window_tokens(64); }},
       {"attention.act: not implemented yet", [](auto& p) { p.mutable_act(); }},
       {"attention.duo: not implemented yet", [](auto& p) { p.mutable_duo()->add_retrieval_heads()->set_layer(3); }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mutable_sparse()->set_token_budget(64); }},

@@ -1,5 +1,6 @@
 #include "engine/backend/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -47,6 +48,16 @@ CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOp
   s_.gate.resize(rows * c.ffn_hidden);
   s_.up.resize(rows * c.ffn_hidden);
   s_.positions.resize(rows);
+  s_.sink_q.resize(rows * c.q_dim());
+  s_.slots.resize(rows);
+  s_.rope_positions.resize(rows);
+  // As ops' RopeTable iterates theta (kernels/cpu/ops.cc), at position 1.
+  const float theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));
+  float theta = 1.0f;
+  for (int i = 0; i < c.rope_dim; i += 2) {
+    rope_freqs_.push_back(static_cast<double>(c.rope_freq_scale) * theta);
+    theta *= theta_scale;
+  }
   AttentionHeadParams dense;
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   dense_heads_.assign(c.n_heads, dense);
@@ -69,13 +80,30 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
     for (int32_t t : st.tokens) {
       if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));
     }
-    for (size_t i = 0; i < st.tokens.size(); ++i) s_.positions[rows + i] = st.first_pos + static_cast<int32_t>(i);
-    rows += static_cast<int64_t>(st.tokens.size());
-    if (rows > options_.max_step_tokens) {
+    if (rows + static_cast<int64_t>(st.tokens.size()) > options_.max_step_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("step has more than ", options_.max_step_tokens, " tokens"));
     }
+    for (size_t i = 0; i < st.tokens.size(); ++i) s_.positions[rows + i] = st.first_pos + static_cast<int32_t>(i);
+    rows += static_cast<int64_t>(st.tokens.size());
     logit_rows += st.logits == LogitsWanted::kAll ? static_cast<int64_t>(st.tokens.size())
                                                   : (st.logits == LogitsWanted::kLast ? 1 : 0);
+  }
+  // Streaming positions=CACHE: sequences with a query past the first
+  // sink_tokens + window_tokens (where its slot and position part) get the
+  // queries at their slots for the sink keys; the others need none.
+  s_.sink_steps.assign(steps.size(), 0);
+  int64_t first_row = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& st = steps[i];
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    if (st.attention != nullptr && st.attention->cache_positions()) {
+      const SequenceAttentionParams& p = st.attention->layer(0);
+      if (p.sink_tokens > 0 && CacheSlot(p, st.first_pos + n - 1) != st.first_pos + n - 1) {
+        s_.sink_steps[i] = 1;
+        for (int32_t j = 0; j < n; ++j) s_.slots[first_row + j] = CacheSlot(p, st.first_pos + j);
+      }
+    }
+    first_row += n;
   }
   Embed(steps, rows);
   for (int32_t l = 0; l < c.n_layers; ++l) Layer(l, steps, rows);
@@ -115,9 +143,18 @@ void CpuBackend::Layer(int32_t layer, std::span<const SequenceStep> steps, int64
   MatMul(w.wq, s_.xn.data(), rows, s_.q.data(), threads_);
   MatMul(w.wk, s_.xn.data(), rows, s_.k.data(), threads_);
   MatMul(w.wv, s_.xn.data(), rows, s_.v.data(), threads_);
-  const RopeParams rope{c.head_dim, c.rope_dim, c.rope_base, c.rope_freq_scale};
-  Rope(s_.q.data(), s_.positions.data(), rows, c.n_heads, rope);
-  Rope(s_.k.data(), s_.positions.data(), rows, c.n_kv_heads, rope);
+  // Queries at their cache slots, from the queries before RoPE.
+  int64_t row = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(steps[i].tokens.size());
+    if (s_.sink_steps[i]) {
+      std::copy(&s_.q[row * c.q_dim()], &s_.q[(row + n) * c.q_dim()], &s_.sink_q[row * c.q_dim()]);
+      RopeRows(&s_.sink_q[row * c.q_dim()], &s_.slots[row], n, c.n_heads);
+    }
+    row += n;
+  }
+  RopeRows(s_.q.data(), s_.positions.data(), rows, c.n_heads);
+  RopeRows(s_.k.data(), s_.positions.data(), rows, c.n_kv_heads);
   int64_t r = 0;
   for (const SequenceStep& st : steps) {
     const int32_t n = static_cast<int32_t>(st.tokens.size());
@@ -136,6 +173,44 @@ void CpuBackend::Layer(int32_t layer, std::span<const SequenceStep> steps, int64
   AddInPlace(s_.x.data(), s_.xn.data(), rows * c.hidden);
 }
 
+void CpuBackend::RopeRows(float* x, const int32_t* positions, int64_t rows, int n_heads) {
+  const ModelConfig& c = model_.config;
+  const RopeParams rope{c.head_dim, c.rope_dim, c.rope_base, c.rope_freq_scale};
+  const int32_t* past = std::find_if(positions, positions + rows, [&](int32_t p) { return p >= c.context_length; });
+  if (past == positions + rows) {
+    Rope(x, positions, rows, n_heads, rope);
+    return;
+  }
+  // Position 0 turns nothing (cos 1, sin 0): those rows wait for the precise path.
+  for (int64_t r = 0; r < rows; ++r) s_.rope_positions[r] = positions[r] < c.context_length ? positions[r] : 0;
+  Rope(x, s_.rope_positions.data(), rows, n_heads, rope);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (positions[r] >= c.context_length) RopePastContext(x + r * n_heads * c.head_dim, positions[r], n_heads);
+  }
+}
+
+// The float path's angle, pos * theta_scale^i iterated in float, is off by
+// up to ~pos * 2^-24 * i rad, which at millions of tokens garbles the offset
+// between a query and its keys (float spacing at 2^20 is 1/8). Here the
+// angle is pos * f_i in double with f_i the float path's own frequency, so
+// two positions differ by (i - j) * f_i to ~1e-9 rad at any distance; keys
+// written below the context by the float path are within its own error of
+// that (at 8192: <1e-3 rad). cos and sin in double, rounded to float.
+void CpuBackend::RopePastContext(float* x, int32_t pos, int n_heads) const {
+  const int head_dim = model_.config.head_dim;
+  for (size_t i = 0; i < rope_freqs_.size(); ++i) {
+    const double angle = static_cast<double>(pos) * rope_freqs_[i];
+    const float cs = static_cast<float>(std::cos(angle));
+    const float sn = static_cast<float>(std::sin(angle));
+    for (int h = 0; h < n_heads; ++h) {
+      float* xh = x + static_cast<int64_t>(h) * head_dim + 2 * i;
+      const float x0 = xh[0], x1 = xh[1];
+      xh[0] = x0 * cs - x1 * sn;
+      xh[1] = x1 * cs + x0 * sn;
+    }
+  }
+}
+
 void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   const ModelConfig& c = model_.config;
   // Tasks: (sequence, query block, kv head).
@@ -144,14 +219,16 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     int32_t n_queries;
     int32_t kv_head;
     const SequenceStep* step;
+    bool sink_q;
   };
   std::vector<Task> tasks;
   int64_t row = 0;
-  for (const SequenceStep& st : steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
     for (int32_t q0 = 0; q0 < n; q0 += kQueriesPerTask) {
       for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-        tasks.push_back({row + q0, std::min(kQueriesPerTask, n - q0), g, &st});
+        tasks.push_back({row + q0, std::min(kQueriesPerTask, n - q0), g, &st, s_.sink_steps[i] != 0});
       }
     }
     row += n;
@@ -169,6 +246,7 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     q.positions = &s_.positions[t.first_row];
     q.n_queries = t.n_queries;
     q.n_q_heads = c.n_heads;
+    if (t.sink_q) q.sink_q = &s_.sink_q[t.first_row * c.q_dim()];
     PagedAttentionKvHead(q, kv, params, t.kv_head, &s_.attn[t.first_row * c.q_dim()]);
   });
 }

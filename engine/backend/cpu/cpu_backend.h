@@ -3,6 +3,17 @@
 // All tokens of a step (every sequence's prefill chunk or decode token) are
 // stacked into one activation matrix, so each weight matrix is read once per
 // step; attention then runs per sequence and KV head on the thread pool.
+//
+// Streaming positions=CACHE (StreamingLLM's RoPE positions inside the kept
+// cache) without re-rotating keys: keys stay rotated at their original
+// position, and since RoPE logits depend only on the query-key offset and
+// the window is contiguous up to the query, only the sink keys see an offset
+// other than the original one. For them the backend rotates a second copy of
+// each query at its cache slot (CacheSlot), and the kernel uses it for keys
+// below sink_tokens (AttentionQueries::sink_q). Such sequences run past the
+// model's context: RoPE at positions >= the context takes angles in double
+// (RopePastContext), so that offsets stay exact at millions of tokens, while
+// positions below it keep llama.cpp's float path bit for bit.
 #pragma once
 
 #include <memory>
@@ -35,12 +46,20 @@ class CpuBackend : public Backend {
   struct Scratch {
     std::vector<float> x, xn, q, k, v, attn, gate, up;
     std::vector<int32_t> positions;
+    std::vector<float> sink_q;           // [rows][q_dim]: queries at their cache slot, for sink keys
+    std::vector<int32_t> slots;          // [rows]: their RoPE positions
+    std::vector<int32_t> rope_positions;  // [rows]: positions for the float path (0 past the context)
+    std::vector<uint8_t> sink_steps;      // [steps]: 1 where the step's sequence needs sink_q
   };
 
   CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options);
   void Embed(std::span<const SequenceStep> steps, int64_t rows);
   void Layer(int32_t layer, std::span<const SequenceStep> steps, int64_t rows);
   void Attention(int32_t layer, std::span<const SequenceStep> steps);
+  // RoPE of `rows` rows of n_heads heads at `positions`: ops' float path
+  // below the model's context, RopePastContext at and past it.
+  void RopeRows(float* x, const int32_t* positions, int64_t rows, int n_heads);
+  void RopePastContext(float* x, int32_t pos, int n_heads) const;
 
   const Model& model_;
   KvCachePool& pool_;
@@ -49,6 +68,9 @@ class CpuBackend : public Backend {
   Scratch s_;
   // Dense attention for every head, for sequences without a plan.
   std::vector<AttentionHeadParams> dense_heads_;
+  // Per rotary pair i, the float path's angle at position 1 (freq_scale *
+  // theta_scale^i as it iterates it), widened to double.
+  std::vector<double> rope_freqs_;
 };
 
 }  // namespace attnserve
