@@ -15,8 +15,14 @@
 //         per-vector float sums added in double, p = e * (1 / Σ);
 //   KQV = mul_mat(V_f16, P): P converted to fp16; one fp32 lane per key
 //         position mod the vector width, the lanes then added by halves.
-// (Those are the orders of its batched matmul; for one-token batches it sums
-// four accumulators per lane, which a kernel call cannot tell apart.)
+// Those are the orders of its batched matmul (tinyBLAS). A one-token batch
+// goes through its ggml_vec_dot_f16 instead, which on x86 sums four vectors
+// of accumulators (4N virtual lanes, element or key position mod 4N), folds
+// them by halves, then the lanes (AVX-512 by halves; AVX2 by halves to four
+// lanes, then (l0+l1)+(l2+l3)), and adds the elements past the last whole
+// 4N as float products in double. A call with one query (decode) follows
+// that order on those targets; its keys are counted from position 0, as the
+// reference's (padded, zero-weighted) KV rows are.
 // Hence two passes: the logits of every visible key (over the key pages), the
 // softmax of whole rows, then the values. The hooks sit where its mask does:
 // bias after the scale, hidden keys at -inf, the virtual sink in max and
@@ -142,6 +148,29 @@ HWY_INLINE void FoldSum4(DF d, VF a, VF b, VF c, VF e, float scale, float* out4)
 #endif
 }
 
+// ggml_vec_dot_f16's order is followed for one-query calls on x86 AVX2 and
+// AVX-512 (its GGML_F16_STEP = 4 vectors); elsewhere the batched order.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+constexpr bool kVecDotOrder = true;
+#else
+constexpr bool kVecDotOrder = false;
+#endif
+
+// The lanes of v summed as ggml_vec_dot_f16 reduces its last accumulator:
+// _mm512_reduce_add_ps (by halves) or, for 256 bits, the halves then two
+// horizontal adds.
+HWY_INLINE float VecDotFold(DF d, VF v) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  const auto v4 = FoldTo128(d, v);
+  alignas(16) float x[4];
+  hn::Store(v4, hn::DFromV<decltype(v4)>(), x);
+  if constexpr (hn::MaxLanes(DF()) == 8) return (x[0] + x[1]) + (x[2] + x[3]);
+  return (x[0] + x[2]) + (x[1] + x[3]);
+#else
+  return FoldSum(d, v);
+#endif
+}
+
 // x rounded to the nearest fp16 value, ties to even (F16C's vcvtps2ph, which
 // the reference uses to convert q and p), returned as float.
 HWY_INLINE VF RoundToFp16(DF d, VF x) {
@@ -228,6 +257,31 @@ HWY_INLINE void Dots(const float* q, const float* keys, int n, int hdp, float sc
     VF a = hn::Zero(d);
     for (int c = 0; c < hdp; c += N) a = hn::MulAdd(hn::LoadU(d, q + c), hn::LoadU(d, k + c), a);
     s[j] = FoldSum(d, a) * scale;
+  }
+}
+
+// Dots for a one-query call, in ggml_vec_dot_f16's order: four accumulators
+// over steps of 4N elements, folded pairwise, then the lanes; the remaining
+// elements' float products added in double.
+HWY_INLINE void VecDots(const float* q, const float* keys, int n, int hd, int hdp, float scale, float* s) {
+  const DF d;
+  const int N = static_cast<int>(hn::Lanes(d));
+  const int np = hd / (4 * N) * (4 * N);
+  for (int j = 0; j < n; ++j) {
+    const float* k = keys + static_cast<int64_t>(j) * hdp;
+    VF a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    for (int c = 0; c < np; c += 4 * N) {
+      a0 = hn::MulAdd(hn::LoadU(d, k + c), hn::LoadU(d, q + c), a0);
+      a1 = hn::MulAdd(hn::LoadU(d, k + c + N), hn::LoadU(d, q + c + N), a1);
+      a2 = hn::MulAdd(hn::LoadU(d, k + c + 2 * N), hn::LoadU(d, q + c + 2 * N), a2);
+      a3 = hn::MulAdd(hn::LoadU(d, k + c + 3 * N), hn::LoadU(d, q + c + 3 * N), a3);
+    }
+    double sum = VecDotFold(d, hn::Add(hn::Add(a0, a2), hn::Add(a1, a3)));
+    for (int c = np; c < hd; ++c) {
+      const float prod = k[c] * q[c];
+      sum += static_cast<double>(prod);
+    }
+    s[j] = static_cast<float>(sum) * scale;
   }
 }
 
@@ -333,13 +387,16 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
   }
   const Columns cols{KeysToRead(params, min_pos, max_pos)};
   const int64_t stride = (cols.Count() + N - 1) / N * N;
+  // Value accumulators: one per key position mod L (the matmul's lanes).
+  const bool vec_dot = kVecDotOrder && queries.n_queries == 1;
+  const int L = vec_dot ? 4 * N : N;
 
   thread_local Scratch sc;
   Grow(sc.q, static_cast<size_t>(rows) * hdp);
   Grow(sc.logits, static_cast<size_t>(rows) * stride);
   Grow(sc.block, static_cast<size_t>(kBlock) * hdp);
   Grow(sc.outside, kBlock);
-  sc.acc.assign(static_cast<size_t>(rows) * N * hdp, 0.0f);
+  sc.acc.assign(static_cast<size_t>(rows) * L * hdp, 0.0f);
 
   bool any_span_bias = false;
   for (int g = 0; g < G; ++g) any_span_bias |= heads[g].outside_span_bias != 0.0f;
@@ -366,6 +423,14 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
   // Calls body(b0, nb, col, n, band_lo, band_hi, i) for each block of keys to
   // read and each query that sees some of it: keys [b0, b0 + n) are causal
   // for the query and [band_lo, band_hi) of them (block offsets) evicted.
+  auto dots = [&](const float* qr, const float* keys, int n, float scale, float* s) {
+    if (vec_dot) {
+      VecDots(qr, keys, n, hd, hdp, scale, s);
+    } else {
+      Dots(qr, keys, n, hdp, scale, s);
+    }
+  };
+
   auto for_blocks = [&](const fp16_t* base, auto&& body) {
     int32_t col = 0;
     for (int ri = 0; ri < cols.k.n; ++ri) {
@@ -408,10 +473,10 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
       if (sink_queries && b0 < params.sink_tokens) {
         // Each logit is its own dot product: splitting the block changes no bits.
         const int ns = std::min(n, params.sink_tokens - b0);
-        Dots(&sc.sink_q[static_cast<size_t>(i * G + g) * hdp], sc.block.data(), ns, hdp, h.logit_scale, s);
-        Dots(q, sc.block.data() + static_cast<int64_t>(ns) * hdp, n - ns, hdp, h.logit_scale, s + ns);
+        dots(&sc.sink_q[static_cast<size_t>(i * G + g) * hdp], sc.block.data(), ns, h.logit_scale, s);
+        dots(q, sc.block.data() + static_cast<int64_t>(ns) * hdp, n - ns, h.logit_scale, s + ns);
       } else {
-        Dots(q, sc.block.data(), n, hdp, h.logit_scale, s);
+        dots(q, sc.block.data(), n, h.logit_scale, s);
       }
       if (b0 == 0) s[0] += h.first_token_bias;
       if (h.outside_span_bias != 0.0f) {
@@ -428,26 +493,37 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
     Softmax(params, heads[r % G], cols, extent, &sc.logits[static_cast<size_t>(r) * stride]);
   }
 
-  // Pass 2: key position t goes to accumulator t mod N (the lane of the
-  // reference's matmul), each in key order; the N are then folded by halves.
+  // Pass 2: key position t goes to accumulator t mod L (the lane of the
+  // reference's matmul), each in key order; the L are then folded by halves
+  // (AVX2's vec_dot: the last four as (l0+l1)+(l2+l3)).
   for_blocks(value_base, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
     if (band_lo == 0 && band_hi >= n) return;
     for (int g = 0; g < G; ++g) {
       const float* p = &sc.logits[static_cast<size_t>(i * G + g) * stride + col];
-      float* acc = &sc.acc[static_cast<size_t>(i * G + g) * N * hdp];
-      for (int j = 0; j < std::min(n, N); ++j) {
-        AccumulateValues(p, sc.block.data(), j, n, N, hdp, acc + static_cast<size_t>((b0 + j) % N) * hdp);
+      float* acc = &sc.acc[static_cast<size_t>(i * G + g) * L * hdp];
+      for (int j = 0; j < std::min(n, L); ++j) {
+        AccumulateValues(p, sc.block.data(), j, n, L, hdp, acc + static_cast<size_t>((b0 + j) % L) * hdp);
       }
     }
   });
 
   for (int r = 0; r < rows; ++r) {
-    float* acc = &sc.acc[static_cast<size_t>(r) * N * hdp];
-    for (int half = N / 2; half >= 1; half /= 2) {
-      for (int l = 0; l < half; ++l) {
-        float* lo = acc + static_cast<size_t>(l) * hdp;
-        const float* hi = acc + static_cast<size_t>(l + half) * hdp;
-        for (int c = 0; c < hdp; c += N) hn::StoreU(hn::Add(hn::LoadU(d, lo + c), hn::LoadU(d, hi + c)), d, lo + c);
+    float* acc = &sc.acc[static_cast<size_t>(r) * L * hdp];
+    auto add_into = [&](int l, int from) {
+      float* lo = acc + static_cast<size_t>(l) * hdp;
+      const float* hi = acc + static_cast<size_t>(from) * hdp;
+      for (int c = 0; c < hdp; c += N) hn::StoreU(hn::Add(hn::LoadU(d, lo + c), hn::LoadU(d, hi + c)), d, lo + c);
+    };
+    if (vec_dot && N == 8) {
+      for (int half = L / 2; half >= 4; half /= 2) {
+        for (int l = 0; l < half; ++l) add_into(l, l + half);
+      }
+      add_into(0, 1);
+      add_into(2, 3);
+      add_into(0, 2);
+    } else {
+      for (int half = L / 2; half >= 1; half /= 2) {
+        for (int l = 0; l < half; ++l) add_into(l, l + half);
       }
     }
     const int i = r / G, g = r % G;

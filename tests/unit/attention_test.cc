@@ -455,21 +455,59 @@ TEST_P(PagedAttentionTest, RoundsQueryAndWeightsToFp16) {
   check();
 }
 
-// Without a window, a query's output depends on nothing else in the call:
-// prefill in chunks of any size gives the same bits as one call, as the
-// reference computes each row alone.
+// Without a window, a query's output depends on nothing else in a call of
+// several queries: prefill in chunks of any size >= 2 gives the same bits as
+// one call, as the reference's batched matmul computes each row alone. (One
+// query is a decode step, which has its own order; see DecodeSumsValuesInVecDotOrder.)
 TEST_P(PagedAttentionTest, DenseRowsDoNotDependOnTheCall) {
   Problem pr(16, 64, 2, 3, 300, 37, 21);
   const std::vector<float> together = pr.RunKernel();
-  std::vector<float> alone(together.size(), NAN);
+  std::vector<float> in_pairs(together.size(), NAN), pair(together.size(), NAN);
   const SequenceAttentionParams params = pr.Params();
   const PagedKv kv = pr.Kv();
   const size_t row = static_cast<size_t>(pr.n_q_heads()) * pr.head_dim;
   for (int i = 0; i < pr.n_queries; ++i) {
-    const AttentionQueries one{&pr.q[i * row], &pr.positions[i], 1, pr.n_q_heads()};
-    for (int g = 0; g < pr.n_kv_heads; ++g) PagedAttentionKvHead(one, kv, params, g, &alone[i * row]);
+    const int first = std::min(i, pr.n_queries - 2);
+    const AttentionQueries two{&pr.q[first * row], &pr.positions[first], 2, pr.n_q_heads()};
+    for (int g = 0; g < pr.n_kv_heads; ++g) PagedAttentionKvHead(two, kv, params, g, pair.data());
+    std::copy_n(&pair[(i - first) * row], row, &in_pairs[i * row]);
   }
-  EXPECT_EQ(together, alone);
+  EXPECT_EQ(together, in_pairs);
+}
+
+// A one-query call (decode) sums Σ p v in the order of ggml_vec_dot_f16 on
+// x86: key position t in virtual lane t mod 4N, the lanes folded by halves
+// (AVX2: down to four, then (l0+l1)+(l2+l3)). With q = 0 every weight is
+// exactly 1/256, so the output is that order's sum of the values, scaled.
+TEST_P(PagedAttentionTest, DecodeSumsValuesInVecDotOrder) {
+  const int64_t target = GetParam();
+  int N = 0;
+#if HWY_ARCH_X86
+  if (target == HWY_AVX2) N = 8;
+  if (target == HWY_AVX3 || target == HWY_AVX3_DL) N = 16;
+#ifdef HWY_AVX3_ZEN4
+  if (target == HWY_AVX3_ZEN4) N = 16;
+#endif
+#endif
+  if (N == 0) GTEST_SKIP() << "the batched order applies on this target";
+  const int n = 256, L = 4 * N;
+  Problem pr(16, 64, 1, 2, n, 1, 5);
+  std::fill(pr.q.begin(), pr.q.end(), 0.0f);
+  const std::vector<float> got = pr.RunKernel();
+  for (int c = 0; c < pr.head_dim; ++c) {
+    std::vector<float> lane(L, 0.0f);
+    for (int t = 0; t < n; ++t) {
+      const size_t at = ((static_cast<size_t>(pr.page_table[t / pr.page_size]) * pr.n_kv_heads) * pr.page_size +
+                         t % pr.page_size) * pr.head_dim + c;
+      lane[t % L] += Fp16ToFloat(pr.values[at]);
+    }
+    for (int half = L / 2; half >= (N == 8 ? 4 : 1); half /= 2) {
+      for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+    }
+    if (N == 8) lane[0] = (lane[0] + lane[1]) + (lane[2] + lane[3]);
+    const float want = lane[0] / n;
+    for (int h = 0; h < pr.n_q_heads(); ++h) EXPECT_EQ(got[h * pr.head_dim + c], want) << "dim " << c << " head " << h;
+  }
 }
 
 // Streaming positions=CACHE: sink keys take the sink queries, every other

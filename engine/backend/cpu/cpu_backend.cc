@@ -226,9 +226,13 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   for (size_t i = 0; i < steps.size(); ++i) {
     const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
-    for (int32_t q0 = 0; q0 < n; q0 += kQueriesPerTask) {
+    for (int32_t q0 = 0, take = 0; q0 < n; q0 += take) {
+      take = std::min(kQueriesPerTask, n - q0);
+      // The kernel sums a lone query in decode order: a batch's last query
+      // joins the task before it so that it keeps the batched order.
+      if (n - q0 - take == 1) ++take;
       for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-        tasks.push_back({row + q0, std::min(kQueriesPerTask, n - q0), g, &st, s_.sink_steps[i] != 0});
+        tasks.push_back({row + q0, take, g, &st, s_.sink_steps[i] != 0});
       }
     }
     row += n;
