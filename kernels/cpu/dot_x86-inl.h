@@ -396,16 +396,8 @@ struct ChainScales {
 
 template <int MR, int NB>
 HWY_INLINE ChainScales<MR, NB> LaneScales(const fp16_t* f0, const fp16_t* f1, const float* da) {
-  if constexpr (NB == 1) {
-    // Lanes are the weight rows.
-    __m128i h0 = _mm_setzero_si128(), h1 = _mm_setzero_si128();
-    for (int m = 0; m < MR; ++m) {
-      h0 = _mm_insert_epi16(h0, f0[m], m);
-      if (f1 != nullptr) h1 = _mm_insert_epi16(h1, f1[m], m);
-    }
-    return {_mm_cvtph_ps(h0), _mm_cvtph_ps(h1), _mm_set1_ps(da[0])};
-  }
-  uint16_t h0[4] = {}, h1[4] = {};
+  // Gathered through memory: inserting lanes one by one costs more.
+  HWY_ALIGN uint16_t h0[4] = {}, h1[4] = {};
   HWY_ALIGN float d[4] = {};
   for (int m = 0; m < MR; ++m) {
     for (int b = 0; b < NB; ++b) {
@@ -511,6 +503,65 @@ HWY_INLINE void DotQ4_KChainRows(const uint8_t* wrows, size_t w_stride, int64_t 
     }
   }
   StoreLanes<L>(kOrder == Q4KOrder::kTiled ? acc : _mm_sub_ps(acc, acc_min), MR, NB, r);
+}
+
+// DotQ4_KChainRows for one activation row and 8 weight rows, lane m (AVX2
+// and up: 8 float lanes).
+template <Q4KOrder kOrder>
+HWY_INLINE void DotQ4_KChain8Rows(const uint8_t* wrows, size_t w_stride, int64_t n, const Rows& r) {
+  static_assert(kOrder == Q4KOrder::kRepackedGemv || kOrder == Q4KOrder::kTiled);
+  constexpr int MR = 8;
+  const int64_t nblocks = n / kQK_K;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const BlockQ4_K* w[MR];
+  for (int m = 0; m < MR; ++m) w[m] = reinterpret_cast<const BlockQ4_K*>(wrows + m * w_stride);
+  const auto* a = reinterpret_cast<const BlockQ8_K*>(r.act);
+  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nblocks; ++i) {
+    const __m256i bsums = LoadBytes(a[i].bsums);
+    const __m128i sub_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+    __m256i sumi[MR];
+    __m128i min_terms[MR];
+    HWY_ALIGN fp16_t d_bits[MR], dmin_bits[MR];
+    for (int m = 0; m < MR; ++m) {
+      const BlockQ4_K& x = w[m][i];
+      const __m256i scales_mins = _mm256_cvtepu8_epi16(ScalesMinsK4(x.scales));
+      const __m128i scales = _mm256_castsi256_si128(scales_mins);
+      min_terms[m] = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), sub_sums);
+      const __m256i scales2 = _mm256_set_m128i(scales, scales);
+      d_bits[m] = x.d;
+      dmin_bits[m] = x.dmin;
+      sumi[m] = _mm256_setzero_si256();
+      for (int j = 0; j < kQK_K / 64; ++j) {
+        const __m256i bits = LoadBytes(x.qs + 32 * j);
+        const __m256i q_lo = _mm256_and_si256(bits, low4);
+        const __m256i q_hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+        const int8_t* y = a[i].qs + 64 * j;
+        const __m256i p_lo = _mm256_madd_epi16(BroadcastI16(scales2, 2 * j), _mm256_maddubs_epi16(q_lo, LoadBytes(y)));
+        const __m256i p_hi =
+            _mm256_madd_epi16(BroadcastI16(scales2, 2 * j + 1), _mm256_maddubs_epi16(q_hi, LoadBytes(y + 32)));
+        sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(p_lo, p_hi));
+      }
+    }
+    // Lane m: row m's sum, then its min term.
+    const __m256i h01 = _mm256_hadd_epi32(sumi[0], sumi[1]), h23 = _mm256_hadd_epi32(sumi[2], sumi[3]);
+    const __m256i h45 = _mm256_hadd_epi32(sumi[4], sumi[5]), h67 = _mm256_hadd_epi32(sumi[6], sumi[7]);
+    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    const __m256i sums_i = _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+    const __m256i mins_i = _mm256_set_m128i(LaneSums4<4>(min_terms + 4), LaneSums4<4>(min_terms));
+    const __m256 dw = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d_bits)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin_bits)));
+    const __m256 da = _mm256_set1_ps(a[i].d);
+    const __m256 sums = _mm256_cvtepi32_ps(sums_i), min_sums = _mm256_cvtepi32_ps(mins_i);
+    if constexpr (kOrder == Q4KOrder::kTiled) {
+      acc = _mm256_fmadd_ps(_mm256_fnmadd_ps(dmin, min_sums, _mm256_mul_ps(sums, dw)), da, acc);
+    } else {
+      acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, da), acc);
+      acc_min = _mm256_fmadd_ps(min_sums, _mm256_mul_ps(dmin, da), acc_min);
+    }
+  }
+  _mm256_storeu_ps(r.y, kOrder == Q4KOrder::kTiled ? acc : _mm256_sub_ps(acc, acc_min));
 }
 
 // Q6_K, one weight row with NB activation rows: the integer sums, 8 lanes

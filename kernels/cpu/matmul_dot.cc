@@ -301,12 +301,12 @@ HWY_INLINE void ForEachSmallRow(const WeightRows& wr, const Rows& r) {
   ForEachRowGroup<kRows, DotSmallRows<K, kRows, NB>, DotSmallRows<K, 1, NB>>(wr, r);
 }
 
-// The Q4_K orders with scalar chains: one activation row with 4 weight rows
+// The Q4_K orders with scalar chains: one activation row with 8 weight rows
 // at a time, else one weight row with the activation rows.
 template <int NB, Q4KOrder kOrder>
 HWY_INLINE void ForEachQ4_KChain(const WeightRows& wr, const Rows& r) {
   if constexpr (NB == 1) {
-    ForEachRowGroup<4, DotQ4_KChainRows<4, 1, kOrder>, DotQ4_KChainRows<1, 1, kOrder>>(wr, r);
+    ForEachRowGroup<8, DotQ4_KChain8Rows<kOrder>, DotQ4_KChainRows<1, 1, kOrder>>(wr, r);
   } else {
     ForEachRowGroup<1, DotQ4_KChainRows<1, NB, kOrder>, DotQ4_KChainRows<1, NB, kOrder>>(wr, r);
   }

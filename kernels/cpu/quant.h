@@ -20,8 +20,9 @@ void DequantizeRowReference(GgmlType type, const void* src, float* dst, int64_t 
 void QuantizeRow(GgmlType type, const float* src, void* dst, int64_t n);
 void QuantizeRowReference(GgmlType type, const float* src, void* dst, int64_t n);
 
-// The activation type a weight type is multiplied with: Q8_0 for *_0 and
-// Q8_0 types, Q8_1 for *_1 types, Q8_K for K types, F32 for float types.
+// The activation type a weight type is multiplied with, as in llama.cpp:
+// Q8_0 for *_0 and Q8_0 types, Q8_1 for *_1 types, Q8_K for K types, F16 for
+// F16, BF16 for BF16, F32 for F32 (and for the activation-only Q8_1/Q8_K).
 GgmlType ActivationTypeFor(GgmlType weight_type);
 
 // Bulk float <-> half conversions (F16C when available).
