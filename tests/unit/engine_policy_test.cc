@@ -351,17 +351,24 @@ TEST_F(EnginePolicyTest, StreamingSequencesSurvivePreemptionUnderATinyKvCache) {
   PolicySpec spec;
   spec.sink = Original(4, 32);
   std::vector<std::string> prompts;
-  std::vector<std::vector<int32_t>> expected;
+  std::vector<GenerationDelta> expected;
   for (int i = 0; i < 4; ++i) {
     prompts.push_back("Chapter " + std::to_string(i + 1) + ". The storm had passed, and the");
-    expected.push_back(RunAlone(*reference, Greedy(prompts.back(), 120, &spec)));
+    GenerationRequest r = Greedy(prompts.back(), 120, &spec);
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 2;
+    Collector alone;
+    ASSERT_TRUE(reference->Submit(std::move(r), alone.stream).ok());
+    expected.push_back(alone.Wait()[0]);
   }
   std::vector<std::unique_ptr<Collector>> runs;
   for (const std::string& prompt : prompts) {
     runs.push_back(std::make_unique<Collector>());
     ASSERT_TRUE(engine->Submit(Greedy(prompt, 120, &spec), runs.back()->stream).ok());
   }
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(runs[i]->Wait()[0].token_ids, expected[i]) << "sequence " << i;
+  for (int i = 0; i < 4; ++i) {
+    ExpectSameOrNearTie(runs[i]->Wait()[0].token_ids, expected[i], 0.05f, "sequence " + std::to_string(i));
+  }
   EXPECT_GT(engine->stats().preemptions_total, 0);
   EXPECT_EQ(engine->stats().kv_pages_used, 0);
 }

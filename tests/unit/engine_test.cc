@@ -83,18 +83,25 @@ TEST_F(EngineTest, PreemptionUnderATinyKvCacheKeepsEveryOutput) {
   tiny.max_num_batched_tokens = 64;
   std::unique_ptr<Engine> engine = MakeEngine(tiny);
   std::vector<std::unique_ptr<Collector>> runs;
-  std::vector<std::vector<int32_t>> expected;
   std::vector<std::string> prompts;
+  std::vector<GenerationDelta> alone;
   for (int i = 0; i < 8; ++i) {
     prompts.push_back("Story number " + std::to_string(i) + ": once upon a time there was a");
-    expected.push_back(RunAlone(*reference, Greedy(prompts.back(), 48)));
+    GenerationRequest r = Greedy(prompts.back(), 48);
+    r.sampling.logprobs = true;
+    r.sampling.top_logprobs = 2;
+    Collector c;
+    ASSERT_TRUE(reference->Submit(std::move(r), c.stream).ok());
+    alone.push_back(c.Wait()[0]);
   }
   // All at once, so that together they need more pages than there are.
   for (const std::string& prompt : prompts) {
     runs.push_back(std::make_unique<Collector>());
     ASSERT_TRUE(engine->Submit(Greedy(prompt, 48), runs.back()->stream).ok());
   }
-  for (int i = 0; i < 8; ++i) EXPECT_EQ(runs[i]->Wait()[0].token_ids, expected[i]) << "sequence " << i;
+  for (int i = 0; i < 8; ++i) {
+    ExpectSameOrNearTie(runs[i]->Wait()[0].token_ids, alone[i], 0.05f, "sequence " + std::to_string(i));
+  }
   EXPECT_GT(engine->stats().preemptions_total, 0);
   EXPECT_EQ(engine->stats().kv_pages_used, 0);
 }
