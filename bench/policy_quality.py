@@ -329,7 +329,8 @@ def plot(result, out, configs):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, (name, r) in enumerate(done.items()):
             ys = [r["accuracy_by_length"].get(str(L)) for L in lengths]
-            ax.plot(lengths, [np.nan if y is None else y for y in ys], "o-" if i < 10 else "s--",
+            nudge = (i - (len(done) - 1) / 2) * 0.012  # equal curves stay visible side by side
+            ax.plot(lengths, [np.nan if y is None else y + nudge for y in ys], "o-" if i < 10 else "s--",
                     label=r["label"], alpha=0.85)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths)
@@ -338,13 +339,13 @@ def plot(result, out, configs):
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel(f"accuracy (mean over depths {', '.join(f'{d:.0%}' for d in depths)})")
         missing = [rr[n]["label"] for n in rr if n not in done]
-        title = f"pass-key retrieval, {result['model']}, {result['retrieval']['trials']} trials/cell"
+        title = (f"pass-key retrieval, {result['model']}, {result['retrieval']['trials']} trial(s) per "
+                 f"length and depth\n(curves nudged apart vertically so that equal ones stay visible)")
         ax.set_title(title, fontsize=9)
         if missing:
-            ax.text(0.01, 0.01, "not implemented: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
-                    color="gray", wrap=True)
+            fig.text(0.01, 0.01, "not implemented: " + ", ".join(missing), fontsize=7, color="gray")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
         fig.savefig(f"{out}_retrieval.png", dpi=110)
         plt.close(fig)
 
