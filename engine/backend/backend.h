@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/model_config.h"
+#include "engine/policy/act_key_sets.h"
 #include "engine/policy/attention_plan.h"
 
 namespace attnserve {
@@ -27,6 +28,10 @@ struct SequenceStep {
   // The sequence's attention policy; null is dense over the full cache.
   // Sequences of one step may each have their own.
   const AttentionPlan* attention = nullptr;
+  // ACT's key sets of the sequence's request (attention->act()); while
+  // incomplete, the step must start at 0 and cover the whole prompt, and
+  // the backend finds them from its attention, layer by layer.
+  ActKeySets* act_sets = nullptr;
 };
 
 class Backend {

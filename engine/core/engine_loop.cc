@@ -85,6 +85,8 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
     // Requests whose policies change prefill K/V differently never share
     // pages; dense ones (signature 0) share with requests without a plan.
     const uint64_t policy_salt = plan != nullptr ? plan->prefill_signature() : 0;
+    // ACT's key sets depend on the whole prompt: its pages are the request's own.
+    if (plan != nullptr && plan->act()) r->act_sets = std::make_unique<ActKeySets>(*plan);
     const int32_t n = r->score ? 1 : std::max(1, r->request.sampling.n);
     for (int32_t i = 0; i < n; ++i) {
       auto seq = std::make_unique<Sequence>();
@@ -94,6 +96,7 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
       seq->tokens = r->request.prompt_ids;
       seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
       seq->pending.index = i;
+      if (r->act_sets) seq->min_first_chunk = seq->num_prompt;
       if (r->score) {
         seq->max_chunk = kScoreChunkTokens;
         seq->use_prefix_cache = false;
@@ -104,7 +107,7 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
         seq->stop.emplace(r->request.sampling.stop, r->request.sampling.min_tokens);
         // Completions of one request always share the prompt's pages; other
         // requests only when prefix caching is on.
-        seq->cache_salt = (options.prefix_caching ? 0 : PrivateSalt(r->handle)) ^ policy_salt;
+        seq->cache_salt = (options.prefix_caching && !r->act_sets ? 0 : PrivateSalt(r->handle)) ^ policy_salt;
       }
       r->seqs.push_back(std::move(seq));
     }
@@ -138,6 +141,10 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
     step.attention = PlanOf(seq);
+    step.act_sets = seq.request->act_sets.get();
+    // Scoring under ACT runs the text twice: once whole to find the key
+    // sets, then in chunks for the logits of every token.
+    if (seq.request->score && step.act_sets != nullptr && !step.act_sets->complete()) step.logits = LogitsWanted::kNone;
     steps.push_back(step);
   }
   const absl::Status forward = backend->Forward(steps, logits);
@@ -157,6 +164,12 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     Sequence& seq = static_cast<Sequence&>(*schedule.chunks[i].seq);
     const int32_t n = schedule.chunks[i].num_tokens;
     const int32_t first = seq.num_computed;
+    if (steps[i].act_sets != nullptr && steps[i].act_sets->complete()) {
+      for (auto& s : seq.request->seqs) s->min_first_chunk = 0;
+    }
+    if (seq.request->score && steps[i].act_sets != nullptr && steps[i].logits == LogitsWanted::kNone) {
+      continue;  // the key sets' pass: the text now runs again from its start, its pages kept
+    }
     seq.num_computed += n;
     seq.pages.num_tokens = seq.num_computed;
     // Registering pages rehashes the sequence's whole prefix: past the

@@ -11,6 +11,7 @@
 #include "engine/core/engine.h"
 #include "engine/core/output_stream.h"
 #include "engine/core/request.h"
+#include "engine/policy/act_key_sets.h"
 #include "engine/sampling/logits_processor.h"
 #include "engine/sampling/stop_checker.h"
 #include "engine/scheduler/scheduler.h"
@@ -38,6 +39,8 @@ struct RequestState {
   GenerationRequest request;
   std::shared_ptr<OutputStream> out;  // null for scoring
   std::vector<std::unique_ptr<Sequence>> seqs;
+  // ACT's key sets, shared by the completions (one prompt, one S).
+  std::unique_ptr<ActKeySets> act_sets;
   int32_t unfinished = 0;
   std::optional<absl::Time> first_scheduled;
   std::optional<absl::Time> first_token;

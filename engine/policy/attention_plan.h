@@ -37,6 +37,10 @@ struct AttentionPlanContents {
   // (CacheSlot in attention_hooks.h), so the sequence may run past the
   // model's context.
   bool cache_positions = false;
+  // ACT: heads with reweight_beta != 1 calibrate; their key sets come from
+  // the prompt's attention (ActKeySets), tokens with mean attention > tau.
+  bool act = false;
+  float act_tau = 0.0f;
   std::vector<KeyRange> spans;             // emphasis: sorted, disjoint token ranges
   int32_t prompt_tokens = 0;
   PolicyLabels labels;
@@ -57,6 +61,9 @@ class AttentionPlan {
   const AttentionHeadParams& head(int32_t l, int32_t h) const { return c_.heads[l * c_.n_heads + h]; }
   const VisibleSet& visible_set() const { return c_.visible; }
   bool cache_positions() const { return c_.cache_positions; }
+  bool act() const { return c_.act; }
+  float act_tau() const { return c_.act_tau; }
+  int32_t prompt_tokens() const { return c_.prompt_tokens; }
   std::span<const KeyRange> spans() const { return c_.spans; }
   const PolicyLabels& labels() const { return c_.labels; }
 

@@ -100,10 +100,16 @@ absl::Status CheckVirtualSink(const VirtualSinkSpec& v, const ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::Status CheckAct(const ActSpec& a, const ModelConfig& c) {
+// ACT's heads: by default layers 2 .. n_layers - 2 (the reference code's
+// range(2, 31) for 32 layers), every head.
+absl::StatusOr<HeadSelection> PlanAct(const ActSpec& a, const ModelConfig& c) {
   if (a.beta) ATTN_RETURN_IF_ERROR(CheckFraction(*a.beta, "act.beta", /*one_allowed=*/true));
   if (a.tau) ATTN_RETURN_IF_ERROR(CheckFraction(*a.tau, "act.tau", /*one_allowed=*/false));
-  return SelectHeads(a.layers, a.heads, c, "act").status();
+  ATTN_ASSIGN_OR_RETURN(HeadSelection s, SelectHeads(a.layers, a.heads, c, "act"));
+  if (a.layers.empty()) {
+    for (int32_t l = 0; l < c.n_layers; ++l) s.layers[l] = l >= 2 && l <= c.n_layers - 2;
+  }
+  return s;
 }
 
 absl::Status CheckTemperature(const TemperatureSpec& t, const ModelConfig& c) {
@@ -228,7 +234,6 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
 }
 
 absl::Status CheckImplemented(const PolicySpec& spec) {
-  if (spec.act) return Unimplemented("act");
   if (std::holds_alternative<DuoSpec>(spec.mode)) return Unimplemented("duo");
   if (std::holds_alternative<SparseSpec>(spec.mode)) return Unimplemented("sparse");
   if (std::holds_alternative<LinearSpec>(spec.mode)) return Unimplemented("linear");
@@ -266,8 +271,10 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   // not implemented.
   ATTN_ASSIGN_OR_RETURN(const VisibleSet visible, PlanSink(spec, config));
   if (spec.virtual_sink) ATTN_RETURN_IF_ERROR(CheckVirtualSink(*spec.virtual_sink, config));
-  if (spec.act) ATTN_RETURN_IF_ERROR(CheckAct(*spec.act, config));
-  HeadSelection zero_tuning_heads, emphasis_heads;
+  HeadSelection act_heads, zero_tuning_heads, emphasis_heads;
+  if (spec.act) {
+    ATTN_ASSIGN_OR_RETURN(act_heads, PlanAct(*spec.act, config));
+  }
   if (spec.zero_tuning) {
     ATTN_RETURN_IF_ERROR(CheckPositive(spec.zero_tuning->gamma, "zero_tuning.gamma"));
     ATTN_ASSIGN_OR_RETURN(zero_tuning_heads,
@@ -298,6 +305,11 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   c.spans = std::move(spans);
   c.prompt_tokens = prompt.num_tokens;
   c.labels = LabelsOf(spec);
+  const float act_beta = spec.act ? spec.act->beta.value_or(kDefaultActBeta) : 1.0f;
+  if (spec.act) {
+    c.act_tau = spec.act->tau.value_or(kDefaultActTau);
+    c.act = act_beta != 1.0f;
+  }
   const float first_token_bias = spec.zero_tuning ? static_cast<float>(std::log(double{spec.zero_tuning->gamma})) : 0.0f;
   const float outside_span_bias = static_cast<float>(std::log(double{alpha}));
   for (int32_t l = 0; l < config.n_layers; ++l) {
@@ -305,6 +317,7 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
       const size_t i = static_cast<size_t>(l) * config.n_heads + h;
       AttentionHeadParams& p = c.heads[i];
       if (spec.temperature) p.logit_scale = c.dense_head.logit_scale / spec.temperature->factors[i];
+      if (spec.act && act_heads.Has(l, h)) p.reweight_beta = act_beta;
       if (spec.zero_tuning && zero_tuning_heads.Has(l, h)) p.first_token_bias = first_token_bias;
       if (spec.emphasis && emphasis_heads.Has(l, h)) p.outside_span_bias = outside_span_bias;
       if (spec.virtual_sink) {

@@ -36,6 +36,9 @@ int32_t Scheduler::pages_in_use() const {
 int32_t Scheduler::ChunkSize(const SchedSeq& seq, int32_t budget) const {
   int32_t n = std::min(static_cast<int32_t>(seq.tokens.size()) - seq.num_computed, budget);
   if (seq.max_chunk > 0) n = std::min(n, seq.max_chunk);
+  if (seq.num_computed == 0 && seq.min_first_chunk > 0) {
+    n = std::max(n, std::min(static_cast<int32_t>(seq.tokens.size()), seq.min_first_chunk));
+  }
   return n;
 }
 

@@ -26,6 +26,10 @@ struct SchedSeq {
   int32_t num_computed = 0;         // tokens whose K/V are in `pages`
   PageTable pages;
   int32_t max_chunk = 0;            // tokens per step at most; 0 = no limit
+  // When > 0, a chunk that starts at token 0 covers at least this many
+  // tokens, over max_chunk and the step's token budget (ACT prefills its
+  // whole prompt at once).
+  int32_t min_first_chunk = 0;
   bool use_prefix_cache = true;
   uint64_t cache_salt = 0;          // see PrefixCache
   int32_t cached_tokens = 0;        // K/V found in the prefix cache at admission

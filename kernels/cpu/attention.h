@@ -45,6 +45,13 @@ struct AttentionQueries {
 void PagedAttentionKvHead(const AttentionQueries& queries, const PagedKv& kv,
                           const SequenceAttentionParams& params, int kv_head, float* out);
 
+// ACT's prefill statistic: for each query head g of KV head `kv_head`,
+// mass[g * kv.num_tokens + j] += Σ_i p_ij over the call's queries, p the
+// probabilities PagedAttentionKvHead would weight values with (every hook
+// applied; reweighting too when params carries key sets). No outputs.
+void AttentionColumnMassKvHead(const AttentionQueries& queries, const PagedKv& kv,
+                               const SequenceAttentionParams& params, int kv_head, double* mass);
+
 // All KV heads, naive: materialises logits, softmax, reweighting, in double.
 void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
                              const SequenceAttentionParams& params, float* out);

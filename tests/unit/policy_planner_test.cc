@@ -352,10 +352,40 @@ TEST(PolicyPlannerTest, CharSpansOutsideTheTextOrMissingTokensAreRejected) {
   EXPECT_EQ(s.message(), "attention.emphasis.spans[0]: [8, 10) covers no token of the prompt");
 }
 
+// ACT's defaults: beta 0.4 on every head of layers 2 .. n_layers - 2, tau 0.1;
+// given lists replace them.
+TEST(PolicyPlannerTest, ActHeadsAndDefaults) {
+  PolicySpec spec;
+  spec.act = ActSpec{};
+  auto plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE((*plan)->act());
+  EXPECT_FLOAT_EQ((*plan)->act_tau(), 0.1f);
+  EXPECT_EQ((*plan)->prompt_tokens(), 12);
+  for (int l = 0; l < 30; ++l) {
+    for (int h = 0; h < 9; ++h) {
+      EXPECT_EQ((*plan)->head(l, h).reweight_beta, l >= 2 && l <= 28 ? 0.4f : 1.0f) << l << " " << h;
+    }
+  }
+  spec.act = ActSpec{0.25f, 0.2f, {0, 29}, {3}};
+  plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FLOAT_EQ((*plan)->act_tau(), 0.2f);
+  for (int l = 0; l < 30; ++l) {
+    for (int h = 0; h < 9; ++h) {
+      EXPECT_EQ((*plan)->head(l, h).reweight_beta, (l == 0 || l == 29) && h == 3 ? 0.25f : 1.0f) << l << " " << h;
+    }
+  }
+  // beta 1 calibrates nothing.
+  spec.act = ActSpec{1.0f, {}, {}, {}};
+  plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE((*plan)->act());
+}
+
 TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
-      {"attention.act: not implemented yet", [](auto& p) { p.act = ActSpec{}; }},
       {"attention.duo: not implemented yet", [](auto& p) { p.mode = DuoSpec{{{0, 0}}, {}, {}}; }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mode = SparseSpec{1024, {}}; }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mode = LinearSpec{64, 4}; }},

@@ -136,5 +136,32 @@ TEST(SchedulerTest, CachedPagesAreEvictedWhenTheAllocatorIsDry) {
   EXPECT_EQ(f.cache.num_cached(), 0);
 }
 
+// ACT prefills its whole prompt in one step: over the budget and max_chunk,
+// next to the running sequences' decodes; its later chunks are normal.
+TEST(SchedulerTest, MinFirstChunkCoversTheWholePromptOverTheBudget) {
+  Fixture f(64, /*max_seqs=*/8, /*budget=*/16);
+  SchedSeq* running = f.Add(4);
+  f.Complete(f.scheduler.Schedule());
+  SchedSeq* act = f.Add(40, 0, 100);
+  act->max_chunk = 8;
+  act->min_first_chunk = 40;
+  SchedSeq* after = f.Add(4, 0, 200);
+  const ScheduleOutput out = f.scheduler.Schedule();
+  ASSERT_EQ(out.chunks.size(), 2u);
+  EXPECT_EQ(out.chunks[0].seq, running);
+  EXPECT_EQ(out.chunks[1].seq, act);
+  EXPECT_EQ(out.chunks[1].num_tokens, 40);
+  EXPECT_EQ(f.scheduler.num_waiting(), 1) << "the budget is spent";
+  f.Complete(out);
+  // Recomputed after a preemption with its sets known: chunks as usual.
+  act->min_first_chunk = 0;
+  act->num_computed = 0;
+  const ScheduleOutput next = f.scheduler.Schedule();
+  for (const ScheduledChunk& c : next.chunks) {
+    if (c.seq == act) EXPECT_EQ(c.num_tokens, 8);
+  }
+  (void)after;
+}
+
 }  // namespace
 }  // namespace attnserve

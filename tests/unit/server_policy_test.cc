@@ -142,7 +142,6 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
 
 TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
-      {"attention.act: not implemented yet", [](auto& p) { p.mutable_act(); }},
       {"attention.duo: not implemented yet", [](auto& p) { p.mutable_duo()->add_retrieval_heads()->set_layer(3); }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mutable_sparse()->set_token_budget(64); }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mutable_linear()->set_window_tokens(64); }},
@@ -156,11 +155,11 @@ TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   }
   v1::ScoreRequest score;
   score.set_text("Hello there");
-  score.mutable_attention()->mutable_act();
+  score.mutable_attention()->mutable_linear()->set_window_tokens(64);
   v1::ScoreResponse unused;
   const grpc::Status s = Score(score, &unused);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_EQ(s.error_message(), "attention.act: not implemented yet");
+  EXPECT_EQ(s.error_message(), "attention.linear: not implemented yet");
 }
 
 TEST_F(ServerPolicyTest, EveryInvalidPolicyIsRejectedByName) {
@@ -335,7 +334,7 @@ TEST_F(ServerPolicyTest, InvalidDefaultAttentionFailsAtStartNamingTheField) {
 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"({"zero_tuning": {"gamma": -1}})", "--default-attention: attention.zero_tuning.gamma: must be > 0 (got -1)"},
-      {R"({"act": {}})", "--default-attention: attention.act: not implemented yet"},
+      {R"({"linear": {"window_tokens": 64}})", "--default-attention: attention.linear: not implemented yet"},
       {R"({"emphasis": {"spans": [{"begin": 0, "end": 4}]}})",
        "--default-attention: attention.emphasis: spans point into one prompt; a default cannot have them"},
   };

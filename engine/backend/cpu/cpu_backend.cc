@@ -38,19 +38,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& mode
 CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options)
     : model_(model), pool_(pool), options_(options), threads_(options.num_threads) {
   const ModelConfig& c = model.config;
-  const size_t rows = options.max_step_tokens;
-  s_.x.resize(rows * c.hidden);
-  s_.xn.resize(rows * c.hidden);
-  s_.q.resize(rows * c.q_dim());
-  s_.k.resize(rows * c.kv_dim());
-  s_.v.resize(rows * c.kv_dim());
-  s_.attn.resize(rows * c.q_dim());
-  s_.gate.resize(rows * c.ffn_hidden);
-  s_.up.resize(rows * c.ffn_hidden);
-  s_.positions.resize(rows);
-  s_.sink_q.resize(rows * c.q_dim());
-  s_.slots.resize(rows);
-  s_.rope_positions.resize(rows);
+  ReserveRows(options.max_step_tokens);
   // As ops' RopeTable iterates theta (kernels/cpu/ops.cc), at position 1.
   const float theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));
   float theta = 1.0f;
@@ -61,6 +49,25 @@ CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOp
   AttentionHeadParams dense;
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   dense_heads_.assign(c.n_heads, dense);
+}
+
+void CpuBackend::ReserveRows(int64_t rows) {
+  if (rows <= s_.rows) return;
+  const ModelConfig& c = model_.config;
+  const size_t n = rows;
+  s_.x.resize(n * c.hidden);
+  s_.xn.resize(n * c.hidden);
+  s_.q.resize(n * c.q_dim());
+  s_.k.resize(n * c.kv_dim());
+  s_.v.resize(n * c.kv_dim());
+  s_.attn.resize(n * c.q_dim());
+  s_.gate.resize(n * c.ffn_hidden);
+  s_.up.resize(n * c.ffn_hidden);
+  s_.positions.resize(n);
+  s_.sink_q.resize(n * c.q_dim());
+  s_.slots.resize(n);
+  s_.rope_positions.resize(n);
+  s_.rows = rows;
 }
 
 absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) {
@@ -77,16 +84,23 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
     if (st.attention != nullptr && (st.attention->n_layers() != c.n_layers || st.attention->n_heads() != c.n_heads)) {
       return absl::InvalidArgumentError("a sequence's attention plan was made for another model");
     }
+    if (st.act_sets != nullptr && st.attention == nullptr) {
+      return absl::InvalidArgumentError("a sequence has ACT key sets but no attention plan");
+    }
+    if (st.act_sets != nullptr && !st.act_sets->complete() &&
+        (st.first_pos != 0 || static_cast<int32_t>(st.tokens.size()) < st.attention->prompt_tokens())) {
+      return absl::InvalidArgumentError("an ACT sequence's first step must cover its whole prompt");
+    }
     for (int32_t t : st.tokens) {
       if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));
     }
-    if (rows + static_cast<int64_t>(st.tokens.size()) > options_.max_step_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat("step has more than ", options_.max_step_tokens, " tokens"));
-    }
-    for (size_t i = 0; i < st.tokens.size(); ++i) s_.positions[rows + i] = st.first_pos + static_cast<int32_t>(i);
     rows += static_cast<int64_t>(st.tokens.size());
     logit_rows += st.logits == LogitsWanted::kAll ? static_cast<int64_t>(st.tokens.size())
                                                   : (st.logits == LogitsWanted::kLast ? 1 : 0);
+  }
+  ReserveRows(rows);
+  for (int64_t r = 0; const SequenceStep& st : steps) {
+    for (size_t i = 0; i < st.tokens.size(); ++i) s_.positions[r++] = st.first_pos + static_cast<int32_t>(i);
   }
   // Streaming positions=CACHE: sequences with a query past the first
   // sink_tokens + window_tokens (where its slot and position part) get the
@@ -211,6 +225,35 @@ void CpuBackend::RopePastContext(float* x, int32_t pos, int n_heads) const {
   }
 }
 
+void CpuBackend::FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row) {
+  const ModelConfig& c = model_.config;
+  const int32_t prompt = step.attention->prompt_tokens();
+  const size_t per_thread = static_cast<size_t>(c.n_heads) * prompt;
+  s_.act_mass.assign(per_thread * threads_.num_threads(), 0.0);
+  const PagedKv kv = LayerView(pool_, layer, *step.pages, prompt);
+  const SequenceAttentionParams& params = step.attention->layer(layer);
+  const int64_t blocks = (prompt + kQueriesPerTask - 1) / kQueriesPerTask;
+  // Each thread sums into its own copy; the copies are added in thread
+  // order. Which thread takes which block varies, so the sums may differ
+  // in their last bits from run to run, far below any tau comparison.
+  threads_.ParallelFor(blocks * c.n_kv_heads, [&](int64_t i, int thread) {
+    const int32_t q0 = static_cast<int32_t>(i / c.n_kv_heads) * kQueriesPerTask;
+    const int kv_head = static_cast<int>(i % c.n_kv_heads);
+    AttentionQueries q;
+    q.q = &s_.q[(first_row + q0) * c.q_dim()];
+    q.positions = &s_.positions[first_row + q0];
+    q.n_queries = std::min(kQueriesPerTask, prompt - q0);
+    q.n_q_heads = c.n_heads;
+    const int group = c.n_heads / c.n_kv_heads;
+    double* mass = &s_.act_mass[thread * per_thread + static_cast<size_t>(kv_head) * group * prompt];
+    AttentionColumnMassKvHead(q, kv, params, kv_head, mass);
+  });
+  for (int t = 1; t < threads_.num_threads(); ++t) {
+    for (size_t k = 0; k < per_thread; ++k) s_.act_mass[k] += s_.act_mass[t * per_thread + k];
+  }
+  step.act_sets->SetFromColumnMass(layer, std::span<const double>(s_.act_mass).first(per_thread));
+}
+
 void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   const ModelConfig& c = model_.config;
   // Tasks: (sequence, query block, kv head).
@@ -226,6 +269,7 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   for (size_t i = 0; i < steps.size(); ++i) {
     const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
+    if (st.act_sets != nullptr && st.act_sets->needs(layer)) FindActKeySets(layer, st, row);
     for (int32_t q0 = 0, take = 0; q0 < n; q0 += take) {
       take = std::min(kQueriesPerTask, n - q0);
       // The kernel sums a lone query in decode order: a batch's last query
@@ -242,7 +286,9 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   threads_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i, int) {
     const Task& t = tasks[i];
     // Each sequence brings its own policy: one step, per-sequence parameters.
-    const SequenceAttentionParams& params = t.step->attention != nullptr ? t.step->attention->layer(layer) : dense;
+    const SequenceAttentionParams& params = t.step->act_sets != nullptr ? t.step->act_sets->layer(layer)
+                                            : t.step->attention != nullptr ? t.step->attention->layer(layer)
+                                                                           : dense;
     const int32_t num_tokens = t.step->first_pos + static_cast<int32_t>(t.step->tokens.size());
     const PagedKv kv = LayerView(pool_, layer, *t.step->pages, num_tokens);
     AttentionQueries q;

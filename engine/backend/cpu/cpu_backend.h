@@ -28,7 +28,9 @@ namespace attnserve {
 
 struct CpuBackendOptions {
   int num_threads = 1;
-  int32_t max_step_tokens = 512;  // activation buffers are sized for this
+  // Activation buffers are sized for this; a step with more tokens (an ACT
+  // prompt, prefilled whole) grows them.
+  int32_t max_step_tokens = 512;
 };
 
 class CpuBackend : public Backend {
@@ -50,12 +52,18 @@ class CpuBackend : public Backend {
     std::vector<int32_t> slots;          // [rows]: their RoPE positions
     std::vector<int32_t> rope_positions;  // [rows]: positions for the float path (0 past the context)
     std::vector<uint8_t> sink_steps;      // [steps]: 1 where the step's sequence needs sink_q
+    std::vector<double> act_mass;         // [threads][n_heads][prompt]: ACT's column sums
+    int64_t rows = 0;                     // the row capacity of the activations
   };
 
   CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options);
   void Embed(std::span<const SequenceStep> steps, int64_t rows);
   void Layer(int32_t layer, std::span<const SequenceStep> steps, int64_t rows);
+  void ReserveRows(int64_t rows);
   void Attention(int32_t layer, std::span<const SequenceStep> steps);
+  // ACT: the key sets of layer `layer` from the attention of the prompt
+  // queries of the step starting at row `first_row`.
+  void FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row);
   // RoPE of `rows` rows of n_heads heads at `positions`: ops' float path
   // below the model's context, RopePastContext at and past it.
   void RopeRows(float* x, const int32_t* positions, int64_t rows, int n_heads);
