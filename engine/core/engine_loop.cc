@@ -215,17 +215,17 @@ void Engine::Impl::ReleaseHiddenPages(Sequence& seq) {
 // against those a dense read of its keys would have touched; from the
 // visible-set rule alone, so it costs nothing per key.
 void Engine::Impl::CountAttentionPages(const ScheduleOutput& schedule) {
+  const int64_t heads = static_cast<int64_t>(model.config.n_layers) * model.config.n_kv_heads;
   int64_t read = 0, visible = 0;
   for (const ScheduledChunk& c : schedule.chunks) {
     const Sequence& seq = static_cast<const Sequence&>(*c.seq);
     const AttentionPlan* plan = PlanOf(seq);
-    const VisibleSet rule = plan != nullptr ? plan->visible_set() : VisibleSet{};
     const int32_t first = seq.num_computed, last = seq.num_computed + c.num_tokens - 1;
-    read += rule.PagesRead(first, last, options.page_size);
-    visible += last / options.page_size + 1;
+    const int64_t all = last / options.page_size + 1;
+    read += plan != nullptr ? plan->PagesRead(first, last, options.page_size) : all * heads;
+    visible += all * heads;
   }
-  const int64_t heads = static_cast<int64_t>(model.config.n_layers) * model.config.n_kv_heads;
-  metrics->AddAttentionPages(read * heads, visible * heads);
+  metrics->AddAttentionPages(read, visible);
 }
 
 void Engine::Impl::AfterToken(Sequence& seq, int32_t token, const SampledToken& sampled) {

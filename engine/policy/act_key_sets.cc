@@ -6,13 +6,14 @@ namespace attnserve {
 namespace {
 
 // How many of the prompt's queries i in [key, prompt) see `key` under the
-// layer's visible-set rule (KeyVisible): the sinks and, without a window,
-// every key are seen by all later queries; a window key by the next
+// head's visible-set rule (HeadKeyVisible): a sink, or every key of a rule
+// without a window, is seen by all later queries; a window key by the next
 // window_tokens queries.
-int32_t QueriesSeeing(const SequenceAttentionParams& p, int32_t key, int32_t prompt) {
-  const int32_t later = prompt - key;
-  if (p.window_tokens == 0 || key < p.sink_tokens) return later;
-  return std::min(later, p.window_tokens);
+int32_t QueriesSeeing(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t key, int32_t prompt) {
+  int32_t n = prompt - key;
+  if (p.window_tokens > 0 && key >= p.sink_tokens) n = std::min(n, p.window_tokens);
+  if (h.window_tokens > 0 && key >= h.sink_tokens) n = std::min(n, h.window_tokens);
+  return n;
 }
 
 }  // namespace
@@ -43,7 +44,7 @@ void ActKeySets::SetFromColumnMass(int32_t layer, std::span<const double> mass) 
     if (head.reweight_beta == 1.0f) continue;
     bool first = true;
     for (int32_t j = 0; j < prompt; ++j) {
-      const int32_t seen_by = QueriesSeeing(params, j, prompt);
+      const int32_t seen_by = QueriesSeeing(params, head, j, prompt);
       if (mass[static_cast<size_t>(h) * prompt + j] <= plan_.act_tau() * seen_by) continue;
       if (first) {  // the real sink keeps its attention
         first = false;

@@ -1,5 +1,6 @@
 #include "engine/policy/attention_plan.h"
 
+#include <algorithm>
 #include <bit>
 #include <utility>
 
@@ -29,7 +30,8 @@ class Hasher {
 bool SameHead(const AttentionHeadParams& a, const AttentionHeadParams& b) {
   return a.logit_scale == b.logit_scale && a.first_token_bias == b.first_token_bias &&
          a.outside_span_bias == b.outside_span_bias && a.virtual_sink_logit == b.virtual_sink_logit &&
-         a.reweight_beta == b.reweight_beta && a.reweight_keys_size == b.reweight_keys_size;
+         a.reweight_beta == b.reweight_beta && a.reweight_keys_size == b.reweight_keys_size &&
+         a.sink_tokens == b.sink_tokens && a.window_tokens == b.window_tokens;
 }
 
 }  // namespace
@@ -45,7 +47,30 @@ AttentionPlan::AttentionPlan(AttentionPlanContents contents) : c_(std::move(cont
     p.num_spans = static_cast<int32_t>(c_.spans.size());
     p.prompt_tokens = c_.prompt_tokens;
   }
+  // The kernel's rule (attention.cc): a group reads the sequence's set,
+  // unless every head of it has its own window.
+  const int32_t group = c_.n_kv_heads > 0 ? c_.n_heads / c_.n_kv_heads : 0;
+  group_reads_.assign(static_cast<size_t>(c_.n_layers) * c_.n_kv_heads, c_.visible);
+  for (int32_t l = 0; l < c_.n_layers && c_.visible.keeps_everything(); ++l) {
+    for (int32_t g = 0; g < c_.n_kv_heads; ++g) {
+      VisibleSet widest;
+      bool all_windowed = true;
+      for (int32_t h = g * group; h < (g + 1) * group; ++h) {
+        const AttentionHeadParams& p = head(l, h);
+        all_windowed &= p.window_tokens > 0;
+        widest.sink_tokens = std::max(widest.sink_tokens, p.sink_tokens);
+        widest.window_tokens = std::max(widest.window_tokens, p.window_tokens);
+      }
+      if (all_windowed) group_reads_[static_cast<size_t>(l) * c_.n_kv_heads + g] = widest;
+    }
+  }
   signature_ = ComputeSignature();
+}
+
+int64_t AttentionPlan::PagesRead(int32_t first_query, int32_t last_query, int32_t page_size) const {
+  int64_t pages = 0;
+  for (const VisibleSet& rule : group_reads_) pages += rule.PagesRead(first_query, last_query, page_size);
+  return pages;
 }
 
 uint64_t AttentionPlan::ComputeSignature() const {
@@ -69,6 +94,8 @@ uint64_t AttentionPlan::ComputeSignature() const {
     hash.Add(h.outside_span_bias);
     hash.Add(h.virtual_sink_logit);
     hash.Add(h.reweight_beta);
+    hash.Add(h.sink_tokens);
+    hash.Add(h.window_tokens);
   }
   // Spans and the prompt's length matter only to heads that emphasise.
   if (any_span_bias) {

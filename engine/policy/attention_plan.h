@@ -30,6 +30,7 @@ struct PolicyLabels {
 struct AttentionPlanContents {
   int32_t n_layers = 0;
   int32_t n_heads = 0;
+  int32_t n_kv_heads = 0;
   std::vector<AttentionHeadParams> heads;  // [n_layers][n_heads]
   AttentionHeadParams dense_head;          // what every head is without a policy
   VisibleSet visible;
@@ -60,6 +61,10 @@ class AttentionPlan {
   const SequenceAttentionParams& layer(int32_t l) const { return layers_[l]; }
   const AttentionHeadParams& head(int32_t l, int32_t h) const { return c_.heads[l * c_.n_heads + h]; }
   const VisibleSet& visible_set() const { return c_.visible; }
+  // Summed over layers and KV heads: the pages the attention kernel reads
+  // for queries [first_query, last_query] (a KV head whose query heads all
+  // have their own window reads only the widest of those windows).
+  int64_t PagesRead(int32_t first_query, int32_t last_query, int32_t page_size) const;
   bool cache_positions() const { return c_.cache_positions; }
   bool act() const { return c_.act; }
   float act_tau() const { return c_.act_tau; }
@@ -78,6 +83,8 @@ class AttentionPlan {
 
   const AttentionPlanContents c_;
   std::vector<SequenceAttentionParams> layers_;
+  // [n_layers][n_kv_heads]: the keys each KV head's group reads.
+  std::vector<VisibleSet> group_reads_;
   uint64_t signature_ = 0;
 };
 

@@ -234,7 +234,6 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
 }
 
 absl::Status CheckImplemented(const PolicySpec& spec) {
-  if (std::holds_alternative<DuoSpec>(spec.mode)) return Unimplemented("duo");
   if (std::holds_alternative<SparseSpec>(spec.mode)) return Unimplemented("sparse");
   if (std::holds_alternative<LinearSpec>(spec.mode)) return Unimplemented("linear");
   if (!spec.profile.empty()) return Unimplemented("profile");
@@ -297,6 +296,7 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   AttentionPlanContents c;
   c.n_layers = config.n_layers;
   c.n_heads = config.n_heads;
+  c.n_kv_heads = config.n_kv_heads;
   c.dense_head.logit_scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
   c.heads.assign(static_cast<size_t>(config.n_layers) * config.n_heads, c.dense_head);
   c.visible = visible;
@@ -310,6 +310,17 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
     c.act_tau = spec.act->tau.value_or(kDefaultActTau);
     c.act = act_beta != 1.0f;
   }
+  std::vector<bool> duo_streaming;  // [l * n_heads + h]: a streaming head of duo
+  const auto* duo = std::get_if<DuoSpec>(&spec.mode);
+  if (duo != nullptr) {
+    duo_streaming.assign(c.heads.size(), true);
+    for (const HeadRefSpec& r : duo->retrieval_heads) duo_streaming[r.layer * config.n_heads + r.head] = false;
+  }
+  const auto clamp_to_context = [&](uint32_t v) {
+    return static_cast<int32_t>(std::min<uint32_t>(v, config.context_length));
+  };
+  const int32_t duo_sinks = duo ? clamp_to_context(duo->sink_tokens.value_or(kDefaultDuoSinkTokens)) : 0;
+  const int32_t duo_recent = duo ? clamp_to_context(duo->recent_tokens.value_or(kDefaultDuoRecentTokens)) : 0;
   const float first_token_bias = spec.zero_tuning ? static_cast<float>(std::log(double{spec.zero_tuning->gamma})) : 0.0f;
   const float outside_span_bias = static_cast<float>(std::log(double{alpha}));
   for (int32_t l = 0; l < config.n_layers; ++l) {
@@ -318,6 +329,10 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
       AttentionHeadParams& p = c.heads[i];
       if (spec.temperature) p.logit_scale = c.dense_head.logit_scale / spec.temperature->factors[i];
       if (spec.act && act_heads.Has(l, h)) p.reweight_beta = act_beta;
+      if (duo != nullptr && duo_streaming[i]) {
+        p.sink_tokens = duo_sinks;
+        p.window_tokens = duo_recent;
+      }
       if (spec.zero_tuning && zero_tuning_heads.Has(l, h)) p.first_token_bias = first_token_bias;
       if (spec.emphasis && emphasis_heads.Has(l, h)) p.outside_span_bias = outside_span_bias;
       if (spec.virtual_sink) {

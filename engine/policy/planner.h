@@ -29,6 +29,8 @@ inline constexpr uint32_t kDefaultStreamingSinkTokens = 4;
 inline constexpr float kDefaultActBeta = 0.4f;
 inline constexpr float kDefaultActTau = 0.1f;
 inline constexpr float kDefaultEmphasisAlpha = 0.01f;
+inline constexpr uint32_t kDefaultDuoSinkTokens = 64;
+inline constexpr uint32_t kDefaultDuoRecentTokens = 256;
 inline constexpr size_t kMaxEmphasisSpans = 256;
 
 // The prompt a policy applies to: its length, and for a text prompt where

@@ -3,7 +3,7 @@
 //
 // For query i of head h and visible key j:
 //   s_ij = q_i·k_j * logit_scale + KeyBias(j)           (additive bias hook)
-//   V(i) = KeyVisible(i, j)                             (visible-set hook)
+//   V(i) = HeadKeyVisible(i, j)                         (visible-set hook)
 //   denominator += exp(virtual_sink_logit)              (virtual-sink hook)
 //   p_ij scaled by ReweightScales(...)                  (post-softmax hook)
 // and, for streaming positions=CACHE, q_i rotated at CacheSlot(i) instead of
@@ -33,6 +33,11 @@ struct AttentionHeadParams {
   float reweight_beta = 1.0f;        // ACT: p_ij *= beta on the head's key set; 1 = off
   int32_t reweight_keys_begin = 0;   // the head's key set: SequenceAttentionParams::reweight_keys
   int32_t reweight_keys_size = 0;    //   [begin, begin + size), sorted positions
+  // DuoAttention's streaming heads: on top of the sequence's visible set,
+  // the head sees only keys < sink_tokens and > i - window_tokens;
+  // window_tokens == 0 leaves the head alone.
+  int32_t sink_tokens = 0;
+  int32_t window_tokens = 0;
 };
 
 // One layer of one sequence.
@@ -49,10 +54,20 @@ struct SequenceAttentionParams {
   const int32_t* reweight_keys = nullptr;
 };
 
+// Key j is a sink or inside the window of query i (window 0: every key).
+ATTN_HD bool InSinksOrWindow(int32_t sink_tokens, int32_t window_tokens, int32_t query_pos, int32_t key_pos) {
+  return window_tokens == 0 || key_pos < sink_tokens || key_pos > query_pos - window_tokens;
+}
+
+// The sequence's visible set (causal, sink, window).
 ATTN_HD bool KeyVisible(const SequenceAttentionParams& p, int32_t query_pos, int32_t key_pos) {
-  if (key_pos > query_pos) return false;
-  if (p.window_tokens == 0 || key_pos < p.sink_tokens) return true;
-  return key_pos > query_pos - p.window_tokens;
+  return key_pos <= query_pos && InSinksOrWindow(p.sink_tokens, p.window_tokens, query_pos, key_pos);
+}
+
+// V(i) of one head: the sequence's set and the head's own restriction.
+ATTN_HD bool HeadKeyVisible(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t query_pos,
+                            int32_t key_pos) {
+  return KeyVisible(p, query_pos, key_pos) && InSinksOrWindow(h.sink_tokens, h.window_tokens, query_pos, key_pos);
 }
 
 // Streaming positions=CACHE (StreamingLLM): the RoPE position of the query

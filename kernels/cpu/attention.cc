@@ -59,6 +59,14 @@ inline KeyRange2 KeysToRead(const SequenceAttentionParams& p, int32_t min_pos, i
   return out;
 }
 
+// Offsets into the block [b0, b0 + n) of the keys that a (sink, window)
+// rule hides from the query at pos: [sink_tokens, pos - window_tokens].
+inline KeyRange HiddenBand(int32_t sink_tokens, int32_t window_tokens, int32_t pos, int32_t b0, int n) {
+  if (window_tokens == 0) return {0, 0};
+  const int32_t lo = std::min<int32_t>(n, std::max(sink_tokens, b0) - b0);
+  return {lo, std::max(lo, std::min<int32_t>(pos - window_tokens + 1, b0 + n) - b0)};
+}
+
 // The ranges to read, packed into the columns of the per-row logit arrays.
 // Dense, column == position: the softmax sums the reference's vectors of keys.
 struct Columns {
@@ -173,7 +181,20 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
     min_pos = std::min(min_pos, queries.positions[i]);
     max_pos = std::max(max_pos, queries.positions[i]);
   }
-  const Columns cols{KeysToRead(params, min_pos, max_pos)};
+  // The group reads the keys some head of it sees: the sequence's set or,
+  // when every head of the group has its own window (DuoAttention's
+  // streaming heads), the widest of those; narrower heads mask the rest.
+  SequenceAttentionParams read = params;
+  if (read.window_tokens == 0) {
+    bool all_windowed = true;
+    for (int g = 0; g < G; ++g) {
+      all_windowed &= heads[g].window_tokens > 0;
+      read.sink_tokens = std::max(read.sink_tokens, heads[g].sink_tokens);
+      read.window_tokens = std::max(read.window_tokens, heads[g].window_tokens);
+    }
+    if (!all_windowed) read = params;
+  }
+  const Columns cols{KeysToRead(read, min_pos, max_pos)};
   const int64_t stride = (cols.Count() + N - 1) / N * N;
   // Value accumulators: one per key position mod L (the matmul's lanes).
   const bool vec_dot = kVecDotOrder && queries.n_queries == 1;
@@ -229,12 +250,8 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
           const int32_t pos = queries.positions[i];
           const int n = std::min(nb, pos + 1 - b0);
           if (n <= 0) continue;
-          int band_lo = 0, band_hi = 0;
-          if (params.window_tokens > 0) {
-            band_lo = std::min(n, std::max(params.sink_tokens, b0) - b0);
-            band_hi = std::max(band_lo, std::min(pos - params.window_tokens + 1, b0 + n) - b0);
-          }
-          body(b0, nb, col, n, band_lo, band_hi, i);
+          const KeyRange band = HiddenBand(read.sink_tokens, read.window_tokens, pos, b0, n);
+          body(b0, nb, col, n, band.begin, band.end, i);
         }
         col += nb;
       }
@@ -273,6 +290,10 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
         }
       }
       std::fill(s + band_lo, s + band_hi, -INFINITY);
+      if (h.window_tokens > 0) {
+        const KeyRange own = HiddenBand(h.sink_tokens, h.window_tokens, queries.positions[i], b0, n);
+        std::fill(s + own.begin, s + own.end, -INFINITY);
+      }
     }
   });
 
@@ -368,7 +389,7 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
       std::vector<bool> visible(pos + 1, false);
       double max = hp.virtual_sink_logit;
       for (int32_t j = 0; j <= pos; ++j) {
-        if (!KeyVisible(params, pos, j)) continue;
+        if (!HeadKeyVisible(params, hp, pos, j)) continue;
         const fp16_t* k = row(kv.keys, g, j);
         double dot = 0.0;
         const float* qj = j < params.sink_tokens ? sink_q : q;

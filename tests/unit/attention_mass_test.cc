@@ -28,7 +28,7 @@ std::vector<double> NaiveColumnMass(Problem& pr) {
       std::vector<double> logit(pos + 1, -INFINITY);
       double max = hp.virtual_sink_logit;
       for (int32_t j = 0; j <= pos; ++j) {
-        if (!KeyVisible(params, pos, j)) continue;
+        if (!HeadKeyVisible(params, hp, pos, j)) continue;
         const size_t row = ((static_cast<size_t>(pr.page_table[j / pr.page_size]) * pr.n_kv_heads + g) * pr.page_size +
                             j % pr.page_size) * hd;
         double dot = 0.0;
@@ -98,6 +98,16 @@ TEST_P(ColumnMassTest, WithHooks) {
   pr.heads[1].outside_span_bias = std::log(0.05f);
   pr.heads[2].virtual_sink_logit = 1.0f;
   pr.heads[3].logit_scale *= 2.0f;
+  ExpectSameMass(pr);
+}
+
+TEST_P(ColumnMassTest, WithHeadWindows) {
+  Problem pr(16, 64, 2, 2, 120, 120, 14);
+  pr.heads[0].sink_tokens = 2;
+  pr.heads[0].window_tokens = 16;
+  pr.heads[2].window_tokens = 1;
+  pr.heads[3].sink_tokens = 8;
+  pr.heads[3].window_tokens = 30;
   ExpectSameMass(pr);
 }
 

@@ -163,6 +163,23 @@ TEST_P(HookTest, AllCombined) {
   Check(pr);
 }
 
+// DuoAttention: streaming heads with their own sinks and window next to
+// heads that see everything, in one KV group and in groups of their own.
+TEST_P(HookTest, HeadWindows) {
+  for (bool whole_groups : {false, true}) {
+    SCOPED_TRACE(whole_groups ? "whole groups streaming" : "mixed groups");
+    Problem pr = Make(8);
+    const int32_t sinks[] = {4, 0, 2, 4, 1, 16};
+    const int32_t windows[] = {8, 0, 40, 8, 1, 3};
+    for (int h = 0; h < pr.n_q_heads(); ++h) {
+      if (!whole_groups && h % 3 == 1) continue;  // a retrieval head in every group
+      pr.heads[h].sink_tokens = sinks[h];
+      pr.heads[h].window_tokens = whole_groups && windows[h] == 0 ? 5 : windows[h];
+    }
+    Check(pr, pr.num_tokens > 17);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(TargetsAndSizes, HookTest,
                          testing::Combine(testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),
                                           testing::Values(std::tuple{100, 1}, std::tuple{100, 20},
@@ -181,6 +198,24 @@ TEST_P(PagedAttentionTest, EvictedPagesAreNotRead) {
     const size_t base = pr.page_table[p] * page_elems;
     std::fill(pr.keys.begin() + base, pr.keys.begin() + base + page_elems, FloatToFp16(NAN));
     std::fill(pr.values.begin() + base, pr.values.begin() + base + page_elems, FloatToFp16(NAN));
+  }
+  EXPECT_LT(MaxAbsDiff(pr.RunKernel(), want), kTolerance);
+}
+
+// A KV group whose query heads all have their own windows reads only the
+// widest of them.
+TEST_P(PagedAttentionTest, StreamingHeadGroupsDoNotReadHiddenPages) {
+  Problem pr(16, 64, 2, 3, 1000, 5, 12);
+  for (int h = 3; h < 6; ++h) {  // KV head 1's group
+    pr.heads[h].sink_tokens = 4 + h;
+    pr.heads[h].window_tokens = 40 + 8 * h;
+  }
+  const std::vector<float> want = pr.RunReference();
+  const size_t head_elems = static_cast<size_t>(pr.page_size) * pr.head_dim;
+  for (int p = 1; p < (1000 - 5 - 80) / 16; ++p) {
+    const size_t base = (static_cast<size_t>(pr.page_table[p]) * pr.n_kv_heads + 1) * head_elems;
+    std::fill(pr.keys.begin() + base, pr.keys.begin() + base + head_elems, FloatToFp16(NAN));
+    std::fill(pr.values.begin() + base, pr.values.begin() + base + head_elems, FloatToFp16(NAN));
   }
   EXPECT_LT(MaxAbsDiff(pr.RunKernel(), want), kTolerance);
 }

@@ -383,15 +383,40 @@ TEST(PolicyPlannerTest, ActHeadsAndDefaults) {
   EXPECT_FALSE((*plan)->act());
 }
 
+// DuoAttention: every head but the retrieval ones sees sinks + recent
+// tokens (64 + 256 by default); KV groups of streaming heads only read those.
+TEST(PolicyPlannerTest, DuoStreamingHeads) {
+  PolicySpec spec;
+  spec.mode = DuoSpec{{{3, 4}, {7, 0}}, {}, {}};
+  auto plan = PlanAttention(spec, Smol(), Tokens(32));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (int l = 0; l < 30; ++l) {
+    for (int h = 0; h < 9; ++h) {
+      const bool retrieval = (l == 3 && h == 4) || (l == 7 && h == 0);
+      EXPECT_EQ((*plan)->head(l, h).sink_tokens, retrieval ? 0 : 64);
+      EXPECT_EQ((*plan)->head(l, h).window_tokens, retrieval ? 0 : 256);
+    }
+  }
+  EXPECT_NE((*plan)->prefill_signature(), 0u);
+  // 90 KV groups, two of them with a retrieval head: at query 4095 the
+  // others read 64 sinks (4 pages) and 256 recent keys (16 pages, 17 when
+  // the window starts mid-page).
+  EXPECT_EQ((*plan)->PagesRead(4095, 4095, 16), 2 * 256 + 88 * (4 + 16));
+  spec.mode = DuoSpec{{{3, 4}}, 2u, 30u};
+  plan = PlanAttention(spec, Smol(), Tokens(32));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ((*plan)->head(0, 0).sink_tokens, 2);
+  EXPECT_EQ((*plan)->head(0, 0).window_tokens, 30);
+}
+
 TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
-      {"attention.duo: not implemented yet", [](auto& p) { p.mode = DuoSpec{{{0, 0}}, {}, {}}; }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mode = SparseSpec{1024, {}}; }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mode = LinearSpec{64, 4}; }},
       {"attention.profile: not implemented yet", [](auto& p) { p.profile = "retrieval"; }},
       // A duo without heads is valid when a profile could name them.
-      {"attention.duo: not implemented yet", [](auto& p) {
+      {"attention.profile: not implemented yet", [](auto& p) {
          p.mode = DuoSpec{};
          p.profile = "retrieval";
        }},

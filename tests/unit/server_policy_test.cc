@@ -142,7 +142,6 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
 
 TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
-      {"attention.duo: not implemented yet", [](auto& p) { p.mutable_duo()->add_retrieval_heads()->set_layer(3); }},
       {"attention.sparse: not implemented yet", [](auto& p) { p.mutable_sparse()->set_token_budget(64); }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mutable_linear()->set_window_tokens(64); }},
       {"attention.profile: not implemented yet", [](auto& p) { p.set_profile("retrieval"); }},
