@@ -34,14 +34,17 @@ constexpr PolicyEntry kPolicies[] = {
      "sink_tokens (default 4), window_tokens >= 1; positions CACHE (the default: RoPE positions inside the "
      "kept cache, runs past the model's context) or ORIGINAL (stops at the context)"},
     {"virtual_sink", true, false, "logit (default 0), or n_layers * n_heads per-head logits"},
-    {"act", false, false, "beta in (0, 1] (0.4), tau in (0, 1) (0.1), layers (2 .. n_layers - 2), heads"},
+    {"act", true, false,
+     "beta in (0, 1] (0.4), tau in (0, 1) (0.1), layers (2 .. n_layers - 2), heads; the prompt is prefilled in "
+     "one step and its pages are the request's own"},
     {"zero_tuning", true, false, "gamma > 0, layers (all), heads (all)"},
     {"temperature", true, false, "n_layers * n_heads factors > 0"},
     {"emphasis", true, false,
      "1 to 256 spans inside the prompt (CHARS need a text prompt, or TOKENS), alpha in (0, 1] (0.01), layers "
      "(all), heads (all)"},
-    {"duo", false, false, "retrieval_heads, sink_tokens (64), recent_tokens (256)"},
-    {"sparse.quest", false, false, "token_budget >= page size, dense_layers (2)"},
+    {"duo", true, false,
+     "retrieval_heads (query heads), sink_tokens (64), recent_tokens (256); streaming heads' pages are not freed"},
+    {"sparse.quest", true, false, "token_budget >= page size, dense_layers (2)"},
     {"linear", false, true, "window_tokens, sink_tokens, feature_map taylor2"},
     {"profile", false, false, "a head profile made by `attnserve profile`"},
 };

@@ -19,11 +19,19 @@ namespace attnserve {
 namespace {
 
 // A plan is made for one model; one for another would fail the whole step.
-absl::Status CheckPlanFitsModel(const AttentionPlan* plan, const ModelConfig& c) {
-  if (plan == nullptr || (plan->n_layers() == c.n_layers && plan->n_heads() == c.n_heads)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("attention: the plan has ", plan->n_layers(), " layers of ",
-                                                 plan->n_heads(), " heads; the model ", c.n_layers, " of ",
-                                                 c.n_heads));
+// Quest reads whole pages: its budget needs one at least.
+absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c, int32_t page_size) {
+  if (plan == nullptr) return absl::OkStatus();
+  if (plan->n_layers() != c.n_layers || plan->n_heads() != c.n_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: the plan has ", plan->n_layers(), " layers of ",
+                                                   plan->n_heads(), " heads; the model ", c.n_layers, " of ",
+                                                   c.n_heads));
+  }
+  if (plan->quest_token_budget() > 0 && plan->quest_token_budget() < page_size) {
+    return absl::InvalidArgumentError(absl::StrCat("attention.sparse.token_budget: must be >= the KV page size ",
+                                                   page_size, " (got ", plan->quest_token_budget(), ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -36,7 +44,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     return absl::InvalidArgumentError("engine options must be positive");
   }
   const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
-  const int64_t page_bytes = 2ll * shape.n_layers * shape.n_kv_heads * shape.head_dim * shape.page_size * 2;
+  const int64_t page_bytes = KvCachePool::PageBytes(shape);
   const int64_t pages = options.kv_cache_bytes / page_bytes;
   if (pages < 2) {
     return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
@@ -94,9 +102,13 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
                                                    limit));
   }
   ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, limit - prompt));
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(request.attention.get(), c));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(request.attention.get(), c, e.options.page_size));
   const VisibleSet visible = request.attention != nullptr ? request.attention->visible_set() : VisibleSet{};
-  const int64_t pages_needed = visible.PeakPages(prompt + 1, e.options.max_num_batched_tokens, e.options.page_size);
+  // ACT prefills its prompt in one step.
+  const int32_t chunk = request.attention != nullptr && request.attention->act()
+                            ? std::max(prompt, e.options.max_num_batched_tokens)
+                            : e.options.max_num_batched_tokens;
+  const int64_t pages_needed = visible.PeakPages(prompt + 1, chunk, e.options.page_size);
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError(absl::StrCat("prompt: ", prompt, " tokens need ", pages_needed,
                                                      " KV pages; the cache has ", e.pool.num_pages()));
@@ -140,11 +152,13 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::s
   for (int32_t t : token_ids) {
     if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
   }
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsModel(attention.get(), c));
-  // A streaming window gives pages back as the scoring advances.
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(attention.get(), c, e.options.page_size));
+  // A streaming window gives pages back as the scoring advances; under ACT
+  // the text first runs whole.
   const VisibleSet visible = attention != nullptr ? attention->visible_set() : VisibleSet{};
-  const int64_t pages_needed =
-      visible.PeakPages(static_cast<int64_t>(token_ids.size()), kScoreChunkTokens, e.options.page_size);
+  const int64_t n = static_cast<int64_t>(token_ids.size());
+  const int32_t chunk = attention != nullptr && attention->act() ? static_cast<int32_t>(n) : kScoreChunkTokens;
+  const int64_t pages_needed = visible.PeakPages(n, chunk, e.options.page_size);
   if (pages_needed > e.pool.num_pages()) {
     return absl::ResourceExhaustedError("input: the text does not fit in the KV cache");
   }

@@ -175,10 +175,16 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     // Registering pages rehashes the sequence's whole prefix: past the
     // model's context (streaming positions=CACHE) it would cost O(n) per
     // page, and such long prefixes are not worth sharing.
-    if (seq.num_computed / options.page_size > first / options.page_size && !seq.request->score &&
-        seq.num_computed <= model.config.context_length) {
-      prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(seq.num_computed), seq.pages.pages,
-                          seq.cache_salt);
+    // Under Quest the generated tokens' K/V come from sparse attention,
+    // while its salt is dense's (the prompt's pages are dense's): only the
+    // prompt is shared.
+    const AttentionPlan* plan = PlanOf(seq);
+    const int32_t shareable = plan != nullptr && plan->quest_token_budget() > 0
+                                  ? std::min(seq.num_computed, seq.num_prompt)
+                                  : seq.num_computed;
+    if (shareable / options.page_size > first / options.page_size && !seq.request->score &&
+        shareable <= model.config.context_length) {
+      prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(shareable), seq.pages.pages, seq.cache_salt);
     }
     ReleaseHiddenPages(seq);
     if (seq.request->score) {

@@ -35,7 +35,8 @@ absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32
   // before any of them could overflow int64.
   const double elements = static_cast<double>(shape.n_layers) * num_pages * shape.n_kv_heads *
                           shape.head_dim * shape.page_size;
-  const double bytes = 2.0 * elements * sizeof(fp16_t);
+  const double bounds = 2.0 * elements / shape.page_size;
+  const double bytes = (2.0 * elements + bounds) * sizeof(fp16_t);
   if (bytes > static_cast<double>(PhysicalMemoryBytes())) {
     return absl::ResourceExhaustedError(absl::StrCat("kv cache of ", num_pages, " pages needs ", bytes,
                                                      " bytes, more than the machine's memory"));
@@ -46,6 +47,8 @@ absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32
   try {
     pool.keys_.resize(static_cast<size_t>(elements));
     pool.values_.resize(static_cast<size_t>(elements));
+    pool.key_min_.resize(static_cast<size_t>(bounds / 2));
+    pool.key_max_.resize(static_cast<size_t>(bounds / 2));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
   } catch (const std::length_error&) {
@@ -58,8 +61,10 @@ int64_t KvCachePool::page_elements() const {
   return static_cast<int64_t>(shape_.n_kv_heads) * shape_.page_size * shape_.head_dim;
 }
 
-int64_t KvCachePool::bytes_per_page() const {
-  return 2 * static_cast<int64_t>(shape_.n_layers) * page_elements() * static_cast<int64_t>(sizeof(fp16_t));
+int64_t KvCachePool::PageBytes(const KvCacheShape& shape) {
+  const int64_t head = static_cast<int64_t>(shape.n_kv_heads) * shape.head_dim;
+  return static_cast<int64_t>(shape.n_layers) * (2 * head * shape.page_size + 2 * head) *
+         static_cast<int64_t>(sizeof(fp16_t));
 }
 
 fp16_t* KvCachePool::keys(int32_t layer) {
@@ -68,6 +73,14 @@ fp16_t* KvCachePool::keys(int32_t layer) {
 
 fp16_t* KvCachePool::values(int32_t layer) {
   return values_.data() + static_cast<int64_t>(layer) * num_pages_ * page_elements();
+}
+
+fp16_t* KvCachePool::key_min(int32_t layer) {
+  return key_min_.data() + static_cast<int64_t>(layer) * num_pages_ * shape_.n_kv_heads * shape_.head_dim;
+}
+
+fp16_t* KvCachePool::key_max(int32_t layer) {
+  return key_max_.data() + static_cast<int64_t>(layer) * num_pages_ * shape_.n_kv_heads * shape_.head_dim;
 }
 
 PageAllocator::PageAllocator(int32_t num_pages) : ref_counts_(num_pages, 0) {
@@ -146,16 +159,25 @@ void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t f
   const KvCacheShape& s = pool.shape();
   fp16_t* keys = pool.keys(layer);
   fp16_t* values = pool.values(layer);
+  fp16_t* key_min = pool.key_min(layer);
+  fp16_t* key_max = pool.key_max(layer);
   const int64_t row = static_cast<int64_t>(s.n_kv_heads) * s.head_dim;
   for (int32_t i = 0; i < n_tokens; ++i) {
     const int32_t t = first_pos + i;
     const int64_t page = table.pages[t / s.page_size];
+    const bool first_slot = t % s.page_size == 0;
     for (int32_t h = 0; h < s.n_kv_heads; ++h) {
       const int64_t dst = ((page * s.n_kv_heads + h) * s.page_size + t % s.page_size) * s.head_dim;
       const int64_t src = i * row + static_cast<int64_t>(h) * s.head_dim;
+      const int64_t bounds = (page * s.n_kv_heads + h) * s.head_dim;
       for (int32_t c = 0; c < s.head_dim; ++c) {
-        keys[dst + c] = FloatToFp16(k[src + c]);
+        const fp16_t key = FloatToFp16(k[src + c]);
+        keys[dst + c] = key;
         values[dst + c] = FloatToFp16(v[src + c]);
+        // fp16 values compare exactly as floats.
+        const float x = Fp16ToFloat(key);
+        if (first_slot || x < Fp16ToFloat(key_min[bounds + c])) key_min[bounds + c] = key;
+        if (first_slot || x > Fp16ToFloat(key_max[bounds + c])) key_max[bounds + c] = key;
       }
     }
   }
@@ -166,6 +188,8 @@ PagedKv LayerView(KvCachePool& pool, int32_t layer, const PageTable& table, int3
   PagedKv kv;
   kv.keys = pool.keys(layer);
   kv.values = pool.values(layer);
+  kv.key_min = pool.key_min(layer);
+  kv.key_max = pool.key_max(layer);
   kv.page_table = table.pages.data();
   kv.page_size = s.page_size;
   kv.n_kv_heads = s.n_kv_heads;

@@ -22,6 +22,9 @@ struct KvCacheShape {
 
 // fp16 keys and values of num_pages pages for every layer. Page p has the
 // same index in every layer, so one page table serves the whole model.
+// Beside each page and KV head: the elementwise min and max of its keys
+// (Quest's page bounds), kept by WriteKv as the page fills; 2 of every
+// 2 * page_size key-and-value rows, i.e. 1/page_size more memory.
 class KvCachePool {
  public:
   // Fails (RESOURCE_EXHAUSTED) rather than aborting when memory is short.
@@ -31,17 +34,22 @@ class KvCachePool {
   int32_t num_pages() const { return num_pages_; }
   // Elements of one page of one layer: n_kv_heads * page_size * head_dim.
   int64_t page_elements() const;
-  // Bytes of one page across all layers, keys and values.
-  int64_t bytes_per_page() const;
+  // Bytes of one page across all layers: keys, values and key bounds.
+  int64_t bytes_per_page() const { return PageBytes(shape_); }
+  static int64_t PageBytes(const KvCacheShape& shape);
 
   fp16_t* keys(int32_t layer);    // [num_pages][n_kv_heads][page_size][head_dim]
   fp16_t* values(int32_t layer);
+  fp16_t* key_min(int32_t layer);  // [num_pages][n_kv_heads][head_dim]
+  fp16_t* key_max(int32_t layer);
 
  private:
   KvCacheShape shape_;
   int32_t num_pages_ = 0;
   std::vector<fp16_t> keys_;    // [n_layers][num_pages][...]
   std::vector<fp16_t> values_;
+  std::vector<fp16_t> key_min_;  // [n_layers][num_pages][n_kv_heads][head_dim]
+  std::vector<fp16_t> key_max_;
 };
 
 class PageAllocator {
@@ -86,8 +94,10 @@ int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t beg
 int32_t HeldPages(const PageTable& table);
 
 // Writes K and V ([n_tokens][n_kv_heads * head_dim] floats, converted to
-// fp16) for positions [first_pos, first_pos + n_tokens) of one layer. The
-// pages must have been reserved.
+// fp16) for positions [first_pos, first_pos + n_tokens) of one layer, and
+// the pages' key bounds: a page's first slot resets them, so a page
+// rewritten from its start (recompute) gets its own. The pages must have
+// been reserved.
 void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos,
              int32_t n_tokens, const float* k, const float* v);
 

@@ -69,7 +69,12 @@ AttentionPlan::AttentionPlan(AttentionPlanContents contents) : c_(std::move(cont
 
 int64_t AttentionPlan::PagesRead(int32_t first_query, int32_t last_query, int32_t page_size) const {
   int64_t pages = 0;
-  for (const VisibleSet& rule : group_reads_) pages += rule.PagesRead(first_query, last_query, page_size);
+  for (size_t i = 0; i < group_reads_.size(); ++i) {
+    const int64_t read = group_reads_[i].PagesRead(first_query, last_query, page_size);
+    // A lone decode query under Quest: the budget's pages and its own.
+    const bool quest_decode = first_query == last_query && quest(static_cast<int32_t>(i) / c_.n_kv_heads, last_query);
+    pages += quest_decode ? std::min<int64_t>(read, c_.quest_token_budget / page_size + 1) : read;
+  }
   return pages;
 }
 

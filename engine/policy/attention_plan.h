@@ -42,6 +42,10 @@ struct AttentionPlanContents {
   // the prompt's attention (ActKeySets), tokens with mean attention > tau.
   bool act = false;
   float act_tau = 0.0f;
+  // Quest (sparse): decode queries of layers >= quest_dense_layers read the
+  // quest_token_budget / page_size best pages; 0 = off.
+  int32_t quest_token_budget = 0;
+  int32_t quest_dense_layers = 0;
   std::vector<KeyRange> spans;             // emphasis: sorted, disjoint token ranges
   int32_t prompt_tokens = 0;
   PolicyLabels labels;
@@ -69,6 +73,12 @@ class AttentionPlan {
   bool act() const { return c_.act; }
   float act_tau() const { return c_.act_tau; }
   int32_t prompt_tokens() const { return c_.prompt_tokens; }
+  int32_t quest_token_budget() const { return c_.quest_token_budget; }
+  // Quest selects the keys of queries at `pos` in `layer`: decode queries
+  // (past the prompt) of the sparse layers.
+  bool quest(int32_t layer, int32_t pos) const {
+    return c_.quest_token_budget > 0 && layer >= c_.quest_dense_layers && pos >= c_.prompt_tokens;
+  }
   std::span<const KeyRange> spans() const { return c_.spans; }
   const PolicyLabels& labels() const { return c_.labels; }
 

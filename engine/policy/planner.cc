@@ -234,7 +234,6 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
 }
 
 absl::Status CheckImplemented(const PolicySpec& spec) {
-  if (std::holds_alternative<SparseSpec>(spec.mode)) return Unimplemented("sparse");
   if (std::holds_alternative<LinearSpec>(spec.mode)) return Unimplemented("linear");
   if (!spec.profile.empty()) return Unimplemented("profile");
   return absl::OkStatus();
@@ -321,6 +320,10 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   };
   const int32_t duo_sinks = duo ? clamp_to_context(duo->sink_tokens.value_or(kDefaultDuoSinkTokens)) : 0;
   const int32_t duo_recent = duo ? clamp_to_context(duo->recent_tokens.value_or(kDefaultDuoRecentTokens)) : 0;
+  if (const auto* sparse = std::get_if<SparseSpec>(&spec.mode)) {
+    c.quest_token_budget = static_cast<int32_t>(std::min<uint32_t>(sparse->token_budget, config.context_length));
+    c.quest_dense_layers = static_cast<int32_t>(sparse->dense_layers.value_or(kDefaultQuestDenseLayers));
+  }
   const float first_token_bias = spec.zero_tuning ? static_cast<float>(std::log(double{spec.zero_tuning->gamma})) : 0.0f;
   const float outside_span_bias = static_cast<float>(std::log(double{alpha}));
   for (int32_t l = 0; l < config.n_layers; ++l) {

@@ -31,6 +31,7 @@ inline constexpr float kDefaultActTau = 0.1f;
 inline constexpr float kDefaultEmphasisAlpha = 0.01f;
 inline constexpr uint32_t kDefaultDuoSinkTokens = 64;
 inline constexpr uint32_t kDefaultDuoRecentTokens = 256;
+inline constexpr uint32_t kDefaultQuestDenseLayers = 2;
 inline constexpr size_t kMaxEmphasisSpans = 256;
 
 // The prompt a policy applies to: its length, and for a text prompt where

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <vector>
 
 #include "kernels/common/half.h"
@@ -37,26 +38,21 @@ namespace attnserve::attention_detail {
 // larger blocks cost less there.
 constexpr int kBlock = 128;
 
-struct KeyRange2 {
-  KeyRange r[2];
-  int n = 0;
-};
-
 // Key positions that some query of the call may see: everything up to the
 // last query, minus the band that the window evicts for every query (keys in
 // [sink_tokens, min_pos - window + 1)). Blocks outside are never read.
-inline KeyRange2 KeysToRead(const SequenceAttentionParams& p, int32_t min_pos, int32_t max_pos) {
-  KeyRange2 out;
+inline void KeysToRead(const SequenceAttentionParams& p, int32_t min_pos, int32_t max_pos,
+                       std::vector<KeyRange>& out) {
+  out.clear();
   const int32_t end = max_pos + 1;
   const int32_t band_begin = std::max(0, p.sink_tokens);
   const int32_t band_end = std::min(end, min_pos - p.window_tokens + 1);
   if (p.window_tokens == 0 || band_begin >= band_end) {
-    out.r[out.n++] = {0, end};
-    return out;
+    out.push_back({0, end});
+    return;
   }
-  if (band_begin > 0) out.r[out.n++] = {0, band_begin};
-  if (band_end < end) out.r[out.n++] = {band_end, end};
-  return out;
+  if (band_begin > 0) out.push_back({0, band_begin});
+  if (band_end < end) out.push_back({band_end, end});
 }
 
 // Offsets into the block [b0, b0 + n) of the keys that a (sink, window)
@@ -67,17 +63,34 @@ inline KeyRange HiddenBand(int32_t sink_tokens, int32_t window_tokens, int32_t p
   return {lo, std::max(lo, std::min<int32_t>(pos - window_tokens + 1, b0 + n) - b0)};
 }
 
-// The ranges to read, packed into the columns of the per-row logit arrays.
-// Dense, column == position: the softmax sums the reference's vectors of keys.
+// The key ranges to read (sorted, disjoint), packed one after the other
+// into the columns of the per-row logit arrays. Dense reads one range from
+// 0, column == position: the softmax sums the reference's vectors of keys.
 struct Columns {
-  KeyRange2 k;
-  int32_t Size0() const { return k.r[0].end - k.r[0].begin; }
-  int32_t Count() const { return Size0() + (k.n == 2 ? k.r[1].end - k.r[1].begin : 0); }
-  int32_t Of(int32_t t) const { return k.n == 2 && t >= k.r[1].begin ? t - k.r[1].begin + Size0() : t - k.r[0].begin; }
-  int32_t Position(int32_t c) const { return k.n == 1 || c < Size0() ? c + k.r[0].begin : c - Size0() + k.r[1].begin; }
+  std::span<const KeyRange> ranges;
+  std::span<const int32_t> first;  // [ranges + 1]: each range's first column, then the count
+
+  int32_t Count() const { return first.back(); }
+  // The column of key t, which lies in one of the ranges.
+  int32_t Of(int32_t t) const {
+    const auto it = std::upper_bound(ranges.begin(), ranges.end(), t,
+                                     [](int32_t pos, const KeyRange& r) { return pos < r.begin; });
+    const size_t i = static_cast<size_t>(it - ranges.begin()) - 1;
+    return first[i] + t - ranges[i].begin;
+  }
+  // f(column, position) for the columns [0, extent).
+  template <class F>
+  void ForEach(int32_t extent, F&& f) const {
+    for (size_t i = 0; i < ranges.size() && first[i] < extent; ++i) {
+      const int32_t n = std::min(ranges[i].end - ranges[i].begin, extent - first[i]);
+      for (int32_t k = 0; k < n; ++k) f(first[i] + k, ranges[i].begin + k);
+    }
+  }
 };
 
 struct Scratch {
+  std::vector<KeyRange> ranges;  // the keys to read
+  std::vector<int32_t> first;    // their columns (Columns::first)
   std::vector<float> q;        // [rows][hdp]: queries rounded to fp16
   std::vector<float> sink_q;   // [rows][hdp]: the same of queries.sink_q, when given
   std::vector<float> logits;   // [rows][stride]: logits, then probabilities rounded to fp16
@@ -145,12 +158,11 @@ HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHe
   const int32_t* keys = params.reweight_keys + h.reweight_keys_begin;
   const int32_t* end = keys + h.reweight_keys_size;
   auto for_each_key = [&](auto&& f) {
-    const int32_t* it = std::lower_bound(keys, end, cols.Position(0));
-    for (int c = 0; c < extent; ++c) {
-      const int32_t t = cols.Position(c);
+    const int32_t* it = keys;
+    cols.ForEach(extent, [&](int32_t c, int32_t t) {
       while (it != end && *it < t) ++it;
       f(s[c], it != end && *it == t);
-    }
+    });
   };
   double mass_set = 0.0, mass_rest = 0.0;
   for_each_key([&](float p, bool in_set) { (in_set ? mass_set : mass_rest) += p; });
@@ -194,13 +206,20 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
     }
     if (!all_windowed) read = params;
   }
-  const Columns cols{KeysToRead(read, min_pos, max_pos)};
+  thread_local Scratch sc;
+  if (queries.key_ranges != nullptr) {
+    sc.ranges.assign(queries.key_ranges, queries.key_ranges + queries.num_key_ranges);
+  } else {
+    KeysToRead(read, min_pos, max_pos, sc.ranges);
+  }
+  sc.first.assign(1, 0);
+  for (const KeyRange& r : sc.ranges) sc.first.push_back(sc.first.back() + r.end - r.begin);
+  const Columns cols{sc.ranges, sc.first};
   const int64_t stride = (cols.Count() + N - 1) / N * N;
   // Value accumulators: one per key position mod L (the matmul's lanes).
   const bool vec_dot = kVecDotOrder && queries.n_queries == 1;
   const int L = vec_dot ? 4 * N : N;
 
-  thread_local Scratch sc;
   Grow(sc.q, static_cast<size_t>(rows) * hdp);
   Grow(sc.logits, static_cast<size_t>(rows) * stride);
   Grow(sc.block, static_cast<size_t>(kBlock) * hdp);
@@ -242,9 +261,9 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
 
   auto for_blocks = [&](const fp16_t* base, auto&& body) {
     int32_t col = 0;
-    for (int ri = 0; ri < cols.k.n; ++ri) {
-      for (int32_t b0 = cols.k.r[ri].begin; b0 < cols.k.r[ri].end; b0 += kBlock) {
-        const int nb = std::min(kBlock, cols.k.r[ri].end - b0);
+    for (const KeyRange& range : cols.ranges) {
+      for (int32_t b0 = range.begin; b0 < range.end; b0 += kBlock) {
+        const int nb = std::min(kBlock, range.end - b0);
         ConvertRows(base, kv.page_table, kv.page_size, head_stride, b0, nb, hd, hdp, sc.block.data());
         for (int i = 0; i < queries.n_queries; ++i) {
           const int32_t pos = queries.positions[i];
@@ -306,7 +325,7 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
       const float* p = &sc.logits[static_cast<size_t>(r) * stride];
       double* mass = column_mass + static_cast<int64_t>(r % G) * kv.num_tokens;
       const int extent = cols.Of(queries.positions[r / G]) + 1;
-      for (int c = 0; c < extent; ++c) mass[cols.Position(c)] += p[c];
+      cols.ForEach(extent, [&](int32_t c, int32_t t) { mass[t] += p[c]; });
     }
     return;
   }
@@ -368,6 +387,18 @@ void AttentionColumnMassKvHead(const AttentionQueries& queries, const PagedKv& k
   HWY_DYNAMIC_DISPATCH(PagedAttentionKvHeadImpl)(queries, kv, params, kv_head, nullptr, mass);
 }
 
+namespace {
+
+bool InKeyRanges(const AttentionQueries& queries, int32_t key) {
+  if (queries.key_ranges == nullptr) return true;
+  for (int32_t r = 0; r < queries.num_key_ranges; ++r) {
+    if (key >= queries.key_ranges[r].begin && key < queries.key_ranges[r].end) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
                              const SequenceAttentionParams& params, float* out) {
   const int hd = kv.head_dim;
@@ -389,7 +420,7 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
       std::vector<bool> visible(pos + 1, false);
       double max = hp.virtual_sink_logit;
       for (int32_t j = 0; j <= pos; ++j) {
-        if (!HeadKeyVisible(params, hp, pos, j)) continue;
+        if (!HeadKeyVisible(params, hp, pos, j) || !InKeyRanges(queries, j)) continue;
         const fp16_t* k = row(kv.keys, g, j);
         double dot = 0.0;
         const float* qj = j < params.sink_tokens ? sink_q : q;

@@ -22,6 +22,10 @@ struct PagedKv {
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;
   int32_t num_tokens = 0;  // keys at positions [0, num_tokens) are present
+  // Quest's page bounds: elementwise min and max of each page's keys
+  // ([num_pages][n_kv_heads][head_dim]); null where nobody reads them.
+  const fp16_t* key_min = nullptr;
+  const fp16_t* key_max = nullptr;
 };
 
 // Queries of one sequence for one layer.
@@ -34,6 +38,11 @@ struct AttentionQueries {
   // (CacheSlot in attention_hooks.h), layout of q; they replace q for the
   // sink keys (positions < params.sink_tokens). Null: q for every key.
   const float* sink_q = nullptr;
+  // Quest: only these keys are read, as if the others were hidden (sorted,
+  // disjoint, each query's own position inside one). Null: every key of
+  // the visible set.
+  const KeyRange* key_ranges = nullptr;
+  int32_t num_key_ranges = 0;
 };
 
 // out[i][h][:] = Σ_j p_ij v_j for the query heads of KV head `kv_head`

@@ -261,6 +261,14 @@ class Plan:
             vis &= (j < self.duo_sinks) | (j > i - self.duo_recent)
         return vis
 
+    def page_seen_by(self, query):
+        """Whether a page holds a key that the sink policy (streaming) leaves
+        visible to `query`; None when every page does."""
+        if not self.streaming:
+            return None
+        return lambda page: (page * PAGE_SIZE < self.stream_sinks
+                             or (page + 1) * PAGE_SIZE - 1 > query - self.stream_window)
+
     def folded(self, layer, head):
         """[n, n] bool: keys the linear mode folds into its Taylor state (visible,
         but outside sinks + window)."""
@@ -294,26 +302,29 @@ class Plan:
 # Attention of one layer under the plan
 
 
-def quest_selected_pages(q_group, k_cache, query, n_pages_budget, trace=None):
+def quest_selected_pages(q_group, k_cache, query, n_pages_budget, trace=None, candidate=None):
     """Quest at decode for one KV head: score each page of keys before the
     current page by Σ_h Σ_d max(q_hd·max_d, q_hd·min_d) over the group's query
     heads, keep the top n_pages_budget, plus the current page (the one holding
     the query's own position). Reading: q and k as cached, after RoPE and
-    before any scaling; the current page is not a candidate but always read.
+    before any scaling; the current page is not a candidate but always read;
+    only pages holding a key the sink policy leaves visible are candidates
+    (`candidate(page)`; every page without one), and ties go to the earlier page.
     q_group: [G, d] (after RoPE), k_cache: [query+1, d] (after RoPE).
     Returns a bool mask over keys 0..query."""
     current = query // PAGE_SIZE
     mask = np.zeros(query + 1, dtype=bool)
-    if current <= n_pages_budget:  # every earlier page fits in the budget: dense
+    pages = [p for p in range(current) if candidate is None or candidate(p)]
+    if len(pages) <= n_pages_budget:  # every candidate fits in the budget: dense
         mask[:] = True
         return mask
     scores = []
-    for page in range(current):
+    for page in pages:
         keys = k_cache[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
         kmax, kmin = keys.max(axis=0), keys.min(axis=0)
         scores.append(np.maximum(q_group * kmax, q_group * kmin).sum())
     order = np.argsort(-np.asarray(scores), kind="stable")
-    top = order[:n_pages_budget]
+    top = [pages[k] for k in order[:n_pages_budget]]
     if trace is not None:  # how close the last page taken is to the first page left out
         trace["gap"] = float(scores[order[n_pages_budget - 1]] - scores[order[n_pages_budget]])
         trace["pages"] = sorted(int(p) for p in top)
@@ -344,7 +355,7 @@ def attention(plan, layer, q_raw, k_raw, v, cfg, kv_fp16=False):
             for i in range(plan.prompt_len, n):
                 t = {} if plan.trace is not None else None
                 quest[g, i, :i + 1] = quest_selected_pages(q[i, g * G:(g + 1) * G], k[:i + 1, g], i,
-                                                           plan.quest_pages, t)
+                                                           plan.quest_pages, t, plan.page_seen_by(i))
                 if t:
                     plan.trace[("quest", layer, g, i)] = t
 

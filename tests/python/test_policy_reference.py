@@ -19,6 +19,9 @@ F16_KV_LOGIT_TOL = 0.1    # llama.cpp's default fp16 KV (it also rounds q and p 
 IDENTITY_TOL = 1e-9
 VISIBLE_CHANGE = 0.2      # every policy case moves some logprob by at least this (nats)
 ACT_MIN_MARGIN = 0.002    # no token's mean attention within this of tau in the ACT cases
+# No Quest page selection within this of a tie (score of the last page taken
+# minus the first left out): the engine scores pages from fp16 keys in float.
+QUEST_MIN_GAP = 0.04
 
 
 def _llama_cpp(path, f32_kv, n_ctx=512):
@@ -127,6 +130,19 @@ def test_quest_changes_decode_only(tiny_model, ids, dense, name):
     assert quest_steps, "Quest never had more pages than its budget"
     print(f"  {len(quest_steps)} (layer, KV head, query) selections; smallest score gap between the last page "
           f"taken and the first left out: {min(t['gap'] for t in quest_steps):.3f}")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in cases.ALL if "sparse" in cases.ALL[n]))
+def test_quest_cases_are_not_at_a_tie(tiny_model, ids, name):
+    """Precondition of the engine comparison at decode: along the reference's
+    greedy continuation, every page selection is clear of a tie."""
+    policy = cases.ALL[name]
+    tokens, _, _ = ref.greedy_decode(tiny_model, ids, cases.GENERATE_TOKENS, policy)
+    trace = ref.trace(tiny_model, ids + tokens, policy, prompt_len=len(ids))
+    gaps = [t["gap"] for k, t in trace.items() if k[0] == "quest"]
+    assert gaps, "Quest never had more pages than its budget"
+    print(f"\n{name}: {len(gaps)} selections, smallest gap {min(gaps):.3f}")
+    assert min(gaps) > QUEST_MIN_GAP
 
 
 @pytest.mark.parametrize("name", sorted(n for n in cases.ALL if "act" in cases.ALL[n]))

@@ -63,11 +63,18 @@ def test_invalid_request_is_rejected_and_counted(stubs, server):
         time.sleep(0.05)
 
 
-def test_non_dense_policy_is_unimplemented(stubs, server):
+def test_unbuilt_policy_is_unimplemented(stubs, server):
     with pytest.raises(grpc.RpcError) as e:
-        generate(stubs, server, prompt="hi", attention={"sparse": {"token_budget": 64}})
+        generate(stubs, server, prompt="hi", attention={"linear": {"window_tokens": 64}})
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert e.value.details() == "attention.sparse: not implemented yet"
+    assert e.value.details() == "attention.linear: not implemented yet"
+
+
+def test_quest_budget_below_a_page_is_rejected(stubs, server):
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, server, prompt="hi", attention={"sparse": {"token_budget": 8}})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == "attention.sparse.token_budget: must be >= the KV page size 16 (got 8)"
 
 
 def test_default_attention_flag(stubs, attnserve_bin, model_path, tmp_path):

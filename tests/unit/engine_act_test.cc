@@ -43,7 +43,7 @@ TEST_F(EnginePolicyTest, ActSequencesSurvivePreemptionWithTheirKeySets) {
   std::unique_ptr<Engine> reference = MakeEngine();
   EngineOptions tiny;
   tiny.page_size = 16;
-  tiny.kv_cache_bytes = 24ll * 16 * 2 * 30 * 3 * 64 * 2;  // 24 pages; 3 sequences need ~36
+  tiny.kv_cache_bytes = 24 * KvCachePool::PageBytes({30, 3, 64, 16});  // 24 pages; 3 sequences need ~36
   tiny.max_num_batched_tokens = 64;
   std::unique_ptr<Engine> engine = MakeEngine(tiny);
   std::vector<std::string> prompts;

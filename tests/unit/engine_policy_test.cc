@@ -248,7 +248,7 @@ TEST_F(EnginePolicyTest, StreamingSequencesSurvivePreemptionUnderATinyKvCache) {
   std::unique_ptr<Engine> reference = MakeEngine();
   EngineOptions tiny;
   tiny.page_size = 16;
-  tiny.kv_cache_bytes = 10ll * 16 * 2 * 30 * 3 * 64 * 2;  // 10 pages; 4 sequences need ~20
+  tiny.kv_cache_bytes = 10 * KvCachePool::PageBytes({30, 3, 64, 16});  // 10 pages; 4 sequences need ~20
   tiny.max_num_batched_tokens = 64;
   std::unique_ptr<Engine> engine = MakeEngine(tiny);
   PolicySpec spec;

@@ -1,6 +1,7 @@
 // The serving engine on the real default model: batching, chunked prefill,
 // preemption, prefix caching, cancellation and scoring keep outputs exact.
 #include "engine/core/engine.h"
+#include "engine/kv/kv_cache.h"
 
 #include <filesystem>
 #include <memory>
@@ -79,7 +80,7 @@ TEST_F(EngineTest, PreemptionUnderATinyKvCacheKeepsEveryOutput) {
   std::unique_ptr<Engine> reference = MakeEngine();
   EngineOptions tiny;
   tiny.page_size = 16;
-  tiny.kv_cache_bytes = 20ll * 16 * 2 * 30 * 3 * 64 * 2;  // 20 pages; 8 sequences need ~32
+  tiny.kv_cache_bytes = 20 * KvCachePool::PageBytes({30, 3, 64, 16});  // 20 pages; 8 sequences need ~32
   tiny.max_num_batched_tokens = 64;
   std::unique_ptr<Engine> engine = MakeEngine(tiny);
   std::vector<std::unique_ptr<Collector>> runs;

@@ -1,5 +1,6 @@
 #include "engine/kv/kv_cache.h"
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -104,7 +105,9 @@ TEST(KvCachePoolTest, ShapeAndSizes) {
   ASSERT_TRUE(pool.ok()) << pool.status();
   EXPECT_EQ(pool->num_pages(), 5);
   EXPECT_EQ(pool->page_elements(), 2 * 4 * 8);
-  EXPECT_EQ(pool->bytes_per_page(), 2 * 3 * 64 * 2);
+  // Per layer: keys and values of 2 heads x 4 slots x 8 dims, and each
+  // head's key min and max (8 dims each), in fp16.
+  EXPECT_EQ(pool->bytes_per_page(), 3 * (2 * 64 + 2 * 2 * 8) * 2);
   EXPECT_EQ(pool->keys(1) - pool->keys(0), 5 * 64);
   EXPECT_EQ(pool->values(2) - pool->values(0), 2 * 5 * 64);
 }
@@ -158,6 +161,30 @@ TEST(KvCacheTest, WriteAndReadBackThroughLayerView) {
       }
     }
   }
+  // Each page's key bounds: the elementwise min and max of the keys it holds
+  // (the last page partly filled).
+  for (int p = 0; p * shape.page_size < n; ++p) {
+    for (int h = 0; h < shape.n_kv_heads; ++h) {
+      for (int c = 0; c < shape.head_dim; ++c) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int t = p * shape.page_size; t < std::min(n, (p + 1) * shape.page_size); ++t) {
+          const float x = Fp16ToFloat(FloatToFp16(k[t * row + h * shape.head_dim + c]));
+          lo = std::min(lo, x);
+          hi = std::max(hi, x);
+        }
+        const int64_t at = (static_cast<int64_t>(kv.page_table[p]) * kv.n_kv_heads + h) * kv.head_dim + c;
+        ASSERT_EQ(Fp16ToFloat(kv.key_min[at]), lo) << p << " " << h << " " << c;
+        ASSERT_EQ(Fp16ToFloat(kv.key_max[at]), hi) << p << " " << h << " " << c;
+      }
+    }
+  }
+  // Rewritten from a page's first slot (a recompute), the bounds are the new keys'.
+  std::vector<float> small(4 * row, 0.5f);
+  WriteKv(pool, 1, table, 4, 4, small.data(), small.data());
+  const int64_t page1 = static_cast<int64_t>(kv.page_table[1]) * kv.n_kv_heads * kv.head_dim;
+  EXPECT_EQ(Fp16ToFloat(kv.key_min[page1]), 0.5f);
+  EXPECT_EQ(Fp16ToFloat(kv.key_max[page1]), 0.5f);
+
   // Layer 0 was never written.
   const PagedKv other = LayerView(pool, 0, table, n);
   for (int64_t i = 0; i < pool.num_pages() * pool.page_elements(); ++i) {

@@ -412,7 +412,6 @@ TEST(PolicyPlannerTest, DuoStreamingHeads) {
 TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
-      {"attention.sparse: not implemented yet", [](auto& p) { p.mode = SparseSpec{1024, {}}; }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mode = LinearSpec{64, 4}; }},
       {"attention.profile: not implemented yet", [](auto& p) { p.profile = "retrieval"; }},
       // A duo without heads is valid when a profile could name them.

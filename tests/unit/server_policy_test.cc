@@ -142,7 +142,6 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
 
 TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
-      {"attention.sparse: not implemented yet", [](auto& p) { p.mutable_sparse()->set_token_budget(64); }},
       {"attention.linear: not implemented yet", [](auto& p) { p.mutable_linear()->set_window_tokens(64); }},
       {"attention.profile: not implemented yet", [](auto& p) { p.set_profile("retrieval"); }},
   };
@@ -284,10 +283,11 @@ TEST_F(ServerPolicyTest, ModelInfoListsWhatIsImplemented) {
   ASSERT_TRUE(stub_->GetModelInfo(&context, {}, &info).ok());
   std::map<std::string, bool> implemented;
   for (const auto& p : info.policies()) implemented[p.name()] = p.implemented();
-  for (const char* name : {"full", "dense", "streaming", "virtual_sink", "zero_tuning", "temperature", "emphasis"}) {
+  for (const char* name : {"full", "dense", "streaming", "virtual_sink", "act", "zero_tuning", "temperature",
+                           "emphasis", "duo", "sparse.quest"}) {
     EXPECT_TRUE(implemented.at(name)) << name;
   }
-  for (const char* name : {"act", "duo", "sparse.quest", "linear", "profile"}) {
+  for (const char* name : {"linear", "profile"}) {
     EXPECT_FALSE(implemented.at(name)) << name;
   }
 }

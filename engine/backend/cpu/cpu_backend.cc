@@ -8,6 +8,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quest.h"
 #include "kernels/cpu/quant.h"
 
 namespace attnserve {
@@ -263,6 +264,7 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     int32_t kv_head;
     const SequenceStep* step;
     bool sink_q;
+    bool quest;  // one query whose keys Quest selects
   };
   std::vector<Task> tasks;
   int64_t row = 0;
@@ -270,14 +272,20 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
     if (st.act_sets != nullptr && st.act_sets->needs(layer)) FindActKeySets(layer, st, row);
-    for (int32_t q0 = 0, take = 0; q0 < n; q0 += take) {
-      take = std::min(kQueriesPerTask, n - q0);
+    // Queries past the prompt of a Quest layer each select their own pages.
+    int32_t dense_n = n;
+    while (dense_n > 0 && st.attention != nullptr && st.attention->quest(layer, st.first_pos + dense_n - 1)) --dense_n;
+    for (int32_t q0 = 0, take = 0; q0 < dense_n; q0 += take) {
+      take = std::min(kQueriesPerTask, dense_n - q0);
       // The kernel sums a lone query in decode order: a batch's last query
       // joins the task before it so that it keeps the batched order.
-      if (n - q0 - take == 1) ++take;
+      if (dense_n - q0 - take == 1) ++take;
       for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-        tasks.push_back({row + q0, take, g, &st, s_.sink_steps[i] != 0});
+        tasks.push_back({row + q0, take, g, &st, s_.sink_steps[i] != 0, false});
       }
+    }
+    for (int32_t q0 = dense_n; q0 < n; ++q0) {
+      for (int32_t g = 0; g < c.n_kv_heads; ++g) tasks.push_back({row + q0, 1, g, &st, s_.sink_steps[i] != 0, true});
     }
     row += n;
   }
@@ -297,6 +305,17 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     q.n_queries = t.n_queries;
     q.n_q_heads = c.n_heads;
     if (t.sink_q) q.sink_q = &s_.sink_q[t.first_row * c.q_dim()];
+    if (t.quest) {
+      thread_local std::vector<KeyRange> ranges;
+      const int group = c.n_heads / c.n_kv_heads;
+      const int32_t budget_pages = t.step->attention->quest_token_budget() / kv.page_size;
+      if (SelectQuestPages(&s_.q[t.first_row * c.q_dim() + static_cast<int64_t>(t.kv_head) * group * c.head_dim],
+                           group, kv, t.kv_head, params.sink_tokens, params.window_tokens, q.positions[0],
+                           budget_pages, ranges)) {
+        q.key_ranges = ranges.data();
+        q.num_key_ranges = static_cast<int32_t>(ranges.size());
+      }
+    }
     PagedAttentionKvHead(q, kv, params, t.kv_head, &s_.attn[t.first_row * c.q_dim()]);
   });
 }
