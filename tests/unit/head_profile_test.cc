@@ -175,7 +175,8 @@ TEST(HeadProfileTest, LoadsEveryJsonFileOfADirectoryByStem) {
 
   // One bad file fails the load, naming it.
   WriteFile(dir / "c.json", "[]");
-  EXPECT_EQ(LoadHeadProfiles(dir.string(), ShapeOf(p)).status().message(), (dir / "c.json").string() + ": must be a JSON object");
+  EXPECT_EQ(LoadHeadProfiles(dir.string(), ShapeOf(p)).status().message(),
+            (dir / "c.json").string() + ": must be a JSON object");
   std::filesystem::remove(dir / "c.json");
   ModelConfig other = ShapeOf(p);
   other.n_heads = 9;

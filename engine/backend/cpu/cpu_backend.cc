@@ -266,7 +266,6 @@ void CpuBackend::Observe(int32_t layer, std::span<const SequenceStep> steps) {
     o.step = &st;
     o.q = &s_.q[row * c.q_dim()];
     o.positions = &s_.positions[row];
-    o.out = &s_.attn[row * c.q_dim()];
     o.kv = LayerView(pool_, layer, *st.pages, st.first_pos + n);
     observer_(o);
     row += n;

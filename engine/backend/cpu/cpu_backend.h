@@ -41,7 +41,6 @@ struct AttentionObservation {
   const SequenceStep* step = nullptr;
   const float* q = nullptr;            // [step->tokens.size()][n_heads][head_dim], after RoPE at `positions`
   const int32_t* positions = nullptr;  // [step->tokens.size()]
-  const float* out = nullptr;          // the kernel's attention output, layout of q
   PagedKv kv;                          // the sequence's keys and values of the layer, this step's included
 };
 using AttentionObserver = std::function<void(const AttentionObservation&)>;
