@@ -186,10 +186,16 @@ std::vector<HeadRefSpec> TopRetrievalHeads(const std::vector<HeadStats>& heads, 
 
 std::string HeadProfileToJson(const HeadProfile& p) {
   const HeadProfileCalibration& c = p.calibration;
-  const nlohmann::ordered_json model = {{"name", p.model_name}, {"n_layers", p.n_layers}, {"n_heads", p.n_heads},
-                      {"n_kv_heads", p.n_kv_heads}, {"head_dim", p.head_dim}};
-  const nlohmann::ordered_json calibration = {{"text", c.text}, {"tokens", c.tokens}, {"sink_tokens", c.sink_tokens},
-                            {"recent_tokens", c.recent_tokens}, {"retrieval_fraction", c.retrieval_fraction}};
+  const nlohmann::ordered_json model = {{"name", p.model_name},
+                                        {"n_layers", p.n_layers},
+                                        {"n_heads", p.n_heads},
+                                        {"n_kv_heads", p.n_kv_heads},
+                                        {"head_dim", p.head_dim}};
+  const nlohmann::ordered_json calibration = {{"text", c.text},
+                                              {"tokens", c.tokens},
+                                              {"sink_tokens", c.sink_tokens},
+                                              {"recent_tokens", c.recent_tokens},
+                                              {"retrieval_fraction", c.retrieval_fraction}};
   // One head per line: readable, and diffs of a re-profiled model stay small.
   std::string out = absl::StrCat("{\n  \"format\": \"", kHeadProfileFormat, "\",\n  \"model\": ", model.dump(),
                                  ",\n  \"calibration\": ", calibration.dump(), ",\n  \"heads\": [\n");
@@ -215,7 +221,7 @@ absl::StatusOr<HeadProfile> HeadProfileFromJson(absl::string_view text, absl::st
   json j;
   try {
     j = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for numbers past double
     return absl::InvalidArgumentError(absl::StrCat(source, ": not JSON: ", e.what()));
   }
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": must be a JSON object"));
