@@ -128,7 +128,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   absl::Status Submit(const v1::GenerateRequest& request) {
     if (serving_.draining.load()) return absl::UnavailableError("the server is draining");
     absl::StatusOr<GenerationRequest> r =
-        ToGenerationRequest(request, serving_.engine.model(), serving_.default_attention);
+        ToGenerationRequest(request, serving_.engine.model(), serving_.default_attention, serving_.profiles);
     if (!r.ok()) return r.status();
     r->request_id = record_.request_id;
     r->arrival = arrival_;

@@ -46,7 +46,7 @@ constexpr PolicyEntry kPolicies[] = {
      "retrieval_heads (query heads), sink_tokens (64), recent_tokens (256); streaming heads' pages are not freed"},
     {"sparse.quest", true, false, "token_budget >= page size, dense_layers (2)"},
     {"linear", false, true, "window_tokens, sink_tokens, feature_map taylor2"},
-    {"profile", false, false, "a head profile made by `attnserve profile`"},
+    {"profile", true, false, "a head profile made by `attnserve profile`, loaded with --profile-dir (see profiles)"},
 };
 
 std::string CpuModelName() {
@@ -81,7 +81,8 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
   const absl::Time arrival = absl::Now();
   absl::StatusOr<ScoreInput> input =
       serving_.draining.load() ? absl::UnavailableError("the server is draining")
-                               : ToScoreInput(*request, serving_.engine.model(), serving_.default_attention);
+                               : ToScoreInput(*request, serving_.engine.model(), serving_.default_attention,
+                                              serving_.profiles);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (!input.ok()) {
     record.code = input.status().code();
@@ -173,6 +174,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   }
   response->set_kv_page_size(engine.options().page_size);
   response->set_kv_pages(engine.stats().kv_pages_total);
+  for (const auto& entry : serving_.profiles) response->add_profiles(entry.first);
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -5,10 +5,12 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "server/serve.h"
 #include "tools/commands.h"
+#include "tools/common_flags.h"
 
 namespace {
 
@@ -18,6 +20,7 @@ constexpr char kUsage[] =
     "  generate   complete a prompt on the CPU (--model --prompt --max_tokens --temperature ...)\n"
     "  score      per-token logprobs and perplexity of a text (--model --text_file ...)\n"
     "  tokenize   encode texts or render chats with the model's tokenizer (--model --strings_file | --chat_file)\n"
+    "  profile    per-head attention profile over a text, for serve --profile_dir (--model --text_file --out ...)\n"
     "  serve      the gRPC server (--model --port --metrics_port --max_num_seqs --kv_cache_memory ...)\n"
     "run 'attnserve <command> --help' for its flags";
 
@@ -46,10 +49,12 @@ int main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) normalized.push_back(NormalizeFlag(argv[i]));
   std::vector<char*> args{argv[0]};
   for (std::string& a : normalized) args.push_back(a.data());
+  if (command == "profile") absl::SetFlag(&FLAGS_max_tokens, attnserve::kProfileDefaultMaxTokens);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (command == "generate") return attnserve::RunGenerate();
   if (command == "score") return attnserve::RunScore();
   if (command == "tokenize") return attnserve::RunTokenize();
+  if (command == "profile") return attnserve::RunProfile();
   if (command == "serve") return attnserve::RunServe();
   std::fprintf(stderr, "unknown command '%.*s'\n%s\n", static_cast<int>(command.size()), command.data(), kUsage);
   return 2;

@@ -152,7 +152,8 @@ std::string AttentionPolicyJson(const v1::AttentionPolicy& policy) {
   return json;
 }
 
-absl::Status CheckDefaultAttention(const v1::AttentionPolicy& policy, const ModelConfig& config) {
+absl::Status CheckDefaultAttention(const v1::AttentionPolicy& policy, const ModelConfig& config,
+                                   const HeadProfiles& profiles) {
   ATTN_ASSIGN_OR_RETURN(const PolicySpec spec, ToPolicySpec(policy));
   if (spec.emphasis) {
     return absl::InvalidArgumentError("attention.emphasis: spans point into one prompt; a default cannot have them");
@@ -160,7 +161,7 @@ absl::Status CheckDefaultAttention(const v1::AttentionPolicy& policy, const Mode
   // Nothing else depends on the prompt.
   PromptInfo any_prompt;
   any_prompt.num_tokens = 1;
-  return PlanAttention(spec, config, any_prompt).status();
+  return PlanAttention(spec, config, any_prompt, &profiles).status();
 }
 
 }  // namespace attnserve

@@ -9,6 +9,7 @@
 #include "absl/strings/string_view.h"
 #include "attnserve/v1/attention.pb.h"
 #include "engine/model/model_config.h"
+#include "engine/policy/head_profile.h"
 #include "engine/policy/policy_spec.h"
 
 namespace attnserve {
@@ -24,8 +25,10 @@ absl::StatusOr<v1::AttentionPolicy> ParseAttentionPolicyJson(absl::string_view j
 // The same mapping with proto field names; "{}" for the empty policy.
 std::string AttentionPolicyJson(const v1::AttentionPolicy& policy);
 
-// A default policy must plan, for any prompt: valid, implemented, and
-// without emphasis spans (they point into one prompt).
-absl::Status CheckDefaultAttention(const v1::AttentionPolicy& policy, const ModelConfig& config);
+// A default policy must plan, for any prompt: valid, implemented, naming a
+// loaded profile if any, and without emphasis spans (they point into one
+// prompt).
+absl::Status CheckDefaultAttention(const v1::AttentionPolicy& policy, const ModelConfig& config,
+                                   const HeadProfiles& profiles);
 
 }  // namespace attnserve

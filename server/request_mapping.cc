@@ -92,9 +92,10 @@ absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, 
 absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const v1::AttentionPolicy* policy,
                                                                           const v1::AttentionPolicy& server_default,
                                                                           const ModelConfig& config,
-                                                                          const PromptInfo& prompt) {
+                                                                          const PromptInfo& prompt,
+                                                                          const HeadProfiles& profiles) {
   ATTN_ASSIGN_OR_RETURN(const PolicySpec spec, ToPolicySpec(policy != nullptr ? *policy : server_default));
-  return PlanAttention(spec, config, prompt);
+  return PlanAttention(spec, config, prompt, &profiles);
 }
 
 absl::Status CheckPromptLength(const MappedPrompt& prompt, const ModelConfig& config, const AttentionPlan* plan) {
@@ -149,7 +150,8 @@ absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& para
 }
 
 absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model,
-                                                      const v1::AttentionPolicy& default_attention) {
+                                                      const v1::AttentionPolicy& default_attention,
+                                                      const HeadProfiles& profiles) {
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return absl::InvalidArgumentError(absl::StrCat("request_id: ", request.request_id().size(),
                                                    " bytes; at most ", kMaxRequestIdBytes));
@@ -161,7 +163,7 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
   ATTN_ASSIGN_OR_RETURN(MappedPrompt prompt, GeneratePrompt(request, model));
   GenerationRequest out;
   ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
-                                                            default_attention, model.config, prompt.info));
+                                                            default_attention, model.config, prompt.info, profiles));
   ATTN_RETURN_IF_ERROR(CheckPromptLength(prompt, model.config, out.attention.get()));
   out.prompt_ids = std::move(prompt.ids);
   ATTN_ASSIGN_OR_RETURN(out.sampling, ToSamplingOptions(request.sampling(), model.config,
@@ -172,7 +174,7 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest&
 }
 
 absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const Model& model,
-                                        const v1::AttentionPolicy& default_attention) {
+                                        const v1::AttentionPolicy& default_attention, const HeadProfiles& profiles) {
   ScoreInput out;
   PromptInfo info;
   switch (request.input_case()) {
@@ -192,7 +194,7 @@ absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const M
   }
   info.num_tokens = static_cast<int32_t>(out.token_ids.size());
   ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
-                                                            default_attention, model.config, info));
+                                                            default_attention, model.config, info, profiles));
   return out;
 }
 

@@ -42,12 +42,13 @@ absl::StatusOr<MappedPrompt> GeneratePrompt(const v1::GenerateRequest& request, 
 absl::Status CheckPromptLength(const MappedPrompt& prompt, const ModelConfig& config, const AttentionPlan* plan);
 
 // The request's policy (`policy` when present, else the server default)
-// planned for its prompt. INVALID_ARGUMENT or UNIMPLEMENTED naming the
-// field "attention.<field>".
+// planned for its prompt, with the server's head profiles to name.
+// INVALID_ARGUMENT or UNIMPLEMENTED naming the field "attention.<field>".
 absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanRequestAttention(const v1::AttentionPolicy* policy,
                                                                           const v1::AttentionPolicy& server_default,
                                                                           const ModelConfig& config,
-                                                                          const PromptInfo& prompt);
+                                                                          const PromptInfo& prompt,
+                                                                          const HeadProfiles& profiles);
 
 // SamplingParams with their documented defaults, validated for a prompt of
 // `prompt_tokens` tokens under `plan` (null: dense): max_tokens up to the
@@ -58,7 +59,8 @@ absl::StatusOr<SamplingOptions> ToSamplingOptions(const v1::SamplingParams& para
 // Every check of a Generate request. request_id, arrival and deadline are
 // the caller's to fill in.
 absl::StatusOr<GenerationRequest> ToGenerationRequest(const v1::GenerateRequest& request, const Model& model,
-                                                      const v1::AttentionPolicy& default_attention);
+                                                      const v1::AttentionPolicy& default_attention,
+                                                      const HeadProfiles& profiles);
 
 // The tokens of a Score request (text tokenized as `attnserve score` does)
 // and its planned policy.
@@ -67,7 +69,7 @@ struct ScoreInput {
   std::shared_ptr<const AttentionPlan> attention;
 };
 absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const Model& model,
-                                        const v1::AttentionPolicy& default_attention);
+                                        const v1::AttentionPolicy& default_attention, const HeadProfiles& profiles);
 
 v1::GenerateResponse ToGenerateResponse(GenerationDelta&& delta, const std::string& request_id);
 v1::FinishReason ToProtoFinishReason(FinishReason reason);

@@ -6,15 +6,19 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/core/engine.h"
 #include "engine/metrics/metrics.h"
 #include "engine/model/model.h"
+#include "engine/policy/head_profile.h"
 #include "server/byte_size.h"
 #include "server/policy_mapping.h"
 #include "server/server.h"
@@ -32,6 +36,9 @@ ABSL_FLAG(std::string, default_attention, "",
           "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
           "'{\"streaming\": {\"window_tokens\": 1024, \"positions\": \"ORIGINAL\"}}'. Empty: dense over the "
           "full cache.");
+ABSL_FLAG(std::string, profile_dir, "",
+          "Directory of head profiles (made by `attnserve profile`): every *.json file is loaded at start, named by "
+          "its stem for AttentionPolicy.profile; a bad file fails the start.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long running requests may finish before they are aborted.");
 
@@ -77,6 +84,16 @@ int RunServe() {
   }
   absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(absl::GetFlag(FLAGS_model));
   if (!model.ok()) return Fail(model.status());
+  if (const std::string dir = absl::GetFlag(FLAGS_profile_dir); !dir.empty()) {
+    absl::StatusOr<HeadProfiles> profiles = LoadHeadProfiles(dir, (*model)->config);
+    if (!profiles.ok()) {
+      return Fail(absl::Status(profiles.status().code(), absl::StrCat("--profile-dir: ", profiles.status().message())));
+    }
+    std::vector<std::string> names;
+    for (const auto& entry : *profiles) names.push_back(entry.first);
+    LogLine(absl::StrFormat("loaded %d head profiles from %s: %s", names.size(), dir, absl::StrJoin(names, ", ")));
+    server_options.profiles = *std::move(profiles);
+  }
 
   Metrics metrics;
   std::optional<MetricsExposer> exposer;

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/policy_mapping.h"
@@ -20,12 +21,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine& engine, Metrics* m
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("port: ", options.port, " is outside [0, 65535]"));
   }
-  if (absl::Status s = CheckDefaultAttention(options.default_attention, engine.model().config); !s.ok()) {
+  for (const auto& [name, profile] : options.profiles) {
+    ATTN_RETURN_IF_ERROR(CheckProfileMatchesModel(profile, engine.model().config, absl::StrCat("profile ", name)));
+  }
+  if (absl::Status s = CheckDefaultAttention(options.default_attention, engine.model().config, options.profiles);
+      !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("--default-attention: ", s.message()));
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<Server> server(new Server(engine, metrics, options.default_attention));
+  std::unique_ptr<Server> server(new Server(engine, metrics, options));
   const std::string host = options.host.find(':') != std::string::npos ? absl::StrCat("[", options.host, "]")
                                                                         : options.host;
   grpc::ServerBuilder builder;

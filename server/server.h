@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/core/engine.h"
+#include "engine/policy/head_profile.h"
 #include "grpcpp/grpcpp.h"
 #include "server/generation_service.h"
 #include "server/serving_context.h"
@@ -19,13 +20,16 @@ struct ServerOptions {
   int port = 50051;  // 0: an ephemeral port, see Server::port()
   // --default-attention: the policy of requests that bring none.
   v1::AttentionPolicy default_attention;
+  // --profile-dir: the head profiles policies may name, made for the engine's model.
+  HeadProfiles profiles;
 };
 
 class Server {
  public:
   // `engine` (and `metrics`, which may be null) must outlive the server.
   // INVALID_ARGUMENT or UNIMPLEMENTED "--default-attention: attention.<field>:
-  // ..." for a default policy that could not serve every request.
+  // ..." for a default policy that could not serve every request;
+  // INVALID_ARGUMENT for a profile made for a model of another shape.
   static absl::StatusOr<std::unique_ptr<Server>> Start(Engine& engine, Metrics* metrics, const ServerOptions& options);
   // Stops at once if Drain has not: calls in flight are cancelled.
   ~Server();
@@ -38,8 +42,8 @@ class Server {
   void Drain(absl::Duration timeout);
 
  private:
-  Server(Engine& engine, Metrics* metrics, const v1::AttentionPolicy& default_attention)
-      : serving_(engine, metrics, default_attention), service_(serving_) {}
+  Server(Engine& engine, Metrics* metrics, const ServerOptions& options)
+      : serving_(engine, metrics, options.default_attention, options.profiles), service_(serving_) {}
 
   ServingContext serving_;
   GenerationService service_;

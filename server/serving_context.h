@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "attnserve/v1/attention.pb.h"
 #include "engine/core/engine.h"
+#include "engine/policy/head_profile.h"
 
 namespace attnserve {
 
@@ -34,8 +35,12 @@ struct RequestRecord {
 };
 
 struct ServingContext {
-  ServingContext(Engine& e, Metrics* m, v1::AttentionPolicy default_policy)
-      : engine(e), metrics(m), default_attention(std::move(default_policy)), started(absl::Now()) {}
+  ServingContext(Engine& e, Metrics* m, v1::AttentionPolicy default_policy, HeadProfiles head_profiles)
+      : engine(e),
+        metrics(m),
+        default_attention(std::move(default_policy)),
+        profiles(std::move(head_profiles)),
+        started(absl::Now()) {}
 
   // "req-<n>", unique within this process, for requests that bring none.
   std::string NewRequestId();
@@ -52,6 +57,8 @@ struct ServingContext {
   Metrics* metrics;  // may be null
   // For requests that bring no policy; validated when the server started.
   const v1::AttentionPolicy default_attention;
+  // What AttentionPolicy.profile may name (--profile-dir), by name.
+  const HeadProfiles profiles;
   const absl::Time started;
   std::atomic<bool> draining{false};  // new Generate/Score calls get UNAVAILABLE
   std::atomic<uint64_t> next_request_id{1};

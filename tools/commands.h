@@ -7,5 +7,9 @@ namespace attnserve {
 int RunGenerate();
 int RunScore();
 int RunTokenize();
+int RunProfile();
+
+// `profile` reads --max_tokens as text tokens, with a default of its own.
+inline constexpr int kProfileDefaultMaxTokens = 2048;
 
 }  // namespace attnserve

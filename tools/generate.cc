@@ -15,7 +15,6 @@
 
 ABSL_FLAG(std::string, prompt, "", "Prompt text (special tokens such as <|im_start|> are recognised).");
 ABSL_FLAG(bool, chat, false, "Render --prompt as one user message with the model's chat template.");
-ABSL_FLAG(int, max_tokens, 128, "Tokens to generate at most.");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature; 0 is greedy.");
 ABSL_FLAG(int, top_k, 0, "Sample among the k most likely tokens (0 = all).");
 ABSL_FLAG(float, top_p, 1.0f, "Nucleus sampling mass.");

@@ -13,7 +13,6 @@
 #include "tools/common_flags.h"
 #include "tools/local_engine.h"
 
-ABSL_FLAG(std::string, text_file, "", "File whose text is scored.");
 ABSL_FLAG(int, max_text_tokens, 0, "Score only the first N tokens (0 = all; at most the model's context).");
 ABSL_FLAG(std::string, dump_logits, "", "Also write all logits as float32 [tokens][vocab] to this file.");
 

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
@@ -235,7 +236,6 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
 
 absl::Status CheckImplemented(const PolicySpec& spec) {
   if (std::holds_alternative<LinearSpec>(spec.mode)) return Unimplemented("linear");
-  if (!spec.profile.empty()) return Unimplemented("profile");
   return absl::OkStatus();
 }
 
@@ -260,8 +260,32 @@ PolicyLabels LabelsOf(const PolicySpec& spec) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicySpec& spec, const ModelConfig& config,
-                                                                   const PromptInfo& prompt) {
+absl::StatusOr<PolicySpec> ResolveProfile(const PolicySpec& spec, const HeadProfiles* profiles) {
+  if (spec.profile.empty()) return spec;
+  const HeadProfile* profile = nullptr;
+  if (profiles != nullptr) {
+    if (const auto it = profiles->find(spec.profile); it != profiles->end()) profile = &it->second;
+  }
+  if (profile == nullptr) {
+    std::vector<std::string> names;
+    if (profiles != nullptr) {
+      for (const auto& entry : *profiles) names.push_back(entry.first);
+    }
+    return Invalid("profile", absl::StrCat("unknown profile \"", absl::CEscape(spec.profile), "\" (loaded: ",
+                                           names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  }
+  PolicySpec resolved = spec;
+  auto* duo = std::get_if<DuoSpec>(&resolved.mode);
+  if (duo != nullptr && duo->retrieval_heads.empty()) duo->retrieval_heads = profile->retrieval_heads;
+  return resolved;
+}
+
+absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicySpec& requested,
+                                                                   const ModelConfig& config, const PromptInfo& prompt,
+                                                                   const HeadProfiles* profiles) {
+  // An unknown profile is reported in proto order (the field is last).
+  const absl::StatusOr<PolicySpec> resolved = ResolveProfile(requested, profiles);
+  const PolicySpec& spec = resolved.ok() ? *resolved : requested;
   if (prompt.is_text && prompt.token_offsets.size() != static_cast<size_t>(prompt.num_tokens)) {
     return absl::InternalError("prompt: token offsets do not match its tokens");
   }
@@ -289,6 +313,7 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
                           SelectHeads(spec.emphasis->layers, spec.emphasis->heads, config, "emphasis"));
   }
   ATTN_RETURN_IF_ERROR(CheckMode(spec, config));
+  ATTN_RETURN_IF_ERROR(resolved.status());
   ATTN_RETURN_IF_ERROR(CheckCombinations(spec));
   ATTN_RETURN_IF_ERROR(CheckImplemented(spec));
 

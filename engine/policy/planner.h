@@ -20,6 +20,7 @@
 #include "engine/model/model_config.h"
 #include "engine/model/tokenizer.h"
 #include "engine/policy/attention_plan.h"
+#include "engine/policy/head_profile.h"
 #include "engine/policy/policy_spec.h"
 
 namespace attnserve {
@@ -43,7 +44,17 @@ struct PromptInfo {
   std::vector<TokenOffset> token_offsets;  // [num_tokens] when is_text; empty ranges for added tokens (BOS)
 };
 
+// The policy with the heads that the profile it names (spec.profile, one of
+// `profiles`; null: none loaded) classes filled in where the policy leaves
+// them empty: duo.retrieval_heads. ACT keeps its default heads: profiles do
+// not class ACT heads yet. INVALID_ARGUMENT "attention.profile: unknown
+// profile \"x\" (loaded: a, b)" for a name not loaded.
+absl::StatusOr<PolicySpec> ResolveProfile(const PolicySpec& spec, const HeadProfiles* profiles);
+
+// `profiles` were made for `config`'s model (their heads are in range); the
+// policy is planned as ResolveProfile resolves it.
 absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicySpec& spec, const ModelConfig& config,
-                                                                   const PromptInfo& prompt);
+                                                                   const PromptInfo& prompt,
+                                                                   const HeadProfiles* profiles = nullptr);
 
 }  // namespace attnserve

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/policy/head_profile.h"
 #include "engine/policy/visible_set.h"
 #include "gtest/gtest.h"
 
@@ -58,6 +59,21 @@ std::shared_ptr<const AttentionPlan> Plan(const PolicySpec& spec, const PromptIn
 }
 
 const float kDenseScale = 1.0f / std::sqrt(64.0f);
+
+// Profiles of SmolLM2-135M's shape whose retrieval heads are (l, l % 9) for
+// even layers l.
+HeadProfiles SmolProfiles(const std::vector<std::string>& names) {
+  HeadProfile p;
+  p.n_layers = 30;
+  p.n_heads = 9;
+  p.n_kv_heads = 3;
+  p.head_dim = 64;
+  p.heads.resize(30 * 9);
+  for (uint32_t l = 0; l < 30; l += 2) p.retrieval_heads.push_back({l, l % 9});
+  HeadProfiles out;
+  for (const std::string& name : names) out[name] = p;
+  return out;
+}
 
 TEST(PolicyPlannerTest, EmptySpecIsDenseWithSignatureZero) {
   const auto plan = Plan(PolicySpec{});
@@ -413,20 +429,68 @@ TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
       {"attention.linear: not implemented yet", [](auto& p) { p.mode = LinearSpec{64, 4}; }},
-      {"attention.profile: not implemented yet", [](auto& p) { p.profile = "retrieval"; }},
-      // A duo without heads is valid when a profile could name them.
-      {"attention.profile: not implemented yet", [](auto& p) {
-         p.mode = DuoSpec{};
+      // With a profile naming the retrieval heads.
+      {"attention.linear: not implemented yet", [](auto& p) {
+         p.mode = LinearSpec{64, 4};
          p.profile = "retrieval";
        }},
   };
+  const HeadProfiles profiles = SmolProfiles({"retrieval"});
   for (const auto& [message, edit] : cases) {
     PolicySpec spec;
     edit(spec);
-    const absl::Status s = PlanAttention(spec, Smol(), Tokens(32)).status();
+    const absl::Status s = PlanAttention(spec, Smol(), Tokens(32), &profiles).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << message << " | " << s;
     EXPECT_EQ(s.message(), message);
   }
+}
+
+TEST(PolicyPlannerTest, ProfileFillsTheRetrievalHeadsADuoLeavesEmpty) {
+  const HeadProfiles profiles = SmolProfiles({"smol"});
+  const std::vector<HeadRefSpec>& named = profiles.at("smol").retrieval_heads;
+  PolicySpec spec;
+  spec.profile = "smol";
+  spec.mode = DuoSpec{};
+  spec.act = ActSpec{};
+  absl::StatusOr<PolicySpec> resolved = ResolveProfile(spec, &profiles);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  const auto& heads = std::get<DuoSpec>(resolved->mode).retrieval_heads;
+  ASSERT_EQ(heads.size(), named.size());
+  for (size_t i = 0; i < heads.size(); ++i) {
+    EXPECT_EQ(heads[i].layer, named[i].layer);
+    EXPECT_EQ(heads[i].head, named[i].head);
+  }
+  // ACT keeps its default heads: profiles do not class ACT heads.
+  EXPECT_TRUE(resolved->act->layers.empty());
+  EXPECT_TRUE(resolved->act->heads.empty());
+  // Heads the request lists win over the profile's.
+  spec.mode = DuoSpec{{{4, 5}}, {}, {}};
+  resolved = ResolveProfile(spec, &profiles);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  ASSERT_EQ(std::get<DuoSpec>(resolved->mode).retrieval_heads.size(), 1u);
+  EXPECT_EQ(std::get<DuoSpec>(resolved->mode).retrieval_heads[0].layer, 4u);
+  // A dense policy naming a profile plans as dense.
+  PolicySpec dense;
+  dense.profile = "smol";
+  absl::StatusOr<std::shared_ptr<const AttentionPlan>> plan = PlanAttention(dense, Smol(), Tokens(32), &profiles);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ((*plan)->prefill_signature(), 0u);
+}
+
+TEST(PolicyPlannerTest, UnknownProfileIsRejectedListingTheLoadedOnes) {
+  PolicySpec spec;
+  spec.profile = "x";
+  const HeadProfiles profiles = SmolProfiles({"b", "a"});
+  absl::Status s = PlanAttention(spec, Smol(), Tokens(32), &profiles).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "attention.profile: unknown profile \"x\" (loaded: a, b)");
+  spec.mode = DuoSpec{};
+  s = PlanAttention(spec, Smol(), Tokens(32)).status();
+  EXPECT_EQ(s.message(), "attention.profile: unknown profile \"x\" (loaded: none)");
+  // Values of earlier fields are reported first (proto order).
+  spec.zero_tuning = ZeroTuningSpec{-1.0f, {}, {}};
+  s = PlanAttention(spec, Smol(), Tokens(32), &profiles).status();
+  EXPECT_EQ(s.message(), "attention.zero_tuning.gamma: must be > 0 (got -1)");
 }
 
 TEST(VisibleSetTest, EvictablePagesAreWhollyHiddenFromEveryLaterQuery) {

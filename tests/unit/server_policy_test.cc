@@ -143,7 +143,6 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
 TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
       {"attention.linear: not implemented yet", [](auto& p) { p.mutable_linear()->set_window_tokens(64); }},
-      {"attention.profile: not implemented yet", [](auto& p) { p.set_profile("retrieval"); }},
   };
   for (const auto& [message, edit] : cases) {
     const Stream s = Generate(*stub_, Greedy("Hello", 2, edit));
@@ -284,12 +283,81 @@ TEST_F(ServerPolicyTest, ModelInfoListsWhatIsImplemented) {
   std::map<std::string, bool> implemented;
   for (const auto& p : info.policies()) implemented[p.name()] = p.implemented();
   for (const char* name : {"full", "dense", "streaming", "virtual_sink", "act", "zero_tuning", "temperature",
-                           "emphasis", "duo", "sparse.quest"}) {
+                           "emphasis", "duo", "sparse.quest", "profile"}) {
     EXPECT_TRUE(implemented.at(name)) << name;
   }
-  for (const char* name : {"linear", "profile"}) {
+  for (const char* name : {"linear"}) {
     EXPECT_FALSE(implemented.at(name)) << name;
   }
+  EXPECT_EQ(info.profiles_size(), 0);
+}
+
+// A profile of the served model's shape whose retrieval heads are head 0 of
+// every layer.
+HeadProfile ProfileOf(const ModelConfig& c) {
+  HeadProfile p;
+  p.n_layers = c.n_layers;
+  p.n_heads = c.n_heads;
+  p.n_kv_heads = c.n_kv_heads;
+  p.head_dim = c.head_dim;
+  p.heads.resize(static_cast<size_t>(c.n_layers) * c.n_heads);
+  for (int32_t l = 0; l < c.n_layers; ++l) p.retrieval_heads.push_back({static_cast<uint32_t>(l), 0});
+  return p;
+}
+
+TEST_F(ServerPolicyTest, PoliciesNameTheLoadedProfiles) {
+  ServerOptions options{"127.0.0.1", 0, {}, {}};
+  options.profiles["smol"] = ProfileOf(model_->config);
+  options.profiles["other"] = ProfileOf(model_->config);
+  std::unique_ptr<Server> server = Server::Start(*engine_, nullptr, options).value();
+  std::unique_ptr<v1::Generation::Stub> stub = NewStub(server->port());
+
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub->GetModelInfo(&context, {}, &info).ok());
+  EXPECT_EQ(std::vector<std::string>(info.profiles().begin(), info.profiles().end()),
+            (std::vector<std::string>{"other", "smol"}));
+
+  const std::string prompt = "Long ago, people told stories that";
+  const Stream named = Generate(*stub, Greedy(prompt, 6, [](auto& p) { p.set_profile("smol"); }));
+  ASSERT_TRUE(named.status.ok()) << named.status.error_message();
+  EXPECT_EQ(named.token_ids, Generate(*stub, Greedy(prompt, 6)).token_ids);
+  const Stream unknown = Generate(*stub, Greedy(prompt, 6, [](auto& p) { p.set_profile("smoll"); }));
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(unknown.status.error_message(), "attention.profile: unknown profile \"smoll\" (loaded: other, smol)");
+  // Duo takes its retrieval heads from the profile: as if it listed them.
+  const auto small_duo = [](v1::AttentionPolicy& p) {
+    p.mutable_duo()->set_sink_tokens(1);
+    p.mutable_duo()->set_recent_tokens(2);
+  };
+  const Stream duo = Generate(*stub, Greedy(prompt, 6, [&](auto& p) {
+    p.set_profile("smol");
+    small_duo(p);
+  }));
+  const Stream listed = Generate(*stub, Greedy(prompt, 6, [&](auto& p) {
+    small_duo(p);
+    for (int l = 0; l < model_->config.n_layers; ++l) p.mutable_duo()->add_retrieval_heads()->set_layer(l);
+  }));
+  const Stream dense = Generate(*stub, Greedy(prompt, 6));
+  ASSERT_TRUE(duo.status.ok()) << duo.status.error_message();
+  EXPECT_EQ(duo.token_ids, listed.token_ids);
+  EXPECT_NE(duo.token_ids, dense.token_ids);
+  // Without profiles the same name is unknown.
+  const Stream none = Generate(*stub_, Greedy(prompt, 6, [](auto& p) { p.set_profile("smol"); }));
+  EXPECT_EQ(none.status.error_message(), "attention.profile: unknown profile \"smol\" (loaded: none)");
+}
+
+TEST_F(ServerPolicyTest, ProfilesOfAnotherModelOrUnknownDefaultsFailAtStart) {
+  ServerOptions options{"127.0.0.1", 0, {}, {}};
+  HeadProfile wrong = ProfileOf(model_->config);
+  wrong.n_layers = 2;
+  options.profiles["wrong"] = wrong;
+  EXPECT_EQ(Server::Start(*engine_, nullptr, options).status().message(),
+            "profile wrong: model.n_layers: the profile was made for 2, the served model has 30");
+  options.profiles.clear();
+  options.default_attention.set_profile("smol");
+  EXPECT_EQ(Server::Start(*engine_, nullptr, options).status().message(),
+            "--default-attention: attention.profile: unknown profile \"smol\" (loaded: none)");
 }
 
 TEST_F(ServerPolicyTest, DefaultAttentionServesRequestsWithoutAPolicy) {

@@ -177,6 +177,7 @@ void CpuBackend::Layer(int32_t layer, std::span<const SequenceStep> steps, int64
     r += n;
   }
   Attention(layer, steps);
+  if (observer_) Observe(layer, steps);
   MatMul(w.wo, s_.attn.data(), rows, s_.xn.data(), threads_);
   AddInPlace(s_.x.data(), s_.xn.data(), rows * c.hidden);
 
@@ -318,6 +319,22 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
     }
     PagedAttentionKvHead(q, kv, params, t.kv_head, &s_.attn[t.first_row * c.q_dim()]);
   });
+}
+
+void CpuBackend::Observe(int32_t layer, std::span<const SequenceStep> steps) {
+  const ModelConfig& c = model_.config;
+  int64_t row = 0;
+  for (const SequenceStep& st : steps) {
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    AttentionObservation o;
+    o.layer = layer;
+    o.step = &st;
+    o.q = &s_.q[row * c.q_dim()];
+    o.positions = &s_.positions[row];
+    o.kv = LayerView(pool_, layer, *st.pages, st.first_pos + n);
+    observer_(o);
+    row += n;
+  }
 }
 
 }  // namespace attnserve

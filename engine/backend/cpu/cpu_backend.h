@@ -16,12 +16,15 @@
 // positions below it keep llama.cpp's float path bit for bit.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace attnserve {
@@ -33,6 +36,17 @@ struct CpuBackendOptions {
   int32_t max_step_tokens = 512;
 };
 
+// One layer's attention of one sequence in a step, for offline analysis
+// (attnserve profile). Valid only during the observer's call.
+struct AttentionObservation {
+  int32_t layer = 0;
+  const SequenceStep* step = nullptr;
+  const float* q = nullptr;            // [step->tokens.size()][n_heads][head_dim], after RoPE at `positions`
+  const int32_t* positions = nullptr;  // [step->tokens.size()]
+  PagedKv kv;                          // the sequence's keys and values of the layer, this step's included
+};
+using AttentionObserver = std::function<void(const AttentionObservation&)>;
+
 class CpuBackend : public Backend {
  public:
   // `model` and `pool` must outlive the backend.
@@ -42,6 +56,10 @@ class CpuBackend : public Backend {
   const ModelConfig& config() const override { return model_.config; }
   std::string name() const override { return "cpu"; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
+
+  // Called after each layer's attention, once per sequence of the step, on
+  // the thread that runs Forward; empty (the default) for none.
+  void SetAttentionObserver(AttentionObserver observer) { observer_ = std::move(observer); }
 
  private:
   // Activations of one step: [rows][width] each.
@@ -64,6 +82,7 @@ class CpuBackend : public Backend {
   // ACT: the key sets of layer `layer` from the attention of the prompt
   // queries of the step starting at row `first_row`.
   void FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row);
+  void Observe(int32_t layer, std::span<const SequenceStep> steps);
   // RoPE of `rows` rows of n_heads heads at `positions`: ops' float path
   // below the model's context, RopePastContext at and past it.
   void RopeRows(float* x, const int32_t* positions, int64_t rows, int n_heads);
@@ -79,6 +98,7 @@ class CpuBackend : public Backend {
   // Per rotary pair i, the float path's angle at position 1 (freq_scale *
   // theta_scale^i as it iterates it), widened to double.
   std::vector<double> rope_freqs_;
+  AttentionObserver observer_;
 };
 
 }  // namespace attnserve
