@@ -193,6 +193,14 @@ absl::StatusOr<ScoreInput> ToScoreInput(const v1::ScoreRequest& request, const M
       return absl::InvalidArgumentError("input: set one of text, token_ids");
   }
   info.num_tokens = static_cast<int32_t>(out.token_ids.size());
+  if (request.has_prompt_tokens()) {
+    if (request.prompt_tokens() < 1 || request.prompt_tokens() > out.token_ids.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt_tokens: must be in [1, ", out.token_ids.size(),
+                                                     "] (got ", request.prompt_tokens(), ")"));
+    }
+    info.num_tokens = static_cast<int32_t>(request.prompt_tokens());
+    if (info.is_text) info.token_offsets.resize(info.num_tokens);
+  }
   ATTN_ASSIGN_OR_RETURN(out.attention, PlanRequestAttention(request.has_attention() ? &request.attention() : nullptr,
                                                             default_attention, model.config, info, profiles));
   return out;

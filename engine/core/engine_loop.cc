@@ -96,7 +96,7 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
       seq->tokens = r->request.prompt_ids;
       seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
       seq->pending.index = i;
-      if (r->act_sets) seq->min_first_chunk = seq->num_prompt;
+      if (r->act_sets) seq->min_first_chunk = plan->prompt_tokens();
       if (r->score) {
         seq->max_chunk = kScoreChunkTokens;
         seq->use_prefix_cache = false;

@@ -182,6 +182,35 @@ def test_score_with_chunked_prefill_matches_reference(stubs, chunked_server, tin
     _check_score(stubs, chunked_server, tiny_model, ids, name, f"score (chunks of {CHUNK_TOKENS})")
 
 
+SCORED_PROMPT = 64  # ScoreRequest.prompt_tokens: the rest is scored as generated
+
+
+@pytest.mark.parametrize("name", ["sparse", "sparse_default_dense_layers", "act_default",
+                                  "sparse+zero_tuning+emphasis+virtual_sink"])
+def test_score_with_a_prompt_scores_the_rest_as_decode(stubs, server, tiny_model, ids, name):
+    """Score's prompt_tokens: Quest reads its pages for the tokens after the
+    prompt, ACT finds S from the prompt alone, as the reference's prompt_len."""
+    stub = stubs.pb_grpc.GenerationStub(server.channel)
+    request = stubs.pb.ScoreRequest(token_ids=stubs.pb.TokenIds(ids=ids), prompt_tokens=SCORED_PROMPT)
+    request.attention.CopyFrom(_policy(stubs, cases.ALL[name]))
+    got = np.array(stub.Score(request, timeout=120).token_logprobs, dtype=np.float64)
+    want = ref.logprobs(tiny_model, list(ids), cases.ALL[name], prompt_len=SCORED_PROMPT)
+    whole = _reference_logprobs(tiny_model, tuple(ids), name)
+    delta = cases.max_abs(got, want)
+    print(f"\nscore {name} with a {SCORED_PROMPT}-token prompt: max |dlogprob| {delta:.2e}; the prompt length "
+          f"moves the reference by {cases.max_abs(want, whole):.2f}")
+    assert delta < SCORE_TOL
+
+
+def test_score_prompt_tokens_out_of_range_is_rejected(stubs, server, ids):
+    stub = stubs.pb_grpc.GenerationStub(server.channel)
+    for bad in (0, len(ids) + 1):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Score(stubs.pb.ScoreRequest(token_ids=stubs.pb.TokenIds(ids=ids), prompt_tokens=bad), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details() == f"prompt_tokens: must be in [1, {len(ids)}] (got {bad})"
+
+
 # -- Generate ------------------------------------------------------------------------
 
 
