@@ -30,6 +30,11 @@ DEFAULT_BINARY = Path(os.environ.get("ATTNSERVE_BIN", ROOT / "build/server/attns
 LICENSES = Path("/usr/share/common-licenses")
 
 
+# Head profiles made by `attnserve profile` (profiles/), served to every bench run.
+PROFILE_DIR = ROOT / "profiles"
+PROFILE = "smollm2-135m"
+
+
 def streaming(window, sinks=4, positions="ORIGINAL"):
     return {"streaming": {"sink_tokens": sinks, "window_tokens": window, "positions": positions}}
 
@@ -58,7 +63,11 @@ def configs(info):
         "temperature_1.2": ("temperature 1.2", {"temperature": {"factors": [1.2] * n}}),
         "act": ("ACT (defaults)", {"act": {}}),
         "duo": ("duo (KV group 0 retrieval)", {"duo": {"retrieval_heads": duo_heads(info)}}),
+        "duo_profile": ("duo (profile's heads)", {"duo": {}, "profile": PROFILE}),
+        "sparse_256": ("Quest budget 256", {"sparse": {"token_budget": 256}}),
+        "sparse_512": ("Quest budget 512", {"sparse": {"token_budget": 512}}),
         "sparse_1024": ("Quest budget 1024", {"sparse": {"token_budget": 1024}}),
+        "sparse_2048": ("Quest budget 2048", {"sparse": {"token_budget": 2048}}),
         "linear_w256_s4": ("linear w256 s4", {"linear": {"window_tokens": 256, "sink_tokens": 4}}),
     }
 
@@ -91,6 +100,7 @@ class Bench:
     """The server on ephemeral ports plus stubs and small helpers."""
 
     def __init__(self, binary, model, threads, *extra):
+        extra = ("--profile-dir", str(PROFILE_DIR), *extra)
         self.tmp = Path(tempfile.mkdtemp(prefix="attnserve_bench_"))
         self.stubs = grpc_stubs.generate(self.tmp / "stubs")
         self.pb = self.stubs.pb
@@ -112,8 +122,11 @@ class Bench:
                                                        parse_special=parse_special), timeout=120)
         return list(r.token_ids), list(r.offsets)
 
-    def score(self, ids, policy_json, timeout=3600):
+    def score(self, ids, policy_json, prompt_tokens=None, timeout=3600):
+        """Score; tokens past prompt_tokens are scored as generated ones (decode-only policies act there)."""
         request = self.pb.ScoreRequest(token_ids=self.pb.TokenIds(ids=ids), attention=self.policy(policy_json))
+        if prompt_tokens is not None:
+            request.prompt_tokens = min(prompt_tokens, len(ids))
         return call(self.stub.Score, request, timeout=timeout)
 
     def generate(self, policy_json, timeout=3600, on_message=None, **fields):

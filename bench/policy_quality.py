@@ -38,7 +38,7 @@ import policy_configs as pc
 
 QUICK_RETRIEVAL = ["dense", "streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4",
                    "virtual_sink_0", "zero_tuning_0.5", "zero_tuning_2", "temperature_1.2",
-                   "act", "duo", "sparse_1024", "linear_w256_s4"]
+                   "act", "duo", "duo_profile", "sparse_256", "sparse_1024", "sparse_2048", "linear_w256_s4"]
 BEYOND_POLICIES = ["dense", "streaming_w1024_s4", "streaming_cache_w1024_s4", "linear_w256_s4"]
 
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -62,6 +62,9 @@ def parse_args():
                     help="cut each single license text to this many tokens (0: whole, up to the context); "
                          "quick 2048")
     ap.add_argument("--long-tokens", type=int, default=7000)
+    ap.add_argument("--scored-prompt", type=int, default=256,
+                    help="Score's prompt_tokens: later tokens are scored as generated ones, so Quest reads its "
+                         "pages there and ACT finds its key sets from these tokens only")
     ap.add_argument("--beyond-tokens", type=int, default=None, help="quick 10000, full 16384; 0 skips it")
     ap.add_argument("--lengths", default="512,2048,4096,7000")
     ap.add_argument("--depths", default="0.1,0.5,0.9")
@@ -138,7 +141,7 @@ def run_perplexity(bench, args, configs, names, result, save, start):
         else:
             t0 = time.perf_counter()
             try:
-                r = bench.score(ids, policy)
+                r = bench.score(ids, policy, args.scored_prompt)
                 lp = list(r.token_logprobs)
                 entry.update(status="ok", ppl=r.perplexity, seconds=time.perf_counter() - t0,
                              ppl_from_1024=ppl_of(lp, 1024))

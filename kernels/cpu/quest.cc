@@ -1,12 +1,66 @@
 #include "kernels/cpu/quest.h"
 
-#include <algorithm>
-#include <utility>
-
 #include "kernels/common/half.h"
 #include "kernels/common/quest.h"
 
+#include <algorithm>
+#include <utility>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/quest.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
 namespace attnserve {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// scores[i] = QuestPageScore of page pages[i] for KV head kv_head, with the
+// bounds converted from fp16 a vector at a time (the scalar conversions
+// would cost more than the attention Quest saves).
+void QuestScoresImpl(const float* q_group, int group, const PagedKv& kv, int kv_head, const int32_t* pages,
+                     int32_t n, float* scores) {
+  const hn::ScalableTag<float> d;
+  const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+  const int N = static_cast<int>(hn::Lanes(d));
+  const int hd = kv.head_dim;
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t base = (static_cast<int64_t>(kv.page_table[pages[i]]) * kv.n_kv_heads + kv_head) * hd;
+    const auto* lo16 = reinterpret_cast<const hwy::float16_t*>(kv.key_min + base);
+    const auto* hi16 = reinterpret_cast<const hwy::float16_t*>(kv.key_max + base);
+    auto acc = hn::Zero(d);
+    int c = 0;
+    for (; c + N <= hd; c += N) {
+      const auto lo = hn::PromoteTo(d, hn::LoadU(dh, lo16 + c));
+      const auto hi = hn::PromoteTo(d, hn::LoadU(dh, hi16 + c));
+      for (int h = 0; h < group; ++h) {
+        const auto qv = hn::LoadU(d, q_group + h * hd + c);
+        acc = hn::Add(acc, hn::Max(hn::Mul(qv, hi), hn::Mul(qv, lo)));
+      }
+    }
+    float score = hn::GetLane(hn::SumOfLanes(d, acc));
+    for (; c < hd; ++c) {
+      const float lo = Fp16ToFloat(kv.key_min[base + c]), hi = Fp16ToFloat(kv.key_max[base + c]);
+      for (int h = 0; h < group; ++h) score += std::max(q_group[h * hd + c] * hi, q_group[h * hd + c] * lo);
+    }
+    scores[i] = score;
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attnserve
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attnserve {
+
+HWY_EXPORT(QuestScoresImpl);
+
+void QuestScores(const float* q_group, int group, const PagedKv& kv, int kv_head, const int32_t* pages, int32_t n,
+                 float* scores) {
+  HWY_DYNAMIC_DISPATCH(QuestScoresImpl)(q_group, group, kv, kv_head, pages, n, scores);
+}
 
 bool SelectQuestPages(const float* q_group, int group, const PagedKv& kv, int kv_head, int32_t sink_tokens,
                       int32_t window_tokens, int32_t pos, int32_t budget_pages, std::vector<KeyRange>& ranges) {
@@ -17,22 +71,15 @@ bool SelectQuestPages(const float* q_group, int group, const PagedKv& kv, int kv
   for (int32_t p = 0; p < own; ++p) {
     if (QuestPageVisible(p, kv.page_size, sink_tokens, window_tokens, pos)) candidates.push_back(p);
   }
-  if (static_cast<int32_t>(candidates.size()) <= budget_pages) return false;
+  const int32_t n = static_cast<int32_t>(candidates.size());
+  if (n <= budget_pages) return false;
 
-  const int hd = kv.head_dim;
-  thread_local std::vector<float> lo, hi;
+  thread_local std::vector<float> scores;
   thread_local std::vector<std::pair<float, int32_t>> scored;
-  lo.resize(hd);
-  hi.resize(hd);
+  scores.resize(n);
+  QuestScores(q_group, group, kv, kv_head, candidates.data(), n, scores.data());
   scored.clear();
-  for (int32_t p : candidates) {
-    const int64_t base = (static_cast<int64_t>(kv.page_table[p]) * kv.n_kv_heads + kv_head) * hd;
-    for (int d = 0; d < hd; ++d) {
-      lo[d] = Fp16ToFloat(kv.key_min[base + d]);
-      hi[d] = Fp16ToFloat(kv.key_max[base + d]);
-    }
-    scored.push_back({QuestPageScore(q_group, group, hd, lo.data(), hi.data()), p});
-  }
+  for (int32_t i = 0; i < n; ++i) scored.push_back({scores[i], candidates[i]});
   const auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
@@ -53,3 +100,4 @@ bool SelectQuestPages(const float* q_group, int group, const PagedKv& kv, int kv
 }
 
 }  // namespace attnserve
+#endif  // HWY_ONCE

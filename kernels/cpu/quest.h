@@ -10,6 +10,12 @@
 
 namespace attnserve {
 
+// scores[i] = QuestPageScore (kernels/common/quest.h) of page pages[i] for
+// KV head kv_head, from the bounds kv.key_min and kv.key_max; the lanes
+// summed in another order than the scalar function's.
+void QuestScores(const float* q_group, int group, const PagedKv& kv, int kv_head, const int32_t* pages, int32_t n,
+                 float* scores);
+
 // The keys the query at `pos` reads for KV head `kv_head`: the budget_pages
 // pages before its own page with the highest QuestPageScore (ties to the
 // earlier page), among the pages holding a key visible under

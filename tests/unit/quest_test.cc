@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -135,6 +137,38 @@ class QuestAttentionTest : public testing::TestWithParam<int64_t> {
   void SetUp() override { hwy::SetSupportedTargetsForTest(GetParam()); }
   void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
 };
+
+// The vector scores against the scalar QuestPageScore, head_dim with a tail.
+TEST_P(QuestAttentionTest, VectorScoresMatchTheScalarScore) {
+  for (int head_dim : {64, 72, 5}) {
+    Problem pr(16, head_dim, 2, 3, 300, 1, 25);
+    std::vector<fp16_t> lo(pr.keys.size() / 16), hi(lo.size());
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t i = 0; i < lo.size(); ++i) {
+      const float a = normal(rng), b = normal(rng);
+      lo[i] = FloatToFp16(std::min(a, b));
+      hi[i] = FloatToFp16(std::max(a, b));
+    }
+    PagedKv kv = pr.Kv();
+    kv.key_min = lo.data();
+    kv.key_max = hi.data();
+    std::vector<int32_t> pages(18);
+    std::iota(pages.begin(), pages.end(), 0);
+    for (int g = 0; g < 2; ++g) {
+      const float* q = pr.q.data() + static_cast<size_t>(g) * 3 * head_dim;
+      std::vector<float> got(pages.size());
+      QuestScores(q, 3, kv, g, pages.data(), static_cast<int32_t>(pages.size()), got.data());
+      for (int32_t p : pages) {
+        const size_t base = (static_cast<size_t>(pr.page_table[p]) * 2 + g) * head_dim;
+        std::vector<float> l(head_dim), h(head_dim);
+        for (int c = 0; c < head_dim; ++c) l[c] = Fp16ToFloat(lo[base + c]), h[c] = Fp16ToFloat(hi[base + c]);
+        const float want = QuestPageScore(q, 3, head_dim, l.data(), h.data());
+        EXPECT_NEAR(got[p], want, 1e-4f * (1.0f + std::fabs(want))) << head_dim << " " << g << " " << p;
+      }
+    }
+  }
+}
 
 // The kernel over the selected ranges equals the reference over the same
 // keys, while keys outside them may hold anything.
