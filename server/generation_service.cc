@@ -45,7 +45,8 @@ constexpr PolicyEntry kPolicies[] = {
     {"duo", true, false,
      "retrieval_heads (query heads), sink_tokens (64), recent_tokens (256); streaming heads' pages are not freed"},
     {"sparse.quest", true, false, "token_budget >= page size, dense_layers (2)"},
-    {"linear", false, true, "window_tokens, sink_tokens, feature_map taylor2"},
+    {"linear", true, true,
+     "window_tokens, sink_tokens, feature_map taylor2; not with emphasis, nor zero_tuning without sinks"},
     {"profile", true, false, "a head profile made by `attnserve profile`, loaded with --profile-dir (see profiles)"},
 };
 

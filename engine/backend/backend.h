@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/model_config.h"
+#include "engine/backend/linear_attention_state.h"
 #include "engine/policy/act_key_sets.h"
 #include "engine/policy/attention_plan.h"
 
@@ -32,6 +33,9 @@ struct SequenceStep {
   // incomplete, the step must start at 0 and cover the whole prompt, and
   // the backend finds them from its attention, layer by layer.
   ActKeySets* act_sets = nullptr;
+  // The linear mode's folded keys (attention->linear()); a step from
+  // position 0 starts them afresh.
+  LinearAttentionState* linear = nullptr;
 };
 
 class Backend {

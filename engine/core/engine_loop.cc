@@ -97,6 +97,10 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
       seq->num_prompt = static_cast<int32_t>(seq->tokens.size());
       seq->pending.index = i;
       if (r->act_sets) seq->min_first_chunk = plan->prompt_tokens();
+      if (plan != nullptr && plan->linear()) {
+        const ModelConfig& c = model.config;
+        seq->linear = std::make_unique<LinearAttentionState>(c.n_layers, c.n_kv_heads, c.head_dim);
+      }
       if (r->score) {
         seq->max_chunk = kScoreChunkTokens;
         seq->use_prefix_cache = false;
@@ -108,6 +112,8 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
         // Completions of one request always share the prompt's pages; other
         // requests only when prefix caching is on.
         seq->cache_salt = (options.prefix_caching && !r->act_sets ? 0 : PrivateSalt(r->handle)) ^ policy_salt;
+        // The linear state is not in the pages: every completion builds its own.
+        if (seq->linear) seq->use_prefix_cache = false;
       }
       r->seqs.push_back(std::move(seq));
     }
@@ -142,6 +148,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
     step.attention = PlanOf(seq);
     step.act_sets = seq.request->act_sets.get();
+    step.linear = seq.linear.get();
     // Scoring under ACT runs the text twice: once whole to find the key
     // sets, then in chunks for the logits of every token.
     if (seq.request->score && step.act_sets != nullptr && !step.act_sets->complete()) step.logits = LogitsWanted::kNone;

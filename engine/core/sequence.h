@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "engine/core/engine.h"
 #include "engine/core/output_stream.h"
+#include "engine/backend/linear_attention_state.h"
 #include "engine/core/request.h"
 #include "engine/policy/act_key_sets.h"
 #include "engine/sampling/logits_processor.h"
@@ -26,6 +27,7 @@ struct Sequence : SchedSeq {
   int32_t index = 0;
   int32_t num_prompt = 0;
   std::optional<SequenceSampler> sampler;  // absent for scoring
+  std::unique_ptr<LinearAttentionState> linear;  // the linear mode's folded keys
   std::optional<StopChecker> stop;
   GenerationDelta pending;                  // produced this step, not yet pushed
   int32_t generated = 0;

@@ -93,6 +93,7 @@ uint64_t AttentionPlan::ComputeSignature() const {
   hash.Add(c_.visible.window_tokens);
   hash.Add(static_cast<int32_t>(c_.cache_positions));
   hash.Add(c_.act_tau);
+  hash.Add(static_cast<int32_t>(c_.linear));
   for (const AttentionHeadParams& h : c_.heads) {
     hash.Add(h.logit_scale);
     hash.Add(h.first_token_bias);

@@ -46,6 +46,9 @@ struct AttentionPlanContents {
   // quest_token_budget / page_size best pages; 0 = off.
   int32_t quest_token_budget = 0;
   int32_t quest_dense_layers = 0;
+  // Linear mode: `visible` holds its exact part (sinks + window); the keys
+  // between are folded into the sequence's LinearAttentionState.
+  bool linear = false;
   std::vector<KeyRange> spans;             // emphasis: sorted, disjoint token ranges
   int32_t prompt_tokens = 0;
   PolicyLabels labels;
@@ -74,6 +77,7 @@ class AttentionPlan {
   float act_tau() const { return c_.act_tau; }
   int32_t prompt_tokens() const { return c_.prompt_tokens; }
   int32_t quest_token_budget() const { return c_.quest_token_budget; }
+  bool linear() const { return c_.linear; }
   // Quest selects the keys of queries at `pos` in `layer`: decode queries
   // (past the prompt) of the sparse layers.
   bool quest(int32_t layer, int32_t pos) const {

@@ -234,8 +234,16 @@ absl::Status CheckCombinations(const PolicySpec& spec) {
   return absl::OkStatus();
 }
 
+// The linear mode folds keys without their logit biases: those that could
+// bias a folded key (emphasis; zero_tuning without a sink to keep token 0
+// exact) are not built with it.
 absl::Status CheckImplemented(const PolicySpec& spec) {
-  if (std::holds_alternative<LinearSpec>(spec.mode)) return Unimplemented("linear");
+  const auto* linear = std::get_if<LinearSpec>(&spec.mode);
+  if (linear == nullptr) return absl::OkStatus();
+  if (spec.emphasis) return Unimplemented("linear", "not implemented with attention.emphasis");
+  if (spec.zero_tuning && linear->sink_tokens == 0) {
+    return Unimplemented("linear", "not implemented with attention.zero_tuning unless sink_tokens >= 1");
+  }
   return absl::OkStatus();
 }
 
@@ -345,6 +353,10 @@ absl::StatusOr<std::shared_ptr<const AttentionPlan>> PlanAttention(const PolicyS
   };
   const int32_t duo_sinks = duo ? clamp_to_context(duo->sink_tokens.value_or(kDefaultDuoSinkTokens)) : 0;
   const int32_t duo_recent = duo ? clamp_to_context(duo->recent_tokens.value_or(kDefaultDuoRecentTokens)) : 0;
+  if (const auto* linear = std::get_if<LinearSpec>(&spec.mode)) {
+    c.linear = true;
+    c.visible = {clamp_to_context(linear->sink_tokens), clamp_to_context(linear->window_tokens)};
+  }
   if (const auto* sparse = std::get_if<SparseSpec>(&spec.mode)) {
     c.quest_token_budget = static_cast<int32_t>(std::min<uint32_t>(sparse->token_budget, config.context_length));
     c.quest_dense_layers = static_cast<int32_t>(sparse->dense_layers.value_or(kDefaultQuestDenseLayers));

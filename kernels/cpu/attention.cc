@@ -126,9 +126,10 @@ using namespace attention_simd;
 
 // The row's logits s[0, extent) become probabilities, reweighted by ACT and
 // rounded to fp16 as the reference's KQV matmul converts them; zeros when
-// nothing is visible and there is no sink. The row is used up to whole vectors.
-HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHeadParams& h, const Columns& cols,
-                        int extent, float* s) {
+// nothing is visible and there is no sink. The row is used up to whole
+// vectors. Returns log of the softmax's denominator (-inf for zeros).
+HWY_INLINE float Softmax(const SequenceAttentionParams& params, const AttentionHeadParams& h, const Columns& cols,
+                         int extent, float* s) {
   const DF d;
   const int N = static_cast<int>(hn::Lanes(d));
   const int n = (extent + N - 1) / N * N;
@@ -138,7 +139,7 @@ HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHe
   const float max = hn::GetLane(hn::MaxOfLanes(d, vmax));
   if (max == -INFINITY) {
     std::fill(s, s + n, 0.0f);
-    return;
+    return -INFINITY;
   }
   double sum = 0.0;
   for (int j = 0; j < n; j += N) {
@@ -148,9 +149,10 @@ HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHe
   }
   if (h.virtual_sink_logit != -INFINITY) sum += std::exp(h.virtual_sink_logit - max);
   const VF inv = hn::Set(d, static_cast<float>(1.0 / sum));
+  const float lse = max + static_cast<float>(std::log(sum));
   if (!Reweights(h)) {
     for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::Mul(hn::LoadU(d, s + j), inv)), d, s + j);
-    return;
+    return lse;
   }
   for (int j = 0; j < n; j += N) hn::StoreU(hn::Mul(hn::LoadU(d, s + j), inv), d, s + j);
   // ACT: the masses of the set and of the other keys (the rest summed, not
@@ -170,6 +172,7 @@ HWY_INLINE void Softmax(const SequenceAttentionParams& params, const AttentionHe
       ComputeReweightScales(h.reweight_beta, static_cast<float>(mass_set), static_cast<float>(mass_rest));
   for_each_key([&](float& p, bool in_set) { p *= in_set ? w.in_set : w.rest; });
   for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, s + j)), d, s + j);
+  return lse;
 }
 
 // With column_mass, adds each row's probabilities into it instead of
@@ -318,7 +321,8 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
 
   for (int r = 0; r < rows; ++r) {
     const int extent = cols.Of(queries.positions[r / G]) + 1;
-    Softmax(params, heads[r % G], cols, extent, &sc.logits[static_cast<size_t>(r) * stride]);
+    const float lse = Softmax(params, heads[r % G], cols, extent, &sc.logits[static_cast<size_t>(r) * stride]);
+    if (queries.lse != nullptr) queries.lse[(r / G) * queries.n_q_heads + kv_head * G + r % G] = lse;
   }
   if (column_mass != nullptr) {
     for (int r = 0; r < rows; ++r) {

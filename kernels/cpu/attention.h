@@ -43,6 +43,10 @@ struct AttentionQueries {
   // the visible set.
   const KeyRange* key_ranges = nullptr;
   int32_t num_key_ranges = 0;
+  // Output, when set ([n_queries][n_q_heads], the kernel's heads only): the
+  // log of each row's softmax denominator, max included, so that another
+  // part of the attention (the linear mode's) can join the normalisation.
+  float* lse = nullptr;
 };
 
 // out[i][h][:] = Σ_j p_ij v_j for the query heads of KV head `kv_head`

@@ -63,11 +63,11 @@ def test_invalid_request_is_rejected_and_counted(stubs, server):
         time.sleep(0.05)
 
 
-def test_unbuilt_policy_is_unimplemented(stubs, server):
+def test_unbuilt_combination_is_unimplemented(stubs, server):
     with pytest.raises(grpc.RpcError) as e:
-        generate(stubs, server, prompt="hi", attention={"linear": {"window_tokens": 64}})
+        generate(stubs, server, prompt="hi", attention={"linear": {"window_tokens": 64}, "zero_tuning": {"gamma": 2}})
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert e.value.details() == "attention.linear: not implemented yet"
+    assert e.value.details() == "attention.linear: not implemented with attention.zero_tuning unless sink_tokens >= 1"
 
 
 def test_quest_budget_below_a_page_is_rejected(stubs, server):

@@ -1,5 +1,6 @@
-// AttentionColumnMassKvHead (ACT's prefill statistic) against probabilities
-// computed naively in double from the same hooks.
+// AttentionColumnMassKvHead (ACT's prefill statistic) and the kernel's
+// log-denominators (the linear mode's) against probabilities computed
+// naively in double from the same hooks.
 #include <cmath>
 #include <vector>
 
@@ -126,6 +127,42 @@ TEST_P(ColumnMassTest, AccumulatesAcrossCalls) {
     AttentionColumnMassKvHead(q, pr.Kv(), params, 0, parts.data());
   }
   for (size_t k = 0; k < whole.size(); ++k) EXPECT_NEAR(parts[k], whole[k], 1e-9);
+}
+
+// The kernel's log-denominators (the linear mode joins them): log of
+// Σ_j exp(s_ij) over the visible keys plus the virtual sink's exp(b).
+TEST_P(ColumnMassTest, LogDenominators) {
+  Problem pr(16, 64, 2, 3, 150, 20, 15);
+  pr.params.sink_tokens = 2;
+  pr.params.window_tokens = 50;
+  pr.heads[1].virtual_sink_logit = 2.0f;
+  pr.heads[4].first_token_bias = std::log(4.0f);
+  std::vector<float> lse(static_cast<size_t>(pr.n_queries) * pr.n_q_heads(), NAN), out(pr.q.size());
+  const SequenceAttentionParams params = pr.Params();
+  for (int g = 0; g < pr.n_kv_heads; ++g) {
+    AttentionQueries q = pr.Queries();
+    q.lse = lse.data();
+    PagedAttentionKvHead(q, pr.Kv(), params, g, out.data());
+  }
+  for (int i = 0; i < pr.n_queries; ++i) {
+    const int32_t pos = pr.positions[i];
+    for (int h = 0; h < pr.n_q_heads(); ++h) {
+      const AttentionHeadParams& hp = params.heads[h];
+      double sum = std::isinf(hp.virtual_sink_logit) ? 0.0 : std::exp(static_cast<double>(hp.virtual_sink_logit));
+      for (int32_t j = 0; j <= pos; ++j) {
+        if (!HeadKeyVisible(params, hp, pos, j)) continue;
+        const size_t row = ((static_cast<size_t>(pr.page_table[j / 16]) * pr.n_kv_heads + h / pr.group) * 16 +
+                            j % 16) * pr.head_dim;
+        double dot = 0.0;
+        for (int c = 0; c < pr.head_dim; ++c) {
+          dot += static_cast<double>(pr.q[(static_cast<size_t>(i) * pr.n_q_heads() + h) * pr.head_dim + c]) *
+                 Fp16ToFloat(pr.keys[row + c]);
+        }
+        sum += std::exp(dot * hp.logit_scale + KeyBias(params, hp, j));
+      }
+      EXPECT_NEAR(lse[static_cast<size_t>(i) * pr.n_q_heads() + h], std::log(sum), 1e-4) << i << " " << h;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, ColumnMassTest, testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),

@@ -102,6 +102,10 @@ class EnginePolicyTest : public ::testing::Test {
     std::vector<float> logits;
     std::unique_ptr<ActKeySets> act;
     if (r.attention != nullptr && r.attention->act()) act = std::make_unique<ActKeySets>(*r.attention);
+    std::unique_ptr<LinearAttentionState> linear;
+    if (r.attention != nullptr && r.attention->linear()) {
+      linear = std::make_unique<LinearAttentionState>(c.n_layers, c.n_kv_heads, c.head_dim);
+    }
     int32_t pos = 0;
     while (static_cast<int32_t>(generated.size()) < max_tokens) {
       SequenceStep step;
@@ -110,6 +114,7 @@ class EnginePolicyTest : public ::testing::Test {
       step.first_pos = pos;
       step.attention = r.attention.get();
       step.act_sets = act.get();
+      step.linear = linear.get();
       EXPECT_TRUE(backend->Forward({&step, 1}, logits).ok());
       pos = static_cast<int32_t>(tokens.size());
       tokens.push_back(ArgMax(logits));

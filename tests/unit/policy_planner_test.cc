@@ -425,13 +425,17 @@ TEST(PolicyPlannerTest, DuoStreamingHeads) {
   EXPECT_EQ((*plan)->head(0, 0).window_tokens, 30);
 }
 
-TEST(PolicyPlannerTest, ValidButUnbuiltPoliciesAreUnimplemented) {
+TEST(PolicyPlannerTest, ValidButUnbuiltCombinationsAreUnimplemented) {
   using Edit = std::function<void(PolicySpec&)>;
   const std::vector<std::pair<std::string, Edit>> cases = {
-      {"attention.linear: not implemented yet", [](auto& p) { p.mode = LinearSpec{64, 4}; }},
-      // With a profile naming the retrieval heads.
-      {"attention.linear: not implemented yet", [](auto& p) {
+      {"attention.linear: not implemented with attention.emphasis", [](auto& p) {
          p.mode = LinearSpec{64, 4};
+         p.emphasis = EmphasisSpec{{{0, 4, SpanUnit::kTokens}}, {}, {}, {}};
+       }},
+      // Token 0 would be folded with its bias.
+      {"attention.linear: not implemented with attention.zero_tuning unless sink_tokens >= 1", [](auto& p) {
+         p.mode = LinearSpec{64, 0};
+         p.zero_tuning = ZeroTuningSpec{2.0f, {}, {}};
          p.profile = "retrieval";
        }},
   };

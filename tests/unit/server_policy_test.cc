@@ -140,9 +140,14 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
   EXPECT_EQ(explicit_dense.token_ids, dense.token_ids);
 }
 
-TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
+TEST_F(ServerPolicyTest, UnbuiltCombinationsAreUnimplemented) {
   const std::vector<std::pair<std::string, PolicyEdit>> cases = {
-      {"attention.linear: not implemented yet", [](auto& p) { p.mutable_linear()->set_window_tokens(64); }},
+      {"attention.linear: not implemented with attention.emphasis", [](auto& p) {
+         p.mutable_linear()->set_window_tokens(64);
+         auto* span = p.mutable_emphasis()->add_spans();
+         span->set_end(1);
+         span->set_unit(v1::Span::TOKENS);
+       }},
   };
   for (const auto& [message, edit] : cases) {
     const Stream s = Generate(*stub_, Greedy("Hello", 2, edit));
@@ -153,10 +158,11 @@ TEST_F(ServerPolicyTest, UnbuiltPoliciesAreUnimplemented) {
   v1::ScoreRequest score;
   score.set_text("Hello there");
   score.mutable_attention()->mutable_linear()->set_window_tokens(64);
+  score.mutable_attention()->mutable_zero_tuning()->set_gamma(2.0f);
   v1::ScoreResponse unused;
   const grpc::Status s = Score(score, &unused);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_EQ(s.error_message(), "attention.linear: not implemented yet");
+  EXPECT_EQ(s.error_message(), "attention.linear: not implemented with attention.zero_tuning unless sink_tokens >= 1");
 }
 
 TEST_F(ServerPolicyTest, EveryInvalidPolicyIsRejectedByName) {
@@ -283,11 +289,8 @@ TEST_F(ServerPolicyTest, ModelInfoListsWhatIsImplemented) {
   std::map<std::string, bool> implemented;
   for (const auto& p : info.policies()) implemented[p.name()] = p.implemented();
   for (const char* name : {"full", "dense", "streaming", "virtual_sink", "act", "zero_tuning", "temperature",
-                           "emphasis", "duo", "sparse.quest", "profile"}) {
+                           "emphasis", "duo", "sparse.quest", "linear", "profile"}) {
     EXPECT_TRUE(implemented.at(name)) << name;
-  }
-  for (const char* name : {"linear"}) {
-    EXPECT_FALSE(implemented.at(name)) << name;
   }
   EXPECT_EQ(info.profiles_size(), 0);
 }
@@ -401,7 +404,8 @@ TEST_F(ServerPolicyTest, InvalidDefaultAttentionFailsAtStartNamingTheField) {
 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"({"zero_tuning": {"gamma": -1}})", "--default-attention: attention.zero_tuning.gamma: must be > 0 (got -1)"},
-      {R"({"linear": {"window_tokens": 64}})", "--default-attention: attention.linear: not implemented yet"},
+      {R"({"linear": {"window_tokens": 64}, "zero_tuning": {"gamma": 2}})",
+       "--default-attention: attention.linear: not implemented with attention.zero_tuning unless sink_tokens >= 1"},
       {R"({"emphasis": {"spans": [{"begin": 0, "end": 4}]}})",
        "--default-attention: attention.emphasis: spans point into one prompt; a default cannot have them"},
   };

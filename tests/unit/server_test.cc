@@ -329,7 +329,7 @@ TEST_F(ServerTest, ScoreAndModelInfo) {
   bool dense = false, linear_experimental = false;
   for (const auto& p : info.policies()) {
     dense |= p.name() == "dense" && p.implemented();
-    linear_experimental |= p.name() == "linear" && !p.implemented() && p.experimental();
+    linear_experimental |= p.name() == "linear" && p.implemented() && p.experimental();
   }
   EXPECT_TRUE(dense);
   EXPECT_TRUE(linear_experimental);

@@ -5,7 +5,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/common/taylor.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/linear_attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quest.h"
@@ -68,6 +70,7 @@ void CpuBackend::ReserveRows(int64_t rows) {
   s_.sink_q.resize(n * c.q_dim());
   s_.slots.resize(n);
   s_.rope_positions.resize(n);
+  s_.lse.resize(n * c.n_heads);
   s_.rows = rows;
 }
 
@@ -177,6 +180,7 @@ void CpuBackend::Layer(int32_t layer, std::span<const SequenceStep> steps, int64
     r += n;
   }
   Attention(layer, steps);
+  LinearAttention(layer, steps);
   if (observer_) Observe(layer, steps);
   MatMul(w.wo, s_.attn.data(), rows, s_.xn.data(), threads_);
   AddInPlace(s_.x.data(), s_.xn.data(), rows * c.hidden);
@@ -317,8 +321,80 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
         q.num_key_ranges = static_cast<int32_t>(ranges.size());
       }
     }
+    if (t.step->linear != nullptr) q.lse = &s_.lse[t.first_row * c.n_heads];
     PagedAttentionKvHead(q, kv, params, t.kv_head, &s_.attn[t.first_row * c.q_dim()]);
   });
+}
+
+void CpuBackend::LinearAttention(int32_t layer, std::span<const SequenceStep> steps) {
+  const ModelConfig& c = model_.config;
+  const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  int64_t row = 0;
+  for (const SequenceStep& st : steps) {
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    const int64_t first_row = row;
+    row += n;
+    if (st.linear == nullptr) continue;
+    LinearAttentionState& state = *st.linear;
+    const SequenceAttentionParams& params = st.attention->layer(layer);
+    const int32_t sinks = params.sink_tokens, window = params.window_tokens;
+    // Query i folds keys [sinks, fold_end(i)): those left behind its window.
+    const auto fold_end = [&](int32_t pos) { return std::max(sinks, pos - window + 1); };
+    if (st.first_pos == 0) state.ResetLayer(layer);
+    const int32_t folded = std::max(sinks, state.folded_end[layer]);
+    const int32_t num_tokens = st.first_pos + n;
+    const PagedKv kv = LayerView(pool_, layer, *st.pages, num_tokens);
+    auto load = [&](const fp16_t* base, int g, int32_t t, float* out) {
+      const fp16_t* src =
+          base + ((static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.n_kv_heads + g) * kv.page_size +
+                  t % kv.page_size) * hd;
+      for (int d = 0; d < hd; ++d) out[d] = Fp16ToFloat(src[d]);
+    };
+    // One task per (query, KV head): the state's part, the keys folded
+    // since it was last updated, and the exact part, in one normalisation.
+    threads_.ParallelFor(static_cast<int64_t>(n) * c.n_kv_heads, [&](int64_t task, int) {
+      const int32_t i = static_cast<int32_t>(task / c.n_kv_heads);
+      const int g = static_cast<int>(task % c.n_kv_heads);
+      const int32_t pos = st.first_pos + i;
+      thread_local std::vector<float> q, num, k, v;
+      q.resize(hd), num.resize(hd), k.resize(hd), v.resize(hd);
+      for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float scale = params.heads[h].logit_scale;
+        const float* qh = &s_.q[(first_row + i) * c.q_dim() + static_cast<int64_t>(h) * hd];
+        for (int d = 0; d < hd; ++d) q[d] = qh[d] * scale;
+        float den_f = 0.0f;
+        ReadLinearState(state.head(layer, g), q.data(), hd, num.data(), &den_f);
+        double den = den_f;
+        for (int32_t j = folded; j < fold_end(pos); ++j) {
+          load(kv.keys, g, j, k.data());
+          load(kv.values, g, j, v.data());
+          float x = 0.0f;
+          for (int d = 0; d < hd; ++d) x += q[d] * k[d];
+          const float w = Taylor2(x);
+          for (int d = 0; d < hd; ++d) num[d] += w * v[d];
+          den += w;
+        }
+        if (den <= 0.0) continue;
+        // out = (o_exact · e^lse + num) / (e^lse + den)
+        float* out = &s_.attn[(first_row + i) * c.q_dim() + static_cast<int64_t>(h) * hd];
+        const double lse = s_.lse[(first_row + i) * c.n_heads + h];
+        const double exact = lse == -INFINITY ? 0.0 : 1.0 / (1.0 + den * std::exp(-lse));
+        for (int d = 0; d < hd; ++d) out[d] = static_cast<float>(exact * out[d] + (1.0 - exact) * num[d] / den);
+      }
+    });
+    // Keys the next query no longer sees exactly join the state.
+    const int32_t next_end = fold_end(num_tokens);
+    threads_.ParallelFor(c.n_kv_heads, [&](int64_t g, int) {
+      thread_local std::vector<float> k, v;
+      k.resize(hd), v.resize(hd);
+      for (int32_t j = folded; j < next_end; ++j) {
+        load(kv.keys, static_cast<int>(g), j, k.data());
+        load(kv.values, static_cast<int>(g), j, v.data());
+        FoldKey(k.data(), v.data(), hd, state.head(layer, static_cast<int32_t>(g)));
+      }
+    });
+    state.folded_end[layer] = std::max(folded, next_end);
+  }
 }
 
 void CpuBackend::Observe(int32_t layer, std::span<const SequenceStep> steps) {

@@ -71,6 +71,7 @@ class CpuBackend : public Backend {
     std::vector<int32_t> rope_positions;  // [rows]: positions for the float path (0 past the context)
     std::vector<uint8_t> sink_steps;      // [steps]: 1 where the step's sequence needs sink_q
     std::vector<double> act_mass;         // [threads][n_heads][prompt]: ACT's column sums
+    std::vector<float> lse;               // [rows][n_heads]: log softmax denominators (linear mode)
     int64_t rows = 0;                     // the row capacity of the activations
   };
 
@@ -82,6 +83,10 @@ class CpuBackend : public Backend {
   // ACT: the key sets of layer `layer` from the attention of the prompt
   // queries of the step starting at row `first_row`.
   void FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row);
+  // The linear mode: adds the folded keys' part to the attention outputs of
+  // the linear sequences (the kernel's log-denominators in s_.lse), then
+  // folds the keys that leave their windows.
+  void LinearAttention(int32_t layer, std::span<const SequenceStep> steps);
   void Observe(int32_t layer, std::span<const SequenceStep> steps);
   // RoPE of `rows` rows of n_heads heads at `positions`: ops' float path
   // below the model's context, RopePastContext at and past it.

@@ -1,0 +1,49 @@
+// One sequence's linear attention state (DESIGN.md §4, `linear`): per layer
+// and KV head, the keys that left the window, folded (kernels/cpu/
+// linear_attention.h). Owned by the engine's sequence, filled by the
+// backend; constant in size past the window, whatever the length.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/common/taylor.h"
+#include "kernels/cpu/linear_attention.h"
+
+namespace attnserve {
+
+struct LinearAttentionState {
+  LinearAttentionState(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim)
+      : n_kv_heads(n_kv_heads), heads(static_cast<size_t>(n_layers) * n_kv_heads), folded_end(n_layers, 0) {
+    const size_t features = TaylorFeatureCount(head_dim);
+    for (LinearHeadState& h : heads) {
+      h.s.assign(features * head_dim, 0.0f);
+      h.z.assign(features, 0.0f);
+    }
+  }
+
+  LinearHeadState& head(int32_t layer, int32_t kv_head) { return heads[static_cast<size_t>(layer) * n_kv_heads + kv_head]; }
+
+  // Empties layer l's state (a sequence recomputed from its start).
+  void ResetLayer(int32_t layer) {
+    for (int32_t g = 0; g < n_kv_heads; ++g) {
+      LinearHeadState& h = head(layer, g);
+      std::fill(h.s.begin(), h.s.end(), 0.0f);
+      std::fill(h.z.begin(), h.z.end(), 0.0f);
+    }
+    folded_end[layer] = 0;
+  }
+
+  int64_t bytes() const {
+    int64_t n = 0;
+    for (const LinearHeadState& h : heads) n += static_cast<int64_t>(h.s.size() + h.z.size()) * sizeof(float);
+    return n;
+  }
+
+  int32_t n_kv_heads;
+  std::vector<LinearHeadState> heads;  // [n_layers][n_kv_heads]
+  // Per layer: keys [sink_tokens, folded_end) are in the state (0: none yet).
+  std::vector<int32_t> folded_end;
+};
+
+}  // namespace attnserve
