@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "hwy/targets.h"
 #include "kernels/common/taylor.h"
 
 namespace attnserve {
@@ -28,8 +29,15 @@ TEST(TaylorFeaturesTest, DotProductIsTheSecondOrderExpansionOfExp) {
   }
 }
 
-TEST(LinearStateTest, FoldedKeysReadLikeTheirExplicitSum) {
-  for (int d : {3, 64}) {
+// On every SIMD target the machine has.
+class LinearStateTest : public testing::TestWithParam<int64_t> {
+ protected:
+  void SetUp() override { hwy::SetSupportedTargetsForTest(GetParam()); }
+  void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
+};
+
+TEST_P(LinearStateTest, FoldedKeysReadLikeTheirExplicitSum) {
+  for (int d : {3, 64, 72}) {
     SCOPED_TRACE(d);
     std::mt19937 rng(2);
     std::normal_distribution<float> normal(0.0f, 0.4f);
@@ -60,6 +68,9 @@ TEST(LinearStateTest, FoldedKeysReadLikeTheirExplicitSum) {
     for (int c = 0; c < d; ++c) EXPECT_NEAR(num[c], want_num[c], 1e-4 * want_den) << c;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Targets, LinearStateTest, testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),
+                         [](const testing::TestParamInfo<int64_t>& info) { return hwy::TargetName(info.param); });
 
 }  // namespace
 }  // namespace attnserve
