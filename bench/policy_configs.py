@@ -69,6 +69,7 @@ def configs(info):
         "sparse_1024": ("Quest budget 1024", {"sparse": {"token_budget": 1024}}),
         "sparse_2048": ("Quest budget 2048", {"sparse": {"token_budget": 2048}}),
         "linear_w256_s4": ("linear w256 s4", {"linear": {"window_tokens": 256, "sink_tokens": 4}}),
+        "linear_w1024_s4": ("linear w1024 s4", {"linear": {"window_tokens": 1024, "sink_tokens": 4}}),
     }
 
 

@@ -38,7 +38,8 @@ import policy_configs as pc
 
 QUICK_RETRIEVAL = ["dense", "streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4",
                    "virtual_sink_0", "zero_tuning_0.5", "zero_tuning_2", "temperature_1.2",
-                   "act", "duo", "duo_profile", "sparse_256", "sparse_1024", "sparse_2048", "linear_w256_s4"]
+                   "act", "duo", "duo_profile", "sparse_256", "sparse_1024", "sparse_2048", "linear_w256_s4",
+                   "linear_w1024_s4"]
 BEYOND_POLICIES = ["dense", "streaming_w1024_s4", "streaming_cache_w1024_s4", "linear_w256_s4"]
 
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
