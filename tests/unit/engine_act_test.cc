@@ -39,34 +39,9 @@ TEST_F(EnginePolicyTest, ActPrefillsItsWholePromptOverTheStepBudget) {
 }
 
 TEST_F(EnginePolicyTest, ActSequencesSurvivePreemptionWithTheirKeySets) {
-  const PolicySpec spec = Act();
-  std::unique_ptr<Engine> reference = MakeEngine();
-  EngineOptions tiny;
-  tiny.page_size = 16;
-  tiny.kv_cache_bytes = 24 * KvCachePool::PageBytes({30, 3, 64, 16});  // 24 pages; 3 sequences need ~36
-  tiny.max_num_batched_tokens = 64;
-  std::unique_ptr<Engine> engine = MakeEngine(tiny);
   std::vector<std::string> prompts;
-  std::vector<GenerationDelta> expected;
-  for (int i = 0; i < 3; ++i) {
-    prompts.push_back(std::string(kPrompt) + " number " + std::to_string(i + 1) + ", a");
-    GenerationRequest r = Greedy(prompts.back(), 100, &spec);
-    r.sampling.logprobs = true;
-    r.sampling.top_logprobs = 2;
-    Collector alone;
-    ASSERT_TRUE(reference->Submit(std::move(r), alone.stream).ok());
-    expected.push_back(alone.Wait()[0]);
-  }
-  std::vector<std::unique_ptr<Collector>> runs;
-  for (const std::string& prompt : prompts) {
-    runs.push_back(std::make_unique<Collector>());
-    ASSERT_TRUE(engine->Submit(Greedy(prompt, 100, &spec), runs.back()->stream).ok());
-  }
-  for (int i = 0; i < 3; ++i) {
-    ExpectSameOrNearTie(runs[i]->Wait()[0].token_ids, expected[i], 0.05f, "sequence " + std::to_string(i));
-  }
-  EXPECT_GT(engine->stats().preemptions_total, 0);
-  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+  for (int i = 0; i < 3; ++i) prompts.push_back(std::string(kPrompt) + " number " + std::to_string(i + 1) + ", a");
+  ExpectSurvivesPreemption(Act(), prompts, 100, 24);  // 3 sequences need ~36 pages
 }
 
 TEST_F(EnginePolicyTest, ActKeySetsAreSharedByCompletionsOnly) {

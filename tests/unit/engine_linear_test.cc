@@ -21,22 +21,7 @@ PolicySpec Linear(uint32_t window, uint32_t sinks) {
   return spec;
 }
 
-TEST_F(EnginePolicyTest, LinearWithAWindowOverTheContextIsDense) {
-  std::unique_ptr<Engine> engine = MakeEngine();
-  const PolicySpec linear = Linear(8192, 4);
-  GenerationRequest dense = Greedy(kPrompt, 24);
-  dense.sampling.logprobs = true;
-  GenerationRequest folded = Greedy(kPrompt, 24, &linear);
-  folded.sampling.logprobs = true;
-  Collector a, b;
-  ASSERT_TRUE(engine->Submit(dense, a.stream).ok());
-  const GenerationDelta want = a.Wait()[0];
-  ASSERT_TRUE(engine->Submit(folded, b.stream).ok());
-  const GenerationDelta got = b.Wait()[0];
-  EXPECT_EQ(got.token_ids, want.token_ids);
-  ASSERT_EQ(got.logprobs.size(), want.logprobs.size());
-  for (size_t i = 0; i < got.logprobs.size(); ++i) EXPECT_EQ(got.logprobs[i].logprob, want.logprobs[i].logprob) << i;
-}
+TEST_F(EnginePolicyTest, LinearWithAWindowOverTheContextIsDense) { ExpectSameAsDense(kPrompt, Linear(8192, 4), 24); }
 
 TEST_F(EnginePolicyTest, LinearKeepsSinksAndWindowPagesOverALongGeneration) {
   constexpr int32_t kTokens = 200;
@@ -45,14 +30,7 @@ TEST_F(EnginePolicyTest, LinearKeepsSinksAndWindowPagesOverALongGeneration) {
   std::unique_ptr<Engine> engine = MakeEngine(small_steps);
   const PolicySpec linear = Linear(32, 4);
   const GenerationRequest r = Greedy(kPrompt, kTokens, &linear);
-  Collector c;
-  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
-  int32_t max_pages = 0;
-  while (!c.stream->closed()) {
-    max_pages = std::max(max_pages, engine->stats().kv_pages_used);
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  const GenerationDelta out = c.Wait()[0];
+  const auto [out, max_pages] = RunWatchingPages(*engine, r);
   EXPECT_EQ(out.completion_tokens, kTokens);
   EXPECT_EQ(out.token_ids, BackendGreedy(r, kTokens));
   EXPECT_NE(out.token_ids, BackendGreedy(Greedy(kPrompt, kTokens), kTokens));

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -121,6 +122,69 @@ class EnginePolicyTest : public ::testing::Test {
       generated.push_back(tokens.back());
     }
     return generated;
+  }
+
+  // Greedy tokens and logprobs of `prompt` under `spec` equal dense's, bit
+  // for bit (a policy whose parameters leave attention as it is).
+  void ExpectSameAsDense(const std::string& prompt, const PolicySpec& spec, int32_t tokens) {
+    std::unique_ptr<Engine> engine = MakeEngine();
+    const auto run = [&](const PolicySpec* s) {
+      GenerationRequest r = Greedy(prompt, tokens, s);
+      r.sampling.logprobs = true;
+      Collector c;
+      EXPECT_TRUE(engine->Submit(r, c.stream).ok());
+      return c.Wait()[0];
+    };
+    const GenerationDelta want = run(nullptr);
+    const GenerationDelta got = run(&spec);
+    EXPECT_EQ(got.token_ids, want.token_ids);
+    ASSERT_EQ(got.logprobs.size(), want.logprobs.size());
+    for (size_t i = 0; i < got.logprobs.size(); ++i) EXPECT_EQ(got.logprobs[i].logprob, want.logprobs[i].logprob) << i;
+  }
+
+  // Sequences of `spec` in an engine whose KV cache holds `pages` pages, so
+  // that they preempt each other: each gives what it gives alone, but for
+  // near-ties (a recompute rounds differently).
+  void ExpectSurvivesPreemption(const PolicySpec& spec, const std::vector<std::string>& prompts, int32_t tokens,
+                                int32_t pages) {
+    std::unique_ptr<Engine> reference = MakeEngine();
+    EngineOptions tiny;
+    tiny.page_size = 16;
+    tiny.kv_cache_bytes = pages * KvCachePool::PageBytes({30, 3, 64, 16});
+    tiny.max_num_batched_tokens = 64;
+    std::unique_ptr<Engine> engine = MakeEngine(tiny);
+    std::vector<GenerationDelta> expected;
+    for (const std::string& prompt : prompts) {
+      GenerationRequest r = Greedy(prompt, tokens, &spec);
+      r.sampling.logprobs = true;
+      r.sampling.top_logprobs = 2;
+      Collector alone;
+      ASSERT_TRUE(reference->Submit(std::move(r), alone.stream).ok());
+      expected.push_back(alone.Wait()[0]);
+    }
+    std::vector<std::unique_ptr<Collector>> runs;
+    for (const std::string& prompt : prompts) {
+      runs.push_back(std::make_unique<Collector>());
+      ASSERT_TRUE(engine->Submit(Greedy(prompt, tokens, &spec), runs.back()->stream).ok());
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ExpectSameOrNearTie(runs[i]->Wait()[0].token_ids, expected[i], 0.05f, "sequence " + std::to_string(i));
+    }
+    EXPECT_GT(engine->stats().preemptions_total, 0);
+    EXPECT_EQ(engine->stats().kv_pages_used, 0);
+  }
+
+  // Runs `r` alone in `engine`; also returns the most KV pages in use seen
+  // while it ran.
+  static std::pair<GenerationDelta, int32_t> RunWatchingPages(Engine& engine, const GenerationRequest& r) {
+    Collector c;
+    EXPECT_TRUE(engine.Submit(r, c.stream).ok());
+    int32_t max_pages = 0;
+    while (!c.stream->closed()) {
+      max_pages = std::max(max_pages, engine.stats().kv_pages_used);
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return {c.Wait()[0], max_pages};
   }
 
   static inline std::unique_ptr<Model> model_;

@@ -91,14 +91,7 @@ TEST_F(EnginePolicyTest, StreamingKeepsKvPagesFlatOverALongGeneration) {
   constexpr int32_t kTokens = 600;
   GenerationRequest r = Greedy("Once upon a time, in a land far away,", kTokens, &spec);
   const std::vector<int32_t> expected = BackendGreedy(r, kTokens);
-  Collector c;
-  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
-  int32_t max_pages = 0;
-  while (!c.stream->closed()) {
-    max_pages = std::max(max_pages, engine->stats().kv_pages_used);
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  const GenerationDelta out = c.Wait()[0];
+  const auto [out, max_pages] = RunWatchingPages(*engine, r);
   EXPECT_EQ(out.completion_tokens, kTokens);
   EXPECT_EQ(out.token_ids, expected);
   // The sink page, the window's 64 tokens over up to 5 pages, the page
@@ -128,14 +121,7 @@ TEST_F(EnginePolicyTest, StreamingCacheKeepsKvPagesFlatOverALongGeneration) {
   constexpr int32_t kTokens = 3000;
   GenerationRequest r = Greedy("Once upon a time, in a land far away,", kTokens, &spec);
   const std::vector<int32_t> expected = BackendGreedy(r, 1000);
-  Collector c;
-  ASSERT_TRUE(engine->Submit(r, c.stream).ok());
-  int32_t max_pages = 0;
-  while (!c.stream->closed()) {
-    max_pages = std::max(max_pages, engine->stats().kv_pages_used);
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  const GenerationDelta out = c.Wait()[0];
+  const auto [out, max_pages] = RunWatchingPages(*engine, r);
   EXPECT_EQ(out.finish_reason, FinishReason::kLength);
   EXPECT_EQ(out.completion_tokens, kTokens);
   ASSERT_EQ(out.token_ids.size(), static_cast<size_t>(kTokens));
@@ -245,35 +231,11 @@ TEST_F(EnginePolicyTest, PrefixPagesAreSharedOnlyByEqualPrefillPolicies) {
 }
 
 TEST_F(EnginePolicyTest, StreamingSequencesSurvivePreemptionUnderATinyKvCache) {
-  std::unique_ptr<Engine> reference = MakeEngine();
-  EngineOptions tiny;
-  tiny.page_size = 16;
-  tiny.kv_cache_bytes = 10 * KvCachePool::PageBytes({30, 3, 64, 16});  // 10 pages; 4 sequences need ~20
-  tiny.max_num_batched_tokens = 64;
-  std::unique_ptr<Engine> engine = MakeEngine(tiny);
   PolicySpec spec;
   spec.sink = Original(4, 32);
   std::vector<std::string> prompts;
-  std::vector<GenerationDelta> expected;
-  for (int i = 0; i < 4; ++i) {
-    prompts.push_back("Chapter " + std::to_string(i + 1) + ". The storm had passed, and the");
-    GenerationRequest r = Greedy(prompts.back(), 120, &spec);
-    r.sampling.logprobs = true;
-    r.sampling.top_logprobs = 2;
-    Collector alone;
-    ASSERT_TRUE(reference->Submit(std::move(r), alone.stream).ok());
-    expected.push_back(alone.Wait()[0]);
-  }
-  std::vector<std::unique_ptr<Collector>> runs;
-  for (const std::string& prompt : prompts) {
-    runs.push_back(std::make_unique<Collector>());
-    ASSERT_TRUE(engine->Submit(Greedy(prompt, 120, &spec), runs.back()->stream).ok());
-  }
-  for (int i = 0; i < 4; ++i) {
-    ExpectSameOrNearTie(runs[i]->Wait()[0].token_ids, expected[i], 0.05f, "sequence " + std::to_string(i));
-  }
-  EXPECT_GT(engine->stats().preemptions_total, 0);
-  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+  for (int i = 0; i < 4; ++i) prompts.push_back("Chapter " + std::to_string(i + 1) + ". The storm had passed, and the");
+  ExpectSurvivesPreemption(spec, prompts, 120, 10);  // 4 sequences need ~20 pages
 }
 
 TEST_F(EnginePolicyTest, CompletionsOfAStreamingRequestShareItsPrompt) {

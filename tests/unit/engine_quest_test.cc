@@ -23,22 +23,7 @@ PolicySpec Quest(uint32_t budget, uint32_t dense_layers = 2) {
   return spec;
 }
 
-TEST_F(EnginePolicyTest, QuestWithABudgetOverTheContextIsDense) {
-  std::unique_ptr<Engine> engine = MakeEngine();
-  const PolicySpec quest = Quest(8192, 0);
-  GenerationRequest dense = Greedy(kPrompt, 24);
-  dense.sampling.logprobs = true;
-  GenerationRequest sparse = Greedy(kPrompt, 24, &quest);
-  sparse.sampling.logprobs = true;
-  Collector a, b;
-  ASSERT_TRUE(engine->Submit(dense, a.stream).ok());
-  const GenerationDelta want = a.Wait()[0];
-  ASSERT_TRUE(engine->Submit(sparse, b.stream).ok());
-  const GenerationDelta got = b.Wait()[0];
-  EXPECT_EQ(got.token_ids, want.token_ids);
-  ASSERT_EQ(got.logprobs.size(), want.logprobs.size());
-  for (size_t i = 0; i < got.logprobs.size(); ++i) EXPECT_EQ(got.logprobs[i].logprob, want.logprobs[i].logprob) << i;
-}
+TEST_F(EnginePolicyTest, QuestWithABudgetOverTheContextIsDense) { ExpectSameAsDense(kPrompt, Quest(8192, 0), 24); }
 
 TEST_F(EnginePolicyTest, QuestReadsItsBudgetAtDecode) {
   Metrics metrics;
