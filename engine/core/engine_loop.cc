@@ -373,6 +373,13 @@ void Engine::Impl::PublishStats(const ScheduleOutput& schedule) {
     metrics->SetRunning(stats.running);
     metrics->SetWaiting(stats.waiting);
     metrics->SetKvCacheUsage(stats.kv_pages_total > 0 ? static_cast<double>(stats.kv_pages_used) / stats.kv_pages_total : 0.0);
+    int64_t linear_bytes = 0;
+    for (const auto& [handle, r] : requests) {
+      for (const auto& seq : r->seqs) {
+        if (seq->linear && !seq->finished) linear_bytes += seq->linear->bytes();
+      }
+    }
+    metrics->SetLinearStateBytes(linear_bytes);
   }
 }
 

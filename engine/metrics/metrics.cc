@@ -76,6 +76,8 @@ struct Metrics::Impl {
   Gauge& running = GaugeFamily(r, "num_requests_running", "Sequences in the running batch.").Add({});
   Gauge& waiting = GaugeFamily(r, "num_requests_waiting", "Sequences waiting to be scheduled.").Add({});
   Gauge& kv_usage = GaugeFamily(r, "kv_cache_usage_ratio", "Fraction of KV pages held by sequences.").Add({});
+  Gauge& linear_state =
+      GaugeFamily(r, "linear_state_bytes", "Memory of the linear attention mode's folded-key states.").Add({});
 
   Counter& prompt_tokens = CounterFamily(r, "prompt_tokens_total", "Prompt tokens prefilled.").Add({});
   Counter& generation_tokens = CounterFamily(r, "generation_tokens_total", "Tokens generated.").Add({});
@@ -121,6 +123,7 @@ void Metrics::ObserveStepTime(StepPhase phase, double s) {
 void Metrics::SetRunning(int64_t n) { impl_->running.Set(static_cast<double>(n)); }
 void Metrics::SetWaiting(int64_t n) { impl_->waiting.Set(static_cast<double>(n)); }
 void Metrics::SetKvCacheUsage(double ratio) { impl_->kv_usage.Set(ratio); }
+void Metrics::SetLinearStateBytes(int64_t bytes) { impl_->linear_state.Set(static_cast<double>(bytes)); }
 void Metrics::AddPromptTokens(int64_t n) { impl_->prompt_tokens.Increment(static_cast<double>(n)); }
 void Metrics::AddGenerationTokens(int64_t n) { impl_->generation_tokens.Increment(static_cast<double>(n)); }
 void Metrics::CountSuccess(std::string_view reason) {

@@ -41,6 +41,8 @@ class Metrics {
   void SetRunning(int64_t n);
   void SetWaiting(int64_t n);
   void SetKvCacheUsage(double ratio);
+  // Summed over the sequences of the linear mode (constant per sequence).
+  void SetLinearStateBytes(int64_t bytes);
 
   void AddPromptTokens(int64_t n);
   void AddGenerationTokens(int64_t n);

@@ -160,8 +160,8 @@ def random_weights(vocab, sink_token, secondary_sinks=(), seed=SEED):
     return {name: a.astype(np.float32) for name, a in w.items()}
 
 
-def write_tiny_llama(path, seed=SEED, tokenizer_source=TOKENIZER_SOURCE):
-    """Writes the tiny model to `path` and returns the path."""
+def write_tiny_llama(path, seed=SEED, tokenizer_source=TOKENIZER_SOURCE, context=CONTEXT):
+    """Writes the tiny model to `path` (trained context `context`) and returns the path."""
     import gguf
 
     path = Path(path)
@@ -170,7 +170,7 @@ def write_tiny_llama(path, seed=SEED, tokenizer_source=TOKENIZER_SOURCE):
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-random-llama")
     writer.add_block_count(N_LAYERS)
-    writer.add_context_length(CONTEXT)
+    writer.add_context_length(context)
     writer.add_embedding_length(HIDDEN)
     writer.add_feed_forward_length(FFN)
     writer.add_head_count(N_HEADS)
