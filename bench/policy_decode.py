@@ -37,7 +37,8 @@ import policy_configs as pc
 SPEED = ["dense", "streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4", "virtual_sink_0",
          "zero_tuning_0.5", "zero_tuning_2", "temperature_1.2", "emphasis", "act", "duo", "duo_profile",
          "sparse_1024", "linear_w256_s4"]
-MEMORY = ["dense", "streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4", "linear_w256_s4"]
+MEMORY = ["dense", "streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4", "duo", "duo_profile",
+          "linear_w256_s4"]
 # DESIGN.md §7 (and the brief): these decode within 5 % of dense.
 TARGET = {"streaming_w1024_s4", "streaming_w256_s4", "streaming_cache_w1024_s4", "virtual_sink_0",
           "zero_tuning_0.5", "zero_tuning_2", "act", "emphasis"}

@@ -115,6 +115,15 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
         // The linear state is not in the pages: every completion builds its own.
         if (seq->linear) seq->use_prefix_cache = false;
       }
+      // DuoAttention's streaming KV heads give their old K/V back by head:
+      // such pages hold no block whole, so they are never shared, and every
+      // completion prefills its own prompt.
+      if (plan != nullptr && !plan->windowed_kv_heads().empty()) {
+        const std::span<const int32_t> heads = plan->windowed_kv_heads();
+        seq->pages = PackedPageTable(pool.shape(), pool.num_pages(), {heads.begin(), heads.end()},
+                                     plan->kv_head_window());
+        seq->use_prefix_cache = false;
+      }
       r->seqs.push_back(std::move(seq));
     }
     r->unfinished = n;
@@ -189,7 +198,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     const int32_t shareable = plan != nullptr && plan->quest_token_budget() > 0
                                   ? std::min(seq.num_computed, seq.num_prompt)
                                   : seq.num_computed;
-    if (shareable / options.page_size > first / options.page_size && !seq.request->score &&
+    if (shareable / options.page_size > first / options.page_size && !seq.request->score && !seq.pages.packed() &&
         shareable <= model.config.context_length) {
       prefix_cache.Insert(std::span<const int32_t>(seq.tokens).first(shareable), seq.pages.pages, seq.cache_salt);
     }
@@ -214,10 +223,12 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
 }
 
 // Pages of keys no later query sees go back to the pool at once: a
-// streaming sequence holds sinks + window, however long it runs.
+// streaming sequence holds sinks + window, however long it runs. Slices of
+// windowed KV heads go back to the sequence's own pool of slices.
 void Engine::Impl::ReleaseHiddenPages(Sequence& seq) {
   const AttentionPlan* plan = PlanOf(seq);
   if (plan == nullptr) return;
+  ReleaseWindowedSlices(seq.pages, seq.num_computed, options.page_size);
   const PageRange hidden = plan->visible_set().EvictablePages(seq.num_computed, options.page_size);
   if (hidden.empty()) return;
   const int32_t released = ReleasePageRange(seq.pages, allocator, hidden.begin, hidden.end);

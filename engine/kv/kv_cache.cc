@@ -135,6 +135,11 @@ void ReleasePages(PageTable& table, PageAllocator& allocator) {
   }
   table.pages.clear();
   table.num_tokens = 0;
+  HeadSlices& hs = table.slices;
+  hs.table.clear();
+  hs.free.clear();
+  hs.carved_pages = 0;
+  hs.released_blocks = 0;
 }
 
 int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t begin, int32_t end) {
@@ -149,27 +154,105 @@ int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t beg
   return released;
 }
 
+int64_t ReservedTokens(const PageTable& table, int32_t page_size) {
+  const size_t blocks = table.packed() ? table.slices.table.size() / table.slices.heads : table.pages.size();
+  return static_cast<int64_t>(blocks) * page_size;
+}
+
 int32_t HeldPages(const PageTable& table) {
   return static_cast<int32_t>(std::count_if(table.pages.begin(), table.pages.end(),
                                             [](int32_t page) { return page != kReleasedPage; }));
 }
 
+PageTable PackedPageTable(const KvCacheShape& shape, int32_t pool_pages, std::vector<int32_t> windowed_heads,
+                          VisibleSet window) {
+  PageTable table;
+  HeadSlices& hs = table.slices;
+  hs.heads = shape.n_layers * shape.n_kv_heads;
+  hs.n_kv_heads = shape.n_kv_heads;
+  hs.pool_pages = pool_pages;
+  std::sort(windowed_heads.begin(), windowed_heads.end());
+  hs.windowed_heads = std::move(windowed_heads);
+  hs.window = window;
+  return table;
+}
+
+int32_t PagesNeeded(const PageTable& table, int32_t num_tokens, int32_t next_query_pos, int32_t page_size) {
+  const int64_t blocks = (static_cast<int64_t>(num_tokens) + page_size - 1) / page_size;
+  if (!table.packed()) return static_cast<int32_t>(blocks);
+  const HeadSlices& hs = table.slices;
+  const PageRange gone = hs.window.EvictablePages(next_query_pos, page_size);
+  const int64_t windowed_gone = std::max<int64_t>(0, std::min<int64_t>(gone.end, blocks) - gone.begin);
+  const int64_t slices = blocks * hs.heads - windowed_gone * static_cast<int64_t>(hs.windowed_heads.size());
+  return static_cast<int32_t>((slices + hs.heads - 1) / hs.heads);
+}
+
+absl::Status AssignSlices(PageTable& table, int32_t num_tokens, int32_t page_size) {
+  if (!table.packed()) return absl::OkStatus();
+  HeadSlices& hs = table.slices;
+  const int64_t blocks = (static_cast<int64_t>(num_tokens) + page_size - 1) / page_size;
+  const int64_t assigned = static_cast<int64_t>(hs.table.size()) / hs.heads;
+  if (blocks <= assigned) return absl::OkStatus();
+  const int64_t uncarved = static_cast<int64_t>(table.pages.size()) - hs.carved_pages;
+  const int64_t available = static_cast<int64_t>(hs.free.size()) + uncarved * hs.heads;
+  if (available < (blocks - assigned) * hs.heads) {
+    return absl::ResourceExhaustedError(absl::StrCat("kv cache blocks [", assigned, ", ", blocks, ") need ",
+                                                     (blocks - assigned) * hs.heads, " slices, the sequence's ",
+                                                     table.pages.size(), " pages have ", available, " free"));
+  }
+  // Page p holds the slice (layer * pool_pages + p) * n_kv_heads + g of every layer and KV head.
+  for (; hs.carved_pages < static_cast<int32_t>(table.pages.size()); ++hs.carved_pages) {
+    const int32_t page = table.pages[hs.carved_pages];
+    for (int32_t slot = hs.heads - 1; slot >= 0; --slot) {
+      const int32_t layer = slot / hs.n_kv_heads, g = slot % hs.n_kv_heads;
+      hs.free.push_back((layer * hs.pool_pages + page) * hs.n_kv_heads + g);
+    }
+  }
+  for (int64_t i = assigned * hs.heads; i < blocks * hs.heads; ++i) {
+    hs.table.push_back(hs.free.back());
+    hs.free.pop_back();
+  }
+  return absl::OkStatus();
+}
+
+int32_t ReleaseWindowedSlices(PageTable& table, int32_t next_query_pos, int32_t page_size) {
+  HeadSlices& hs = table.slices;
+  if (!table.packed()) return 0;
+  const PageRange gone = hs.window.EvictablePages(next_query_pos, page_size);
+  const int32_t blocks = static_cast<int32_t>(hs.table.size() / std::max(1, hs.heads));
+  const int32_t end = std::min(gone.end, blocks);
+  int32_t released = 0;
+  for (int32_t b = std::max(gone.begin, hs.released_blocks); b < end; ++b) {
+    for (int32_t h : hs.windowed_heads) {
+      int32_t& slice = hs.table[static_cast<size_t>(b) * hs.heads + h];
+      if (slice == kReleasedPage) continue;
+      hs.free.push_back(slice);
+      slice = kReleasedPage;
+      ++released;
+    }
+  }
+  hs.released_blocks = std::max(hs.released_blocks, end);
+  return released;
+}
+
 void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos, int32_t n_tokens,
              const float* k, const float* v) {
   const KvCacheShape& s = pool.shape();
-  fp16_t* keys = pool.keys(layer);
-  fp16_t* values = pool.values(layer);
-  fp16_t* key_min = pool.key_min(layer);
-  fp16_t* key_max = pool.key_max(layer);
+  const PagedKv kv = LayerView(pool, layer, table, first_pos + n_tokens);
+  const int32_t base_layer = table.packed() ? 0 : layer;
+  fp16_t* keys = pool.keys(base_layer);
+  fp16_t* values = pool.values(base_layer);
+  fp16_t* key_min = pool.key_min(base_layer);
+  fp16_t* key_max = pool.key_max(base_layer);
   const int64_t row = static_cast<int64_t>(s.n_kv_heads) * s.head_dim;
   for (int32_t i = 0; i < n_tokens; ++i) {
     const int32_t t = first_pos + i;
-    const int64_t page = table.pages[t / s.page_size];
     const bool first_slot = t % s.page_size == 0;
     for (int32_t h = 0; h < s.n_kv_heads; ++h) {
-      const int64_t dst = ((page * s.n_kv_heads + h) * s.page_size + t % s.page_size) * s.head_dim;
+      const int64_t slice = kv.Slice(h, t / s.page_size);
+      const int64_t dst = (slice * s.page_size + t % s.page_size) * s.head_dim;
       const int64_t src = i * row + static_cast<int64_t>(h) * s.head_dim;
-      const int64_t bounds = (page * s.n_kv_heads + h) * s.head_dim;
+      const int64_t bounds = slice * s.head_dim;
       for (int32_t c = 0; c < s.head_dim; ++c) {
         const fp16_t key = FloatToFp16(k[src + c]);
         keys[dst + c] = key;
@@ -185,12 +268,18 @@ void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t f
 
 PagedKv LayerView(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t num_tokens) {
   const KvCacheShape& s = pool.shape();
+  // A packed table's slices are numbered across layers, from layer 0's base.
+  const int32_t base_layer = table.packed() ? 0 : layer;
   PagedKv kv;
-  kv.keys = pool.keys(layer);
-  kv.values = pool.values(layer);
-  kv.key_min = pool.key_min(layer);
-  kv.key_max = pool.key_max(layer);
+  kv.keys = pool.keys(base_layer);
+  kv.values = pool.values(base_layer);
+  kv.key_min = pool.key_min(base_layer);
+  kv.key_max = pool.key_max(base_layer);
   kv.page_table = table.pages.data();
+  if (table.packed()) {
+    kv.head_slices = table.slices.table.data() + static_cast<int64_t>(layer) * s.n_kv_heads;
+    kv.head_slices_step = table.slices.heads;
+  }
   kv.page_size = s.page_size;
   kv.n_kv_heads = s.n_kv_heads;
   kv.head_dim = s.head_dim;

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/kv/visible_set.h"
 #include "kernels/common/ggml_types.h"
 #include "kernels/cpu/attention.h"
 
@@ -76,20 +77,67 @@ class PageAllocator {
 // past them), so the attention kernel never reads it.
 inline constexpr int32_t kReleasedPage = -1;
 
+// A table packed by head: every (layer, KV head) of a block has its own
+// slice, so the heads that see only sinks + a recent window (DuoAttention's
+// streaming heads) give their slices back as the window moves while the
+// other heads keep every block. A page holds n_layers * n_kv_heads slices,
+// any of which can serve any (layer, KV head): the sequence's pages are a
+// pool of slices, and it holds about (windowed heads' sinks + window + the
+// other heads' whole history) / (n_layers * n_kv_heads) pages.
+struct HeadSlices {
+  int32_t heads = 0;                    // n_layers * n_kv_heads; 0: not packed
+  int32_t n_kv_heads = 0;
+  int32_t pool_pages = 0;               // slice of (layer, page, g) = (layer * pool_pages + page) * n_kv_heads + g
+  std::vector<int32_t> windowed_heads;  // layer * n_kv_heads + kv_head, sorted
+  VisibleSet window;                    // what the windowed heads see
+  std::vector<int32_t> table;           // [blocks][heads]: slice, or kReleasedPage once given back
+  std::vector<int32_t> free;            // slices of carved pages that the table does not use
+  int32_t carved_pages = 0;             // PageTable::pages[0, carved_pages) are in table or free
+  int32_t released_blocks = 0;          // windowed heads' blocks [.., released_blocks) are given back
+};
+
 // Logical-to-physical page map of one sequence.
 struct PageTable {
-  std::vector<int32_t> pages;  // kReleasedPage for pages given back early
-  int32_t num_tokens = 0;      // tokens whose K/V have been written
+  // Block b's page, or kReleasedPage for pages given back early. Packed by
+  // head: the pages whose slices the sequence holds, in no order.
+  std::vector<int32_t> pages;
+  int32_t num_tokens = 0;  // tokens whose K/V have been written
+  HeadSlices slices;
+
+  bool packed() const { return slices.heads > 0; }
 };
+
+// Makes an empty table packed by head over a pool of pool_pages pages: the
+// heads in `windowed_heads` see only `window`'s keys, the others every key.
+PageTable PackedPageTable(const KvCacheShape& shape, int32_t pool_pages, std::vector<int32_t> windowed_heads,
+                          VisibleSet window);
+
+// Pages the table must hold for its K/V of positions [0, num_tokens) once
+// the keys no query at or after `next_query_pos` sees are given back.
+int32_t PagesNeeded(const PageTable& table, int32_t num_tokens, int32_t next_query_pos, int32_t page_size);
+
+// Packed tables: gives every (layer, KV head) of the blocks up to
+// num_tokens a slice, carving the pages added since the last call. Fails
+// (RESOURCE_EXHAUSTED), changing nothing, when the held pages have too few
+// slices, i.e. fewer pages than PagesNeeded. Nothing to do for other tables.
+absl::Status AssignSlices(PageTable& table, int32_t num_tokens, int32_t page_size);
+
+// Packed tables: the windowed heads give back the slices of the blocks no
+// query at or after next_query_pos sees. Returns how many slices.
+int32_t ReleaseWindowedSlices(PageTable& table, int32_t next_query_pos, int32_t page_size);
 
 // Grows `table` so that positions [0, num_tokens) have pages. On failure
 // nothing is allocated (all or nothing).
 absl::Status ReservePages(PageTable& table, int32_t num_tokens, int32_t page_size, PageAllocator& allocator);
-// Releases every page of the table and empties it.
+// Releases every page of the table and empties it (a packed table stays
+// packed, with no slices).
 void ReleasePages(PageTable& table, PageAllocator& allocator);
 // Releases the table's pages [begin, end) (clamped to the table) that are
 // still held, marking them kReleasedPage. Returns how many it released.
+// Not for packed tables.
 int32_t ReleasePageRange(PageTable& table, PageAllocator& allocator, int32_t begin, int32_t end);
+// Positions [0, ReservedTokens) have K/V storage for every layer and KV head.
+int64_t ReservedTokens(const PageTable& table, int32_t page_size);
 // Pages the table still holds.
 int32_t HeldPages(const PageTable& table);
 

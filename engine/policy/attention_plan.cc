@@ -61,7 +61,11 @@ AttentionPlan::AttentionPlan(AttentionPlanContents contents) : c_(std::move(cont
         widest.sink_tokens = std::max(widest.sink_tokens, p.sink_tokens);
         widest.window_tokens = std::max(widest.window_tokens, p.window_tokens);
       }
-      if (all_windowed) group_reads_[static_cast<size_t>(l) * c_.n_kv_heads + g] = widest;
+      if (!all_windowed) continue;
+      group_reads_[static_cast<size_t>(l) * c_.n_kv_heads + g] = widest;
+      windowed_kv_heads_.push_back(l * c_.n_kv_heads + g);
+      kv_head_window_.sink_tokens = std::max(kv_head_window_.sink_tokens, widest.sink_tokens);
+      kv_head_window_.window_tokens = std::max(kv_head_window_.window_tokens, widest.window_tokens);
     }
   }
   signature_ = ComputeSignature();

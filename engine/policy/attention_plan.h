@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kernels/common/attention_hooks.h"
-#include "engine/policy/visible_set.h"
+#include "engine/kv/visible_set.h"
 
 namespace attnserve {
 
@@ -72,6 +72,12 @@ class AttentionPlan {
   // for queries [first_query, last_query] (a KV head whose query heads all
   // have their own window reads only the widest of those windows).
   int64_t PagesRead(int32_t first_query, int32_t last_query, int32_t page_size) const;
+  // KV heads (layer * n_kv_heads + kv_head) whose query heads all see only
+  // sinks and a recent window of their own (DuoAttention's streaming heads)
+  // while the sequence keeps every key, and the widest of those windows: the
+  // heads whose older K/V can be given back by head (HeadSlices).
+  std::span<const int32_t> windowed_kv_heads() const { return windowed_kv_heads_; }
+  const VisibleSet& kv_head_window() const { return kv_head_window_; }
   bool cache_positions() const { return c_.cache_positions; }
   bool act() const { return c_.act; }
   float act_tau() const { return c_.act_tau; }
@@ -99,6 +105,8 @@ class AttentionPlan {
   std::vector<SequenceAttentionParams> layers_;
   // [n_layers][n_kv_heads]: the keys each KV head's group reads.
   std::vector<VisibleSet> group_reads_;
+  std::vector<int32_t> windowed_kv_heads_;
+  VisibleSet kv_head_window_;
   uint64_t signature_ = 0;
 };
 

@@ -30,11 +30,11 @@ void HeadProfiler::Observe(int32_t layer, const float* q, const int32_t* positio
   std::vector<float> keys(config_.n_kv_heads * head_elements), values(keys.size());
   for (int g = 0; g < config_.n_kv_heads; ++g) {
     for (int32_t t = 0; t < n_keys; ++t) {
-      const int64_t page = kv.page_table[t / kv.page_size];
-      const int64_t offset = ((page * kv.n_kv_heads + g) * kv.page_size + t % kv.page_size) * d;
+      const fp16_t* k = kv.Row(kv.keys, g, t);
+      const fp16_t* v = kv.Row(kv.values, g, t);
       for (int c = 0; c < d; ++c) {
-        keys[g * head_elements + t * d + c] = Fp16ToFloat(kv.keys[offset + c]);
-        values[g * head_elements + t * d + c] = Fp16ToFloat(kv.values[offset + c]);
+        keys[g * head_elements + t * d + c] = Fp16ToFloat(k[c]);
+        values[g * head_elements + t * d + c] = Fp16ToFloat(v[c]);
       }
     }
   }

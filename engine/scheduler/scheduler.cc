@@ -43,20 +43,24 @@ int32_t Scheduler::ChunkSize(const SchedSeq& seq, int32_t budget) const {
 }
 
 bool Scheduler::Reserve(SchedSeq& seq, int32_t num_tokens) {
-  const size_t needed = (static_cast<size_t>(num_tokens) + config_.page_size - 1) / config_.page_size;
+  const size_t needed = PagesNeeded(seq.pages, num_tokens, seq.num_computed, config_.page_size);
   const size_t had = seq.pages.pages.size();
-  while (seq.pages.pages.size() < needed) {
+  bool ok = true;
+  while (ok && seq.pages.pages.size() < needed) {
     absl::StatusOr<int32_t> page = prefix_cache_.Allocate();
-    if (!page.ok()) {  // all or nothing
-      while (seq.pages.pages.size() > had) {
-        allocator_.Release(seq.pages.pages.back());
-        seq.pages.pages.pop_back();
-      }
-      return false;
-    }
-    seq.pages.pages.push_back(*page);
+    ok = page.ok();
+    if (ok) seq.pages.pages.push_back(*page);
   }
-  return true;
+  // A table packed by head hands its new blocks slices of those pages; that
+  // cannot fail once PagesNeeded pages are held.
+  ok = ok && AssignSlices(seq.pages, num_tokens, config_.page_size).ok();
+  if (!ok) {  // all or nothing
+    while (seq.pages.pages.size() > had) {
+      allocator_.Release(seq.pages.pages.back());
+      seq.pages.pages.pop_back();
+    }
+  }
+  return ok;
 }
 
 void Scheduler::Preempt(SchedSeq* seq, ScheduleOutput& out) {

@@ -186,9 +186,6 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
   const int hdp = (hd + N - 1) / N * N;
   const int G = queries.n_q_heads / kv.n_kv_heads;
   const int rows = queries.n_queries * G;
-  const int64_t head_stride = static_cast<int64_t>(kv.n_kv_heads) * kv.page_size * hd;
-  const fp16_t* key_base = kv.keys + static_cast<int64_t>(kv_head) * kv.page_size * hd;
-  const fp16_t* value_base = kv.values + static_cast<int64_t>(kv_head) * kv.page_size * hd;
   const AttentionHeadParams* heads = params.heads + kv_head * G;
 
   int32_t min_pos = queries.positions[0], max_pos = queries.positions[0];
@@ -267,7 +264,7 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
     for (const KeyRange& range : cols.ranges) {
       for (int32_t b0 = range.begin; b0 < range.end; b0 += kBlock) {
         const int nb = std::min(kBlock, range.end - b0);
-        ConvertRows(base, kv.page_table, kv.page_size, head_stride, b0, nb, hd, hdp, sc.block.data());
+        ConvertRows(base, kv, kv_head, b0, nb, hdp, sc.block.data());
         for (int i = 0; i < queries.n_queries; ++i) {
           const int32_t pos = queries.positions[i];
           const int n = std::min(nb, pos + 1 - b0);
@@ -282,7 +279,7 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
 
   // Pass 1: logits, -inf where hidden, up to each query's own position.
   int32_t outside_b0 = -1;  // the block sc.outside describes
-  for_blocks(key_base, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
+  for_blocks(kv.keys, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
     if (any_span_bias && outside_b0 != b0) {
       for (int j = 0; j < nb; ++j) {
         sc.outside[j] = b0 + j < params.prompt_tokens && !InSpans(params, b0 + j) ? 1.0f : 0.0f;
@@ -337,7 +334,7 @@ void PagedAttentionKvHeadImpl(const AttentionQueries& queries, const PagedKv& kv
   // Pass 2: key position t goes to accumulator t mod L (the lane of the
   // reference's matmul), each in key order; the L are then folded by halves
   // (AVX2's vec_dot: the last four as (l0+l1)+(l2+l3)).
-  for_blocks(value_base, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
+  for_blocks(kv.values, [&](int32_t b0, int nb, int32_t col, int n, int band_lo, int band_hi, int i) {
     if (band_lo == 0 && band_hi >= n) return;
     for (int g = 0; g < G; ++g) {
       const float* p = &sc.logits[static_cast<size_t>(i * G + g) * stride + col];
@@ -407,10 +404,6 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
                              const SequenceAttentionParams& params, float* out) {
   const int hd = kv.head_dim;
   const int G = queries.n_q_heads / kv.n_kv_heads;
-  auto row = [&](const fp16_t* base, int g, int32_t t) {
-    const int64_t page = kv.page_table[t / kv.page_size];
-    return base + ((page * kv.n_kv_heads + g) * kv.page_size + t % kv.page_size) * hd;
-  };
   for (int i = 0; i < queries.n_queries; ++i) {
     const int32_t pos = queries.positions[i];
     for (int h = 0; h < queries.n_q_heads; ++h) {
@@ -425,7 +418,7 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
       double max = hp.virtual_sink_logit;
       for (int32_t j = 0; j <= pos; ++j) {
         if (!HeadKeyVisible(params, hp, pos, j) || !InKeyRanges(queries, j)) continue;
-        const fp16_t* k = row(kv.keys, g, j);
+        const fp16_t* k = kv.Row(kv.keys, g, j);
         double dot = 0.0;
         const float* qj = j < params.sink_tokens ? sink_q : q;
         for (int c = 0; c < hd; ++c) dot += static_cast<double>(qj[c]) * Fp16ToFloat(k[c]);
@@ -458,7 +451,7 @@ void PagedAttentionReference(const AttentionQueries& queries, const PagedKv& kv,
       std::vector<double> o(hd, 0.0);
       for (int32_t j = 0; j <= pos; ++j) {
         if (!visible[j]) continue;
-        const fp16_t* v = row(kv.values, g, j);
+        const fp16_t* v = kv.Row(kv.values, g, j);
         for (int c = 0; c < hd; ++c) o[c] += prob[j] * Fp16ToFloat(v[c]);
       }
       std::copy(o.begin(), o.end(), out + (static_cast<int64_t>(i) * queries.n_q_heads + h) * hd);

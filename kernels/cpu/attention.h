@@ -1,9 +1,9 @@
 // Paged attention on the CPU with the policy hooks of attention_hooks.h.
 //
 // Keys and values live in fixed-size pages of fp16: page p of a layer holds
-// [n_kv_heads][page_size][head_dim] keys (and the same for values). A
-// sequence's token at position t is slot t % page_size of page
-// page_table[t / page_size]. Keys are stored after RoPE.
+// [n_kv_heads][page_size][head_dim] keys (and the same for values), one
+// slice per KV head (see PagedKv). A sequence's token at position t is slot
+// t % page_size of its block t / page_size. Keys are stored after RoPE.
 #pragma once
 
 #include <cstdint>
@@ -13,19 +13,38 @@
 
 namespace attnserve {
 
-// One layer of one sequence's cache.
+// One layer of one sequence's cache. Its keys are addressed by slice: the
+// keys of block b (positions [b * page_size, (b + 1) * page_size)) of KV
+// head g are the [page_size][head_dim] rows at keys + Slice(g, b) *
+// page_size * head_dim, and their bounds the head_dim values at key_min +
+// Slice(g, b) * head_dim. A page of the table holds one slice per KV head;
+// a table packed by head (DuoAttention's bounded streaming heads) names
+// every KV head's slice of every block on its own.
 struct PagedKv {
-  const fp16_t* keys = nullptr;    // layer base: [num_pages][n_kv_heads][page_size][head_dim]
+  const fp16_t* keys = nullptr;    // slice 0: [page_size][head_dim]
   const fp16_t* values = nullptr;  // same layout
-  const int32_t* page_table = nullptr;
+  const int32_t* page_table = nullptr;  // [blocks]: slice of head g = page * n_kv_heads + g
   int32_t page_size = 0;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;
   int32_t num_tokens = 0;  // keys at positions [0, num_tokens) are present
-  // Quest's page bounds: elementwise min and max of each page's keys
-  // ([num_pages][n_kv_heads][head_dim]); null where nobody reads them.
+  // Quest's page bounds: elementwise min and max of each slice's keys
+  // ([slices][head_dim]); null where nobody reads them.
   const fp16_t* key_min = nullptr;
   const fp16_t* key_max = nullptr;
+  // Packed by head: [blocks][head_slices_step], this layer's KV heads at
+  // offsets 0 .. n_kv_heads - 1; page_table is unused then.
+  const int32_t* head_slices = nullptr;
+  int32_t head_slices_step = 0;
+
+  int64_t Slice(int kv_head, int32_t block) const {
+    if (head_slices != nullptr) return head_slices[static_cast<int64_t>(block) * head_slices_step + kv_head];
+    return static_cast<int64_t>(page_table[block]) * n_kv_heads + kv_head;
+  }
+  // Keys (or values, with base = values) of position t of KV head g.
+  const fp16_t* Row(const fp16_t* base, int kv_head, int32_t t) const {
+    return base + (Slice(kv_head, t / page_size) * page_size + t % page_size) * head_dim;
+  }
 };
 
 // Queries of one sequence for one layer.

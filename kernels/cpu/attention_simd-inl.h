@@ -137,16 +137,23 @@ HWY_INLINE VF ExpNonPositive(DF d, VF x) {
   return hn::IfThenZeroElse(hn::Lt(n, hn::Set(d, -126.0f)), e);
 }
 
-// Converts `n` rows of head_dim fp16 values to floats padded with zeros to hdp.
-HWY_INLINE void ConvertRows(const fp16_t* base, const int32_t* page_table, int32_t page_size, int64_t head_stride,
-                            int32_t first, int n, int hd, int hdp, float* dst) {
+// Converts `n` rows of KV head kv_head from position `first` on (keys, or
+// values with base = kv.values) to floats padded with zeros to hdp.
+HWY_INLINE void ConvertRows(const fp16_t* base, const PagedKv& kv, int kv_head, int32_t first, int n, int hdp,
+                            float* dst) {
   const DF d;
   const hn::Rebind<hwy::float16_t, DF> dh;
   const int N = static_cast<int>(hn::Lanes(d));
-  int32_t page = first / page_size, slot = first % page_size;
+  const int hd = kv.head_dim;
+  int32_t slot = first % kv.page_size;
+  const fp16_t* src = kv.Row(base, kv_head, first);
   for (int j = 0; j < n; ++j) {
-    const fp16_t* src = base + page_table[page] * head_stride + static_cast<int64_t>(slot) * hd;
-    if (++slot == page_size) slot = 0, ++page;
+    if (j > 0 && ++slot == kv.page_size) {
+      slot = 0;
+      src = kv.Row(base, kv_head, first + j);
+    } else if (j > 0) {
+      src += hd;
+    }
     float* row = dst + static_cast<int64_t>(j) * hdp;
     int c = 0;
     for (; c + N <= hd; c += N) {

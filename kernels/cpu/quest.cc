@@ -26,7 +26,7 @@ void QuestScoresImpl(const float* q_group, int group, const PagedKv& kv, int kv_
   const int N = static_cast<int>(hn::Lanes(d));
   const int hd = kv.head_dim;
   for (int32_t i = 0; i < n; ++i) {
-    const int64_t base = (static_cast<int64_t>(kv.page_table[pages[i]]) * kv.n_kv_heads + kv_head) * hd;
+    const int64_t base = kv.Slice(kv_head, pages[i]) * hd;
     const auto* lo16 = reinterpret_cast<const hwy::float16_t*>(kv.key_min + base);
     const auto* hi16 = reinterpret_cast<const hwy::float16_t*>(kv.key_max + base);
     auto acc = hn::Zero(d);

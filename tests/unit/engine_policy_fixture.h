@@ -90,7 +90,9 @@ class EnginePolicyTest : public ::testing::Test {
 
   // Greedy tokens from the backend alone: one sequence, no scheduler, and
   // no page ever released, so it checks that releasing pages changes nothing.
-  static std::vector<int32_t> BackendGreedy(const GenerationRequest& r, int32_t max_tokens) {
+  // The prompt runs in steps of prefill_chunk tokens (0: in one step).
+  static std::vector<int32_t> BackendGreedy(const GenerationRequest& r, int32_t max_tokens,
+                                            int32_t prefill_chunk = 0) {
     const ModelConfig& c = model_->config;
     const int32_t page_size = 16;
     const int32_t pages = (static_cast<int32_t>(r.prompt_ids.size()) + max_tokens) / page_size + 1;
@@ -112,12 +114,16 @@ class EnginePolicyTest : public ::testing::Test {
       SequenceStep step;
       step.pages = &table;
       step.tokens = std::span<const int32_t>(tokens).subspan(pos);
+      if (prefill_chunk > 0 && static_cast<int32_t>(step.tokens.size()) > prefill_chunk) {
+        step.tokens = step.tokens.first(prefill_chunk);
+      }
       step.first_pos = pos;
       step.attention = r.attention.get();
       step.act_sets = act.get();
       step.linear = linear.get();
       EXPECT_TRUE(backend->Forward({&step, 1}, logits).ok());
-      pos = static_cast<int32_t>(tokens.size());
+      pos += static_cast<int32_t>(step.tokens.size());
+      if (pos < static_cast<int32_t>(tokens.size())) continue;
       tokens.push_back(ArgMax(logits));
       generated.push_back(tokens.back());
     }

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "engine/policy/head_profile.h"
-#include "engine/policy/visible_set.h"
+#include "engine/kv/visible_set.h"
 #include "gtest/gtest.h"
 
 namespace attnserve {

@@ -82,7 +82,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
     if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence step has no tokens");
     const int64_t end = st.first_pos + static_cast<int64_t>(st.tokens.size());
     if (st.first_pos < 0 || st.pages == nullptr ||
-        end > static_cast<int64_t>(st.pages->pages.size()) * pool_.shape().page_size) {
+        end > ReservedTokens(*st.pages, pool_.shape().page_size)) {
       return absl::InvalidArgumentError("a sequence step's positions are not reserved in its page table");
     }
     if (st.attention != nullptr && (st.attention->n_layers() != c.n_layers || st.attention->n_heads() != c.n_heads)) {
@@ -345,9 +345,7 @@ void CpuBackend::LinearAttention(int32_t layer, std::span<const SequenceStep> st
     const int32_t num_tokens = st.first_pos + n;
     const PagedKv kv = LayerView(pool_, layer, *st.pages, num_tokens);
     auto load = [&](const fp16_t* base, int g, int32_t t, float* out) {
-      const fp16_t* src =
-          base + ((static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.n_kv_heads + g) * kv.page_size +
-                  t % kv.page_size) * hd;
+      const fp16_t* src = kv.Row(base, g, t);
       for (int d = 0; d < hd; ++d) out[d] = Fp16ToFloat(src[d]);
     };
     // One task per (query, KV head): the state's part, the keys folded

@@ -1,4 +1,4 @@
-#include "engine/policy/visible_set.h"
+#include "engine/kv/visible_set.h"
 
 #include <algorithm>
 
