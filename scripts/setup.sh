@@ -37,14 +37,21 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
 fi
+# Only the library is needed; the native CPU variant is the one we compare
+# against, without AMX: ggml's AMX matmul crashes (SIGSEGV) on machines that
+# have the tiles, and its arithmetic is not the AVX-512/AVX2 one anyway.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+LLAMA_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 stamp=.venv/.requirements.sha256
-want=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+want=$(cat scripts/requirements.txt <(echo "$LLAMA_CMAKE_ARGS $LLAMA_CFLAGS") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages (llama-cpp-python builds llama.cpp from source: several minutes)"
-  # Only the library is needed; the native CPU variant is the one we compare against.
-  export CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
-  export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-  .venv/bin/pip install --disable-pip-version-check -q -r scripts/requirements.txt
+  # No wheel cache, and no earlier build: a llama.cpp built for another CPU
+  # or with other flags must not come back.
+  .venv/bin/pip uninstall --disable-pip-version-check -q -y llama-cpp-python >/dev/null 2>&1 || true
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CFLAGS="$LLAMA_CFLAGS" CXXFLAGS="$LLAMA_CFLAGS" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    .venv/bin/pip install --disable-pip-version-check --no-cache-dir -q -r scripts/requirements.txt
   echo "$want" > "$stamp"
 else
   log "Python packages: up to date"
