@@ -78,7 +78,9 @@ void ExpectSameMass(Problem& pr) {
   // Every query's row sums to 1 when no virtual sink takes a share.
   bool sinkless = true;
   for (const AttentionHeadParams& h : pr.heads) sinkless &= std::isinf(h.virtual_sink_logit);
-  if (sinkless) EXPECT_NEAR(total, static_cast<double>(pr.n_queries) * pr.n_q_heads(), 1e-2 * pr.n_queries);
+  if (sinkless) {
+    EXPECT_NEAR(total, static_cast<double>(pr.n_queries) * pr.n_q_heads(), 1e-2 * pr.n_queries);
+  }
 }
 
 TEST_P(ColumnMassTest, DenseOverOddSizesAndPages) {

@@ -290,7 +290,9 @@ TEST_F(EnginePolicyTest, PlansForAnotherModelAreRefused) {
   std::unique_ptr<Engine> engine = MakeEngine();
   ModelConfig other = model_->config;
   other.n_layers = 2;
-  const auto plan = PlanAttention(PolicySpec{}, other, PromptInfo{4}).value();
+  PromptInfo prompt;
+  prompt.num_tokens = 4;
+  const auto plan = PlanAttention(PolicySpec{}, other, prompt).value();
   GenerationRequest r = Greedy("Hello", 2);
   r.attention = plan;
   Collector c;

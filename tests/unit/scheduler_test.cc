@@ -158,7 +158,9 @@ TEST(SchedulerTest, MinFirstChunkCoversTheWholePromptOverTheBudget) {
   act->num_computed = 0;
   const ScheduleOutput next = f.scheduler.Schedule();
   for (const ScheduledChunk& c : next.chunks) {
-    if (c.seq == act) EXPECT_EQ(c.num_tokens, 8);
+    if (c.seq == act) {
+      EXPECT_EQ(c.num_tokens, 8);
+    }
   }
   (void)after;
 }

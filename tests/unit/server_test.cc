@@ -24,6 +24,14 @@
 namespace attnserve {
 namespace {
 
+// An ephemeral loopback port, everything else default.
+ServerOptions LoopbackOptions() {
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  return options;
+}
+
 std::string ModelPath() {
   const char* root = std::getenv("ATTNSERVE_SOURCE_DIR");
   return std::string(root ? root : ".") + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -71,7 +79,7 @@ class ServerTest : public ::testing::Test {
     if (!std::filesystem::exists(ModelPath())) return;
     model_ = std::move(LoadModel(ModelPath())).value();
     engine_ = Engine::Create(*model_, EngineOptions{}, nullptr).value();
-    server_ = Server::Start(*engine_, nullptr, {"127.0.0.1", 0}).value();
+    server_ = Server::Start(*engine_, nullptr, LoopbackOptions()).value();
     stub_ = NewStub(server_->port());
   }
   static void TearDownTestSuite() {
@@ -343,7 +351,7 @@ TEST_F(ServerTest, ScoreAndModelInfo) {
 
 TEST_F(ServerTest, DrainFinishesRunningStreamsAndRefusesNewOnes) {
   std::unique_ptr<Engine> engine = Engine::Create(*model_, EngineOptions{}, nullptr).value();
-  std::unique_ptr<Server> server = Server::Start(*engine, nullptr, {"127.0.0.1", 0}).value();
+  std::unique_ptr<Server> server = Server::Start(*engine, nullptr, LoopbackOptions()).value();
   std::unique_ptr<v1::Generation::Stub> stub = NewStub(server->port());
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
