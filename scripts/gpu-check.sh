@@ -71,7 +71,6 @@ done
 
 # GPU benchmarks: every <name>_cuda_bench target (bench/) is a Google Benchmark
 # binary; results land in bench/results/<name>-<gpu>.json for the reports.
-# None exist yet; this section picks them up as they are added.
 step "GPU benchmarks"
 if [[ -n ${SKIP_BENCH:-} ]]; then
   echo "SKIP_BENCH set: skipped"
