@@ -28,24 +28,33 @@ constexpr int kPageSize = 16, kKvHeads = 8, kGroup = 4, kHeadDim = 128;
 constexpr int kQHeads = kKvHeads * kGroup;
 constexpr int64_t kMaxPoolBytes = int64_t{16} << 30;
 
+// Seconds per call of `f`, over `reps` calls timed with CUDA events.
+template <typename F>
+double SecondsPerCall(F&& f, int reps) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start);
+  for (int i = 0; i < reps; ++i) f();
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float ms = 0.0f;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms * 1e-3 / reps;
+}
+
 double CopyBandwidth() {
   static double gbs = [] {
     const size_t bytes = size_t{1} << 30;
     void *a = nullptr, *b = nullptr;
     if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0.0;
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
     cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(start);
-    for (int i = 0; i < 10; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
+    const double s = SecondsPerCall([&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); }, 10);
     cudaFree(a);
     cudaFree(b);
-    return 2.0 * 10 * bytes / (ms * 1e-3) / 1e9;  // read + write
+    return 2.0 * bytes / s / 1e9;  // read + write
   }();
   return gbs;
 }
@@ -135,22 +144,6 @@ struct Batch {
   }
 };
 
-// Times `launches` launches with CUDA events; returns seconds per launch.
-double TimeLaunches(Batch& b, int launches) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start);
-  for (int i = 0; i < launches; ++i) (void)DecodeAttentionCuda(b.args, b.workspace.data(), b.workspace_bytes, nullptr);
-  cudaEventRecord(stop);
-  cudaEventSynchronize(stop);
-  float ms = 0.0f;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms * 1e-3 / launches;
-}
-
 bool Skip(benchmark::State& state, int batch, int context) {
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
@@ -176,7 +169,8 @@ void Run(benchmark::State& state, bool mixed) {
   }
   double seconds = 0.0;
   for (auto _ : state) {
-    seconds = TimeLaunches(b, 20);
+    seconds = SecondsPerCall([&] { (void)DecodeAttentionCuda(b.args, b.workspace.data(), b.workspace_bytes, nullptr); },
+                             20);
     state.SetIterationTime(seconds);
   }
   const double gbs = b.kv_bytes / seconds / 1e9;

@@ -19,6 +19,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/device.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "tests/unit/attention_problem.h"
 
 namespace attnserve {
@@ -236,12 +237,7 @@ Case MakeCase(int num_tokens, int head_dim, int group, uint32_t seed) {
 
 class DecodeAttentionCudaTest : public ::testing::TestWithParam<std::tuple<int, int, int>> {
  protected:
-  void SetUp() override {
-    std::string why;
-    if (CudaDeviceAvailable(&why)) return;
-    if (std::getenv("ATTNSERVE_REQUIRE_GPU") != nullptr) FAIL() << why << " (ATTNSERVE_REQUIRE_GPU is set)";
-    GTEST_SKIP() << why;
-  }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
 };
 
 TEST_P(DecodeAttentionCudaTest, EveryPolicyMatchesTheReference) {

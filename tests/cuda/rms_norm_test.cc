@@ -20,6 +20,7 @@
 #include "kernels/common/rms_norm_math.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
+#include "tests/cuda/cuda_test_util.h"
 
 namespace attnserve {
 namespace {
@@ -87,12 +88,7 @@ void ExpectMatches(const std::vector<float>& got, const std::vector<float>& want
 
 class RmsNormCudaTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {
  protected:
-  void SetUp() override {
-    std::string why;
-    if (CudaDeviceAvailable(&why)) return;
-    if (std::getenv("ATTNSERVE_REQUIRE_GPU") != nullptr) FAIL() << why << " (ATTNSERVE_REQUIRE_GPU is set)";
-    GTEST_SKIP() << why;
-  }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
   int64_t n() const { return std::get<0>(GetParam()); }
   int64_t rows() const { return std::get<1>(GetParam()); }
 };

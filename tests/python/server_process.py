@@ -73,3 +73,12 @@ def wait_for_metric(server, name, want, timeout_s=15):
         if value == want or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
+
+
+def tiny_model_server(binary, tmp_path_factory, context, name):
+    """`attnserve serve` on a tiny random Llama (tiny_llama.py) with its context set to `context`."""
+    import tiny_llama
+
+    model = tiny_llama.write_tiny_llama(tmp_path_factory.mktemp(f"{name}_model") / f"tiny-{context}.F32.gguf",
+                                        context=context)
+    return ServerProcess(binary, model, tmp_path_factory.mktemp(name) / "stderr.log")

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 import tiny_llama
-from server_process import ServerProcess
+from server_process import tiny_model_server
 
 LINEAR = {"linear": {"window_tokens": 64, "sink_tokens": 4}}
 TOKENS = 20000
@@ -20,9 +20,7 @@ CONTEXT = 24576
 
 @pytest.fixture(scope="module")
 def server(attnserve_bin, tmp_path_factory):
-    model = tiny_llama.write_tiny_llama(tmp_path_factory.mktemp("long_model") / "tiny-long.F32.gguf",
-                                        context=CONTEXT)
-    s = ServerProcess(attnserve_bin, model, tmp_path_factory.mktemp("linear_server") / "stderr.log")
+    s = tiny_model_server(attnserve_bin, tmp_path_factory, CONTEXT, "linear_server")
     yield s
     s.stop()
 

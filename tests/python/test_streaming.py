@@ -8,8 +8,7 @@ import time
 import grpc
 import pytest
 
-import tiny_llama
-from server_process import ServerProcess
+from server_process import ServerProcess, tiny_model_server
 
 CACHE = {"streaming": {"sink_tokens": 4, "window_tokens": 512, "positions": "CACHE"}}
 SHORT_CACHE = {"streaming": {"sink_tokens": 4, "window_tokens": 64, "positions": "CACHE"}}  # for context 512
@@ -26,9 +25,7 @@ def server(attnserve_bin, tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def long_server(attnserve_bin, tmp_path_factory):
-    model = tiny_llama.write_tiny_llama(tmp_path_factory.mktemp("context_8k") / "tiny-8k.F32.gguf",
-                                        context=LONG_CONTEXT)
-    s = ServerProcess(attnserve_bin, model, tmp_path_factory.mktemp("streaming_long") / "stderr.log")
+    s = tiny_model_server(attnserve_bin, tmp_path_factory, LONG_CONTEXT, "streaming_long")
     yield s
     s.stop()
 
