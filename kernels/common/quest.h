@@ -12,14 +12,19 @@
 
 namespace attnserve {
 
-// q: [group][head_dim] floats; key_min, key_max: [head_dim] floats.
-ATTN_HD float QuestPageScore(const float* q, int group, int head_dim, const float* key_min, const float* key_max) {
+ATTN_HD float QuestBound(float x) { return x; }
+ATTN_HD float QuestBound(uint16_t fp16) { return Fp16ToFloat(fp16); }
+
+// q: [group][head_dim] floats; key_min, key_max: [head_dim] floats or fp16
+// bits (as the cache keeps them).
+template <typename Bound>
+ATTN_HD float QuestPageScore(const float* q, int group, int head_dim, const Bound* key_min, const Bound* key_max) {
   float score = 0.0f;
   for (int h = 0; h < group; ++h) {
     const float* qh = q + h * head_dim;
     for (int d = 0; d < head_dim; ++d) {
-      const float a = qh[d] * key_max[d];
-      const float b = qh[d] * key_min[d];
+      const float a = qh[d] * QuestBound(key_max[d]);
+      const float b = qh[d] * QuestBound(key_min[d]);
       score += a > b ? a : b;
     }
   }
