@@ -26,6 +26,28 @@ ATTN_HD void TaylorFeatures(const float* x, int d, float* phi) {
   }
 }
 
+// Feature f of φ (TaylorFeatures' order) as a product x[a] x[b] times a
+// weight: a = b = -1 for the constant, b = -1 for x[a] alone.
+struct TaylorTerm {
+  int a, b;
+};
+ATTN_HD TaylorTerm TaylorTermOf(int d, int f) {
+  if (f == 0) return {-1, -1};
+  if (f <= d) return {f - 1, -1};
+  int i = f - 1 - d;  // index into the pairs a <= b, row a holding d - a of them
+  int a = 0;
+  while (i >= d - a) i -= d - a++;
+  return {a, a + i};
+}
+ATTN_HD float TaylorTermValue(const float* x, TaylorTerm t) {
+  if (t.a < 0) return 1.0f;
+  if (t.b < 0) return x[t.a];
+  return t.a == t.b ? x[t.a] * x[t.a] * 0.70710678118654752f : x[t.a] * x[t.b];
+}
+
+// φ(x)[f] alone, for a GPU thread that owns feature f.
+ATTN_HD float TaylorFeature(const float* x, int d, int f) { return TaylorTermValue(x, TaylorTermOf(d, f)); }
+
 // 1 + x + x²/2: a folded key's weight, for q·k scaled to x.
 ATTN_HD float Taylor2(float x) { return 1.0f + x + 0.5f * x * x; }
 

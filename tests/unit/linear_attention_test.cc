@@ -13,6 +13,17 @@
 namespace attnserve {
 namespace {
 
+TEST(TaylorFeaturesTest, OneFeatureIsTheMapsEntry) {
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal;
+  for (int d : {1, 2, 5, 64}) {
+    std::vector<float> x(d), phi(TaylorFeatureCount(d));
+    for (float& v : x) v = normal(rng);
+    TaylorFeatures(x.data(), d, phi.data());
+    for (int f = 0; f < TaylorFeatureCount(d); ++f) ASSERT_EQ(TaylorFeature(x.data(), d, f), phi[f]) << d << " " << f;
+  }
+}
+
 TEST(TaylorFeaturesTest, DotProductIsTheSecondOrderExpansionOfExp) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.3f);
