@@ -6,8 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/device.h"
 
@@ -22,3 +24,26 @@
       GTEST_SKIP() << why_no_gpu;                                                                 \
     }                                                                                             \
   } while (0)
+
+namespace attnserve {
+
+// A fresh device buffer holding `count` elements of `data` (at least one
+// element's bytes, so that empty arrays still have a pointer).
+template <typename T>
+DeviceBuffer Upload(const T* data, size_t count) {
+  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(std::max<size_t>(1, count) * sizeof(T));
+  EXPECT_TRUE(b.ok()) << b.status();
+  if (!b.ok()) return DeviceBuffer();
+  if (count > 0) {
+    const absl::Status s = b->CopyFromHost(data, count * sizeof(T));
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  return *std::move(b);
+}
+
+template <typename T>
+DeviceBuffer Upload(const std::vector<T>& v) {
+  return Upload(v.data(), v.size());
+}
+
+}  // namespace attnserve

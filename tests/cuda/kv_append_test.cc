@@ -21,13 +21,6 @@ constexpr KvCacheShape kShape{2, 3, 64, 16};  // 2 layers, 3 KV heads, head_dim 
 constexpr int32_t kPoolPages = 40;
 constexpr int32_t kLayer = 1;
 
-template <typename T>
-DeviceBuffer Upload(const T* data, size_t count) {
-  DeviceBuffer b = DeviceBuffer::Allocate(std::max<size_t>(1, count) * sizeof(T)).value();
-  EXPECT_TRUE(b.CopyFromHost(data, count * sizeof(T)).ok());
-  return b;
-}
-
 // The device pool: keys, values and bounds of every layer, as the host's.
 struct DevicePool {
   DeviceBuffer keys, values, key_min, key_max;

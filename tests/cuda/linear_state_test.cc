@@ -22,13 +22,6 @@ namespace {
 
 using testing_attention::Problem;
 
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& v) {
-  DeviceBuffer b = DeviceBuffer::Allocate(std::max<size_t>(1, v.size()) * sizeof(T)).value();
-  EXPECT_TRUE(b.CopyFromHost(v.data(), v.size() * sizeof(T)).ok());
-  return b;
-}
-
 void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float rel, const char* what) {
   ASSERT_EQ(got.size(), want.size());
   int bad = 0;

@@ -58,17 +58,6 @@ struct Case {
   }
 };
 
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& v) {
-  auto buf = DeviceBuffer::Allocate(std::max<size_t>(1, v.size()) * sizeof(T));
-  EXPECT_TRUE(buf.ok()) << buf.status();
-  if (!buf.ok()) return DeviceBuffer();
-  if (!v.empty()) {
-    EXPECT_TRUE(buf->CopyFromHost(v.data(), v.size() * sizeof(T)).ok());
-  }
-  return *std::move(buf);
-}
-
 // The device copies of cases and the batch's DecodeSequence table.
 struct DeviceBatch {
   std::vector<DeviceBuffer> buffers;

@@ -91,13 +91,6 @@ struct QuestCase {
   }
 };
 
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& v) {
-  DeviceBuffer b = DeviceBuffer::Allocate(std::max<size_t>(1, v.size()) * sizeof(T)).value();
-  EXPECT_TRUE(b.CopyFromHost(v.data(), v.size() * sizeof(T)).ok());
-  return b;
-}
-
 void ExpectSameSelection(std::vector<QuestCase>& cases) {
   std::vector<DeviceBuffer> keep, ranges_out, counts_out;
   std::vector<QuestSelectSequence> seqs;

@@ -56,7 +56,7 @@ Inputs MakeInputs(int64_t rows, int64_t n) {
 
 // Uploads `v` at element `offset` of a fresh buffer (offset 1 misaligns it).
 template <typename T>
-DeviceBuffer Upload(const std::vector<T>& v, size_t offset = 0) {
+DeviceBuffer UploadAt(const std::vector<T>& v, size_t offset) {
   auto buf = DeviceBuffer::Allocate((v.size() + offset) * sizeof(T));
   EXPECT_TRUE(buf.ok()) << buf.status();
   if (!buf.ok()) return DeviceBuffer();
@@ -118,7 +118,7 @@ TEST_P(RmsNormCudaTest, InPlace) {
 // Pointers off a 16-byte boundary must take the scalar path, not fault.
 TEST_P(RmsNormCudaTest, Misaligned) {
   const Inputs in = MakeInputs(rows(), n());
-  DeviceBuffer x = Upload(in.x, 1), w = Upload(in.weight, 1);
+  DeviceBuffer x = UploadAt(in.x, 1), w = UploadAt(in.weight, 1);
   auto y = DeviceBuffer::Allocate((in.x.size() + 1) * sizeof(float));
   ASSERT_TRUE(y.ok()) << y.status();
   absl::Status s = RmsNormCuda(x.as<float>() + 1, w.as<float>() + 1, y->as<float>() + 1, rows(), n(), kEps, nullptr);
