@@ -1,27 +1,16 @@
 #include "engine/kv/prefix_cache.h"
 
 #include "absl/status/status.h"
+#include "engine/common/hash.h"
 
 namespace attnserve {
-namespace {
-
-// splitmix64 finaliser: a strong 64-bit mix, so that chained keys of
-// different prefixes collide with probability ~2^-64.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 PrefixCache::PrefixCache(PageAllocator& allocator, int32_t page_size)
     : allocator_(allocator), page_size_(page_size) {}
 
 uint64_t PrefixCache::PageKey(uint64_t parent, std::span<const int32_t> page_tokens, uint64_t salt) const {
-  uint64_t h = Mix(parent ^ Mix(salt));
-  for (int32_t t : page_tokens) h = Mix(h ^ static_cast<uint32_t>(t));
+  uint64_t h = Mix64(parent ^ Mix64(salt));
+  for (int32_t t : page_tokens) h = Mix64(h ^ static_cast<uint32_t>(t));
   return h;
 }
 

@@ -4,20 +4,14 @@
 #include <bit>
 #include <utility>
 
+#include "engine/common/hash.h"
+
 namespace attnserve {
 namespace {
 
-// splitmix64's finaliser: every input bit reaches every output bit.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 class Hasher {
  public:
-  void Add(uint64_t v) { h_ = Mix(h_ ^ v); }
+  void Add(uint64_t v) { h_ = Mix64(h_ ^ v); }
   void Add(int32_t v) { Add(static_cast<uint64_t>(static_cast<uint32_t>(v))); }
   // -0 and +0 compute the same, so they hash the same.
   void Add(float v) { Add(static_cast<uint64_t>(std::bit_cast<uint32_t>(v + 0.0f))); }

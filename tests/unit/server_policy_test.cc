@@ -17,37 +17,16 @@
 #include "server/policy_mapping.h"
 #include "server/server.h"
 #include "tests/unit/engine_test_util.h"
+#include "tests/unit/live_server.h"
 
 namespace attnserve {
 namespace {
 
 using PolicyEdit = std::function<void(v1::AttentionPolicy&)>;
 
-struct Stream {
-  std::vector<uint32_t> token_ids;
-  uint32_t cached_prompt_tokens = 0;
-  grpc::Status status;
-};
-
-Stream Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
-  Stream out;
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub.Generate(&context, request);
-  v1::GenerateResponse r;
-  while (reader->Read(&r)) {
-    out.token_ids.insert(out.token_ids.end(), r.token_ids().begin(), r.token_ids().end());
-    if (r.finished()) out.cached_prompt_tokens = r.usage().cached_prompt_tokens();
-  }
-  out.status = reader->Finish();
-  return out;
-}
-
+// With an edit, the request carries a policy; without, none (the server's default).
 v1::GenerateRequest Greedy(const std::string& prompt, uint32_t max_tokens, const PolicyEdit& edit = nullptr) {
-  v1::GenerateRequest r;
-  r.set_prompt(prompt);
-  r.mutable_sampling()->set_max_tokens(max_tokens);
-  r.mutable_sampling()->set_ignore_eos(true);
+  v1::GenerateRequest r = attnserve::Greedy(prompt, max_tokens);
   if (edit) edit(*r.mutable_attention());
   return r;
 }
@@ -57,39 +36,13 @@ void StreamingOriginal(v1::AttentionPolicy& p, uint32_t window) {
   p.mutable_streaming()->set_positions(v1::Streaming::ORIGINAL);
 }
 
-class ServerPolicyTest : public ::testing::Test {
+class ServerPolicyTest : public LiveServerTest {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(ModelPath())) return;
-    model_ = std::move(LoadModel(ModelPath())).value();
-    engine_ = Engine::Create(*model_, EngineOptions{}, nullptr).value();
-    server_ = Server::Start(*engine_, nullptr, {"127.0.0.1", 0}).value();
-    stub_ = NewStub(server_->port());
-  }
-  static void TearDownTestSuite() {
-    stub_.reset();
-    server_.reset();
-    engine_.reset();
-    model_.reset();
-  }
-  void SetUp() override {
-    if (model_ == nullptr) GTEST_SKIP() << ModelPath() << " is missing: run scripts/setup.sh";
-  }
-
-  static std::unique_ptr<v1::Generation::Stub> NewStub(int port) {
-    return v1::Generation::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
-  }
-
   static grpc::Status Score(const v1::ScoreRequest& request, v1::ScoreResponse* response) {
     grpc::ClientContext context;
     return stub_->Score(&context, request, response);
   }
 
-  static inline std::unique_ptr<Model> model_;
-  static inline std::unique_ptr<Engine> engine_;
-  static inline std::unique_ptr<Server> server_;
-  static inline std::unique_ptr<v1::Generation::Stub> stub_;
 };
 
 TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
@@ -128,8 +81,8 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
   for (const auto& [name, edit] : cases) {
     const Stream s = Generate(*stub_, Greedy(prompt, 12, edit));
     ASSERT_TRUE(s.status.ok()) << name << ": " << s.status.error_message();
-    EXPECT_EQ(s.token_ids.size(), 12u) << name;
-    differ += s.token_ids != dense.token_ids ? 1 : 0;
+    EXPECT_EQ(s.TokenIds().size(), 12u) << name;
+    differ += s.TokenIds() != dense.TokenIds() ? 1 : 0;
   }
   EXPECT_GE(differ, 5);
   // Explicit dense and full cache are the default.
@@ -137,7 +90,7 @@ TEST_F(ServerPolicyTest, ImplementedPoliciesRunAndChangeTheOutput) {
     p.mutable_dense();
     p.mutable_full();
   }));
-  EXPECT_EQ(explicit_dense.token_ids, dense.token_ids);
+  EXPECT_EQ(explicit_dense.TokenIds(), dense.TokenIds());
 }
 
 TEST_F(ServerPolicyTest, UnbuiltCombinationsAreUnimplemented) {
@@ -153,7 +106,7 @@ TEST_F(ServerPolicyTest, UnbuiltCombinationsAreUnimplemented) {
     const Stream s = Generate(*stub_, Greedy("Hello", 2, edit));
     EXPECT_EQ(s.status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << message;
     EXPECT_EQ(s.status.error_message(), message);
-    EXPECT_TRUE(s.token_ids.empty());
+    EXPECT_TRUE(s.TokenIds().empty());
   }
   v1::ScoreRequest score;
   score.set_text("Hello there");
@@ -219,7 +172,7 @@ TEST_F(ServerPolicyTest, EveryInvalidPolicyIsRejectedByName) {
     const Stream s = Generate(*stub_, Greedy("Hello world, how are you?", 2, edit));
     EXPECT_EQ(s.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field << ": " << s.status.error_message();
     EXPECT_EQ(s.status.error_message().rfind(field + ":", 0), 0u) << field << ": " << s.status.error_message();
-    EXPECT_TRUE(s.token_ids.empty());
+    EXPECT_TRUE(s.TokenIds().empty());
   }
 
   // CHARS spans need text: not chat messages, not token ids.
@@ -276,10 +229,10 @@ TEST_F(ServerPolicyTest, PrefixCacheIsSharedByEqualPoliciesOnly) {
   const Stream again = Generate(*stub_, Greedy(prompt, 3, gamma2_layers));
   const Stream other = Generate(*stub_, Greedy(prompt, 3, window));
   ASSERT_TRUE(first.status.ok() && again.status.ok() && other.status.ok());
-  EXPECT_EQ(first.cached_prompt_tokens, 0u);
-  EXPECT_GT(again.cached_prompt_tokens, 0u);
-  EXPECT_EQ(again.token_ids, first.token_ids);
-  EXPECT_EQ(other.cached_prompt_tokens, 0u);
+  EXPECT_EQ(first.CachedPromptTokens(), 0u);
+  EXPECT_GT(again.CachedPromptTokens(), 0u);
+  EXPECT_EQ(again.TokenIds(), first.TokenIds());
+  EXPECT_EQ(other.CachedPromptTokens(), 0u);
 }
 
 TEST_F(ServerPolicyTest, ModelInfoListsWhatIsImplemented) {
@@ -309,7 +262,7 @@ HeadProfile ProfileOf(const ModelConfig& c) {
 }
 
 TEST_F(ServerPolicyTest, PoliciesNameTheLoadedProfiles) {
-  ServerOptions options{"127.0.0.1", 0, {}, {}};
+  ServerOptions options = LoopbackOptions();
   options.profiles["smol"] = ProfileOf(model_->config);
   options.profiles["other"] = ProfileOf(model_->config);
   std::unique_ptr<Server> server = Server::Start(*engine_, nullptr, options).value();
@@ -324,7 +277,7 @@ TEST_F(ServerPolicyTest, PoliciesNameTheLoadedProfiles) {
   const std::string prompt = "Long ago, people told stories that";
   const Stream named = Generate(*stub, Greedy(prompt, 6, [](auto& p) { p.set_profile("smol"); }));
   ASSERT_TRUE(named.status.ok()) << named.status.error_message();
-  EXPECT_EQ(named.token_ids, Generate(*stub, Greedy(prompt, 6)).token_ids);
+  EXPECT_EQ(named.TokenIds(), Generate(*stub, Greedy(prompt, 6)).TokenIds());
   const Stream unknown = Generate(*stub, Greedy(prompt, 6, [](auto& p) { p.set_profile("smoll"); }));
   EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(unknown.status.error_message(), "attention.profile: unknown profile \"smoll\" (loaded: other, smol)");
@@ -343,15 +296,15 @@ TEST_F(ServerPolicyTest, PoliciesNameTheLoadedProfiles) {
   }));
   const Stream dense = Generate(*stub, Greedy(prompt, 6));
   ASSERT_TRUE(duo.status.ok()) << duo.status.error_message();
-  EXPECT_EQ(duo.token_ids, listed.token_ids);
-  EXPECT_NE(duo.token_ids, dense.token_ids);
+  EXPECT_EQ(duo.TokenIds(), listed.TokenIds());
+  EXPECT_NE(duo.TokenIds(), dense.TokenIds());
   // Without profiles the same name is unknown.
   const Stream none = Generate(*stub_, Greedy(prompt, 6, [](auto& p) { p.set_profile("smol"); }));
   EXPECT_EQ(none.status.error_message(), "attention.profile: unknown profile \"smol\" (loaded: none)");
 }
 
 TEST_F(ServerPolicyTest, ProfilesOfAnotherModelOrUnknownDefaultsFailAtStart) {
-  ServerOptions options{"127.0.0.1", 0, {}, {}};
+  ServerOptions options = LoopbackOptions();
   HeadProfile wrong = ProfileOf(model_->config);
   wrong.n_layers = 2;
   options.profiles["wrong"] = wrong;
@@ -367,7 +320,8 @@ TEST_F(ServerPolicyTest, DefaultAttentionServesRequestsWithoutAPolicy) {
   const v1::AttentionPolicy policy =
       ParseAttentionPolicyJson(R"({"streaming": {"sink_tokens": 1, "window_tokens": 4, "positions": "ORIGINAL"}})")
           .value();
-  ServerOptions options{"127.0.0.1", 0, policy};
+  ServerOptions options = LoopbackOptions();
+  options.default_attention = policy;
   std::unique_ptr<Server> server = Server::Start(*engine_, nullptr, options).value();
   std::unique_ptr<v1::Generation::Stub> stub = NewStub(server->port());
 
@@ -387,9 +341,9 @@ TEST_F(ServerPolicyTest, DefaultAttentionServesRequestsWithoutAPolicy) {
   // A present policy replaces the default: {} is dense over the full cache.
   const Stream opted_out = Generate(*stub, Greedy(prompt, 10, [](auto&) {}));
   ASSERT_TRUE(by_default.status.ok()) << by_default.status.error_message();
-  EXPECT_EQ(by_default.token_ids, explicit_streaming.token_ids);
-  EXPECT_NE(by_default.token_ids, dense.token_ids);
-  EXPECT_EQ(opted_out.token_ids, dense.token_ids);
+  EXPECT_EQ(by_default.TokenIds(), explicit_streaming.TokenIds());
+  EXPECT_NE(by_default.TokenIds(), dense.TokenIds());
+  EXPECT_EQ(opted_out.TokenIds(), dense.TokenIds());
 
   grpc::ClientContext c2;
   ASSERT_TRUE(stub_->GetServerInfo(&c2, {}, &info).ok());
@@ -410,7 +364,8 @@ TEST_F(ServerPolicyTest, InvalidDefaultAttentionFailsAtStartNamingTheField) {
        "--default-attention: attention.emphasis: spans point into one prompt; a default cannot have them"},
   };
   for (const auto& [json, message] : cases) {
-    ServerOptions options{"127.0.0.1", 0, ParseAttentionPolicyJson(json).value()};
+    ServerOptions options = LoopbackOptions();
+    options.default_attention = ParseAttentionPolicyJson(json).value();
     absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(*engine_, nullptr, options);
     ASSERT_FALSE(server.ok()) << json;
     EXPECT_EQ(server.status().message(), message);
