@@ -44,5 +44,11 @@ TEST_F(EnginePolicyTest, LinearKeepsSinksAndWindowPagesOverALongGeneration) {
             int64_t{30} * 3 * 2145 * 65 * 4);
 }
 
+// A recomputed sequence folds its keys into a state started afresh.
+TEST_F(EnginePolicyTest, LinearSequencesSurvivePreemption) {
+  const std::vector<std::string> prompts = {kPrompt, std::string(kPrompt) + " first,", "The minutes record:"};
+  ExpectSurvivesPreemption(Linear(32, 4), prompts, 40, 8);  // each holds ~5 pages
+}
+
 }  // namespace
 }  // namespace attnserve

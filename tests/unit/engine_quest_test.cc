@@ -46,6 +46,12 @@ TEST_F(EnginePolicyTest, QuestReadsItsBudgetAtDecode) {
   EXPECT_LE(read, static_cast<double>(heads * prompt_pages + 23 * (2 * 3 * (prompt_pages + 2) + 28 * 3 * 3)));
 }
 
+// A recomputed sequence rewrites its pages' key bounds from their first slot.
+TEST_F(EnginePolicyTest, QuestSequencesSurvivePreemption) {
+  const std::vector<std::string> prompts = {kPrompt, std::string(kPrompt) + " the", "Harbour notes: the ferry"};
+  ExpectSurvivesPreemption(Quest(32), prompts, 60, 14);  // 3 sequences need ~24 pages
+}
+
 TEST_F(EnginePolicyTest, QuestSharesOnlyItsPromptWithDense) {
   std::unique_ptr<Engine> engine = MakeEngine();
   const PolicySpec quest = Quest(32);
