@@ -78,6 +78,13 @@ struct Columns {
     const size_t i = static_cast<size_t>(it - ranges.begin()) - 1;
     return first[i] + t - ranges[i].begin;
   }
+  // The column of key t, or -1 when no range holds it.
+  int32_t Find(int32_t t) const {
+    const auto it = std::upper_bound(ranges.begin(), ranges.end(), t,
+                                     [](int32_t pos, const KeyRange& r) { return pos < r.begin; });
+    if (it == ranges.begin() || t >= (it - 1)->end) return -1;
+    return Of(t);
+  }
   // f(column, position) for the columns [0, extent).
   template <class F>
   void ForEach(int32_t extent, F&& f) const {
@@ -155,23 +162,26 @@ HWY_INLINE float Softmax(const SequenceAttentionParams& params, const AttentionH
     return lse;
   }
   for (int j = 0; j < n; j += N) hn::StoreU(hn::Mul(hn::LoadU(d, s + j), inv), d, s + j);
-  // ACT: the masses of the set and of the other keys (the rest summed, not
-  // taken as 1 - set, which would cancel when the set holds nearly all).
-  const int32_t* keys = params.reweight_keys + h.reweight_keys_begin;
-  const int32_t* end = keys + h.reweight_keys_size;
-  auto for_each_key = [&](auto&& f) {
-    const int32_t* it = keys;
-    cols.ForEach(extent, [&](int32_t c, int32_t t) {
-      while (it != end && *it < t) ++it;
-      f(s[c], it != end && *it == t);
-    });
-  };
+  // ACT: the set's few keys are looked up by position and taken out of the
+  // row, whose remaining sum is the other keys' mass (summed, not taken as
+  // 1 - set, which would cancel when the set holds nearly all); both scales
+  // then apply a vector at a time.
+  thread_local std::vector<std::pair<int32_t, float>> in_set;  // (column, probability)
+  in_set.clear();
   double mass_set = 0.0, mass_rest = 0.0;
-  for_each_key([&](float p, bool in_set) { (in_set ? mass_set : mass_rest) += p; });
+  for (int32_t i = 0; i < h.reweight_keys_size; ++i) {
+    const int32_t c = cols.Find(params.reweight_keys[h.reweight_keys_begin + i]);
+    if (c < 0 || c >= extent) continue;
+    in_set.emplace_back(c, s[c]);
+    mass_set += s[c];
+    s[c] = 0.0f;
+  }
+  for (int j = 0; j < n; j += N) mass_rest += FoldSum(d, hn::LoadU(d, s + j));
   const ReweightScales w =
       ComputeReweightScales(h.reweight_beta, static_cast<float>(mass_set), static_cast<float>(mass_rest));
-  for_each_key([&](float& p, bool in_set) { p *= in_set ? w.in_set : w.rest; });
-  for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::LoadU(d, s + j)), d, s + j);
+  const VF rest = hn::Set(d, w.rest);
+  for (int j = 0; j < n; j += N) hn::StoreU(RoundToFp16(d, hn::Mul(hn::LoadU(d, s + j), rest)), d, s + j);
+  for (const auto& [c, p] : in_set) s[c] = Fp16ToFloat(FloatToFp16(p * w.in_set));
   return lse;
 }
 
