@@ -228,7 +228,8 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
 void Engine::Impl::ReleaseHiddenPages(Sequence& seq) {
   const AttentionPlan* plan = PlanOf(seq);
   if (plan == nullptr) return;
-  ReleaseWindowedSlices(seq.pages, seq.num_computed, options.page_size);
+  const int32_t slices = ReleaseWindowedSlices(seq.pages, seq.num_computed, options.page_size);
+  if (metrics && slices > 0) metrics->AddEvictedHeadSlices(slices);
   const PageRange hidden = plan->visible_set().EvictablePages(seq.num_computed, options.page_size);
   if (hidden.empty()) return;
   const int32_t released = ReleasePageRange(seq.pages, allocator, hidden.begin, hidden.end);

@@ -95,6 +95,10 @@ struct Metrics::Impl {
                                          "KV pages a dense read would have touched (per layer and KV head).")
                                .Add({});
   Counter& evicted = CounterFamily(r, "kv_evicted_pages_total", "KV pages freed by eviction policies.").Add({});
+  Counter& evicted_slices =
+      CounterFamily(r, "kv_evicted_head_slices_total",
+                    "Per-(layer, KV head) shares of KV pages freed by windowed heads (duo's streaming heads).")
+          .Add({});
 
   std::array<Counter*, kCodes.size()> error_by_code{};
   // requests_total label sets, created on first use; the label values come
@@ -158,6 +162,7 @@ void Metrics::AddAttentionPages(int64_t read, int64_t visible) {
   impl_->pages_visible.Increment(static_cast<double>(visible));
 }
 void Metrics::AddEvictedPages(int64_t n) { impl_->evicted.Increment(static_cast<double>(n)); }
+void Metrics::AddEvictedHeadSlices(int64_t n) { impl_->evicted_slices.Increment(static_cast<double>(n)); }
 std::shared_ptr<prometheus::Registry> Metrics::registry() const { return impl_->registry; }
 
 MetricsExposer::MetricsExposer(std::unique_ptr<prometheus::Exposer> exposer, int port)

@@ -57,6 +57,8 @@ class Metrics {
   void CountRequest(std::string_view mode, std::string_view sink, std::string_view calibration);
   void AddAttentionPages(int64_t read, int64_t visible);
   void AddEvictedPages(int64_t n);
+  // One (layer, KV head)'s share of a page (DuoAttention's streaming heads).
+  void AddEvictedHeadSlices(int64_t n);
 
   std::shared_ptr<prometheus::Registry> registry() const;
 

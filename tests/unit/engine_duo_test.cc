@@ -45,7 +45,8 @@ TEST_F(EnginePolicyTest, DuoHoldsTheRetrievalHeadsShareOfThePages) {
   constexpr int32_t kTokens = 160;
   EngineOptions small_steps;
   small_steps.max_num_batched_tokens = 16;  // the prompt in chunks, slices given back between them
-  std::unique_ptr<Engine> engine = MakeEngine(small_steps);
+  Metrics metrics;
+  std::unique_ptr<Engine> engine = MakeEngine(small_steps, &metrics);
   const PolicySpec duo = Duo(16, 32);
   const GenerationRequest r = Greedy(kPrompt, kTokens, &duo);
   const auto [out, max_pages] = RunWatchingPages(*engine, r);
@@ -61,6 +62,10 @@ TEST_F(EnginePolicyTest, DuoHoldsTheRetrievalHeadsShareOfThePages) {
   EXPECT_LE(max_pages, (2 * blocks + 88 * 5 + 89) / 90);
   EXPECT_LT(max_pages * 2, blocks);
   EXPECT_EQ(engine->stats().kv_pages_used, 0);
+  // The 88 streaming KV heads gave back every block past the sink's that the
+  // last query's window no longer reached.
+  const double freed = CounterValue(metrics, "attnserve_kv_evicted_head_slices_total");
+  EXPECT_EQ(freed, 88.0 * (((total - 1) - 32 + 1) / 16 - 1));
 }
 
 TEST_F(EnginePolicyTest, DuoSequencesSurvivePreemption) {
