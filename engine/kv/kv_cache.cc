@@ -222,10 +222,10 @@ int32_t ReleaseWindowedSlices(PageTable& table, int32_t next_query_pos, int32_t 
   const int32_t blocks = static_cast<int32_t>(hs.table.size() / std::max(1, hs.heads));
   const int32_t end = std::min(gone.end, blocks);
   int32_t released = 0;
+  // Blocks from released_blocks on still hold every head's slice.
   for (int32_t b = std::max(gone.begin, hs.released_blocks); b < end; ++b) {
     for (int32_t h : hs.windowed_heads) {
       int32_t& slice = hs.table[static_cast<size_t>(b) * hs.heads + h];
-      if (slice == kReleasedPage) continue;
       hs.free.push_back(slice);
       slice = kReleasedPage;
       ++released;
