@@ -13,7 +13,7 @@
 namespace attnserve {
 namespace {
 
-// Physical memory: vector's zero fill would commit every byte, so a pool
+// Physical memory: the zero fill commits every byte, so a pool
 // larger than the machine could only end in the OOM killer.
 int64_t PhysicalMemoryBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES);
@@ -25,36 +25,47 @@ int64_t PhysicalMemoryBytes() {
 }  // namespace
 
 absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32_t num_pages) {
+  const Allocator host = [](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
+    const double bytes = static_cast<double>(elements) * sizeof(fp16_t);
+    if (bytes > static_cast<double>(PhysicalMemoryBytes())) {
+      return absl::ResourceExhaustedError(absl::StrCat("kv cache needs ", bytes, " bytes, more than the machine's memory"));
+    }
+    fp16_t* data = new (std::nothrow) fp16_t[elements]();
+    if (data == nullptr) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
+    return std::shared_ptr<fp16_t>(data, std::default_delete<fp16_t[]>());
+  };
+  return Create(shape, num_pages, host, false);
+}
+
+absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32_t num_pages,
+                                                const Allocator& allocate, bool on_device) {
   if (shape.n_layers < 1 || shape.n_kv_heads < 1 || shape.head_dim < 1 || shape.page_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kv cache shape (layers ", shape.n_layers, ", kv heads ",
                                                    shape.n_kv_heads, ", head_dim ", shape.head_dim, ", page size ",
                                                    shape.page_size, ") must be positive"));
   }
   if (num_pages < 1) return absl::InvalidArgumentError(absl::StrCat("kv cache needs pages, got ", num_pages));
-  // Each factor is below 2^31, so the products are checked in floating point
-  // before any of them could overflow int64.
-  const double elements = static_cast<double>(shape.n_layers) * num_pages * shape.n_kv_heads *
-                          shape.head_dim * shape.page_size;
-  const double bounds = 2.0 * elements / shape.page_size;
-  const double bytes = (2.0 * elements + bounds) * sizeof(fp16_t);
-  if (bytes > static_cast<double>(PhysicalMemoryBytes())) {
-    return absl::ResourceExhaustedError(absl::StrCat("kv cache of ", num_pages, " pages needs ", bytes,
-                                                     " bytes, more than the machine's memory"));
+  // Each factor is below 2^31, so the size is checked in floating point
+  // before any product could overflow int64.
+  const double elements = static_cast<double>(num_pages) * PageBytes(shape) / sizeof(fp16_t);
+  if (elements > static_cast<double>(std::numeric_limits<int64_t>::max() / 4)) {
+    return absl::ResourceExhaustedError(absl::StrCat("kv cache of ", num_pages, " pages is too large"));
   }
   KvCachePool pool;
   pool.shape_ = shape;
   pool.num_pages_ = num_pages;
-  try {
-    pool.keys_.resize(static_cast<size_t>(elements));
-    pool.values_.resize(static_cast<size_t>(elements));
-    pool.key_min_.resize(static_cast<size_t>(bounds / 2));
-    pool.key_max_.resize(static_cast<size_t>(bounds / 2));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
-  } catch (const std::length_error&) {
-    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a kv cache of ", bytes, " bytes"));
-  }
+  pool.on_device_ = on_device;
+  auto memory = allocate(static_cast<size_t>(elements));
+  if (!memory.ok()) return memory.status();
+  pool.memory_ = *std::move(memory);
   return pool;
+}
+
+fp16_t* KvCachePool::Part(int part, int32_t layer, int64_t layer_elements) const {
+  const int64_t page_kv = static_cast<int64_t>(num_pages_) * page_elements() * shape_.n_layers;
+  const int64_t bounds = static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim * shape_.n_layers;
+  const int64_t offset = part < 2 ? part * page_kv : 2 * page_kv + (part - 2) * bounds;
+  return memory_.get() + offset + static_cast<int64_t>(layer) * layer_elements;
 }
 
 int64_t KvCachePool::page_elements() const {
@@ -67,20 +78,16 @@ int64_t KvCachePool::PageBytes(const KvCacheShape& shape) {
          static_cast<int64_t>(sizeof(fp16_t));
 }
 
-fp16_t* KvCachePool::keys(int32_t layer) {
-  return keys_.data() + static_cast<int64_t>(layer) * num_pages_ * page_elements();
-}
+fp16_t* KvCachePool::keys(int32_t layer) { return Part(0, layer, num_pages_ * page_elements()); }
 
-fp16_t* KvCachePool::values(int32_t layer) {
-  return values_.data() + static_cast<int64_t>(layer) * num_pages_ * page_elements();
-}
+fp16_t* KvCachePool::values(int32_t layer) { return Part(1, layer, num_pages_ * page_elements()); }
 
 fp16_t* KvCachePool::key_min(int32_t layer) {
-  return key_min_.data() + static_cast<int64_t>(layer) * num_pages_ * shape_.n_kv_heads * shape_.head_dim;
+  return Part(2, layer, static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim);
 }
 
 fp16_t* KvCachePool::key_max(int32_t layer) {
-  return key_max_.data() + static_cast<int64_t>(layer) * num_pages_ * shape_.n_kv_heads * shape_.head_dim;
+  return Part(3, layer, static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim);
 }
 
 PageAllocator::PageAllocator(int32_t num_pages) : ref_counts_(num_pages, 0) {
@@ -237,6 +244,7 @@ int32_t ReleaseWindowedSlices(PageTable& table, int32_t next_query_pos, int32_t 
 
 void WriteKv(KvCachePool& pool, int32_t layer, const PageTable& table, int32_t first_pos, int32_t n_tokens,
              const float* k, const float* v) {
+  assert(!pool.on_device());
   const KvCacheShape& s = pool.shape();
   const PagedKv kv = LayerView(pool, layer, table, first_pos + n_tokens);
   const int32_t base_layer = table.packed() ? 0 : layer;

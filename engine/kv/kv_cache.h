@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,10 +28,21 @@ struct KvCacheShape {
 // Beside each page and KV head: the elementwise min and max of its keys
 // (Quest's page bounds), kept by WriteKv as the page fills; 2 of every
 // 2 * page_size key-and-value rows, i.e. 1/page_size more memory.
+// The memory is the host's, or a device's (the CUDA backend's pool), which
+// only that device's kernels touch: WriteKv is for host pools.
 class KvCachePool {
  public:
-  // Fails (RESOURCE_EXHAUSTED) rather than aborting when memory is short.
+  // Zero-filled memory for `elements` fp16 values, or an error status.
+  using Allocator = std::function<absl::StatusOr<std::shared_ptr<fp16_t>>(size_t elements)>;
+
+  // Host memory. Fails (RESOURCE_EXHAUSTED) rather than aborting when memory
+  // is short.
   static absl::StatusOr<KvCachePool> Create(const KvCacheShape& shape, int32_t num_pages);
+  // Memory from `allocate` (device memory when on_device).
+  static absl::StatusOr<KvCachePool> Create(const KvCacheShape& shape, int32_t num_pages, const Allocator& allocate,
+                                            bool on_device);
+
+  bool on_device() const { return on_device_; }
 
   const KvCacheShape& shape() const { return shape_; }
   int32_t num_pages() const { return num_pages_; }
@@ -45,12 +58,14 @@ class KvCachePool {
   fp16_t* key_max(int32_t layer);
 
  private:
+  fp16_t* Part(int part, int32_t layer, int64_t layer_elements) const;
+
   KvCacheShape shape_;
   int32_t num_pages_ = 0;
-  std::vector<fp16_t> keys_;    // [n_layers][num_pages][...]
-  std::vector<fp16_t> values_;
-  std::vector<fp16_t> key_min_;  // [n_layers][num_pages][n_kv_heads][head_dim]
-  std::vector<fp16_t> key_max_;
+  bool on_device_ = false;
+  // keys, values ([n_layers][num_pages][...] each), key_min, key_max
+  // ([n_layers][num_pages][n_kv_heads][head_dim] each), one after the other.
+  std::shared_ptr<fp16_t> memory_;
 };
 
 class PageAllocator {

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/common/rope_math.h"
 #include "kernels/common/taylor.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/linear_attention.h"
@@ -42,13 +43,9 @@ CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOp
     : model_(model), pool_(pool), options_(options), threads_(options.num_threads) {
   const ModelConfig& c = model.config;
   ReserveRows(options.max_step_tokens);
-  // As ops' RopeTable iterates theta (kernels/cpu/ops.cc), at position 1.
-  const float theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));
-  float theta = 1.0f;
-  for (int i = 0; i < c.rope_dim; i += 2) {
-    rope_freqs_.push_back(static_cast<double>(c.rope_freq_scale) * theta);
-    theta *= theta_scale;
-  }
+  rope_.theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));
+  rope_.freq_scale = c.rope_freq_scale;
+  rope_.context = c.context_length;
   AttentionHeadParams dense;
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   dense_heads_.assign(c.n_heads, dense);
@@ -209,21 +206,14 @@ void CpuBackend::RopeRows(float* x, const int32_t* positions, int64_t rows, int 
   }
 }
 
-// The float path's angle, pos * theta_scale^i iterated in float, is off by
-// up to ~pos * 2^-24 * i rad, which at millions of tokens garbles the offset
-// between a query and its keys (float spacing at 2^20 is 1/8). Here the
-// angle is pos * f_i in double with f_i the float path's own frequency, so
-// two positions differ by (i - j) * f_i to ~1e-9 rad at any distance; keys
-// written below the context by the float path are within its own error of
-// that (at 8192: <1e-3 rad). cos and sin in double, rounded to float.
+// RopeAngles' double path (kernels/common/rope_math.h).
 void CpuBackend::RopePastContext(float* x, int32_t pos, int n_heads) const {
-  const int head_dim = model_.config.head_dim;
-  for (size_t i = 0; i < rope_freqs_.size(); ++i) {
-    const double angle = static_cast<double>(pos) * rope_freqs_[i];
-    const float cs = static_cast<float>(std::cos(angle));
-    const float sn = static_cast<float>(std::sin(angle));
+  const ModelConfig& c = model_.config;
+  for (int i = 0; 2 * i < c.rope_dim; ++i) {
+    float cs, sn;
+    RopeCosSin(rope_, pos, i, &cs, &sn);
     for (int h = 0; h < n_heads; ++h) {
-      float* xh = x + static_cast<int64_t>(h) * head_dim + 2 * i;
+      float* xh = x + static_cast<int64_t>(h) * c.head_dim + 2 * i;
       const float x0 = xh[0], x1 = xh[1];
       xh[0] = x0 * cs - x1 * sn;
       xh[1] = x1 * cs + x0 * sn;

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
 #include "engine/model/model.h"
+#include "kernels/common/rope_math.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -100,9 +101,7 @@ class CpuBackend : public Backend {
   Scratch s_;
   // Dense attention for every head, for sequences without a plan.
   std::vector<AttentionHeadParams> dense_heads_;
-  // Per rotary pair i, the float path's angle at position 1 (freq_scale *
-  // theta_scale^i as it iterates it), widened to double.
-  std::vector<double> rope_freqs_;
+  RopeAngles rope_;
   AttentionObserver observer_;
 };
 
