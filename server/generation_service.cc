@@ -1,14 +1,11 @@
 #include "server/generation_service.h"
 
-#include <fstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/generate_reactor.h"
 #include "server/grpc_status.h"
@@ -43,23 +40,12 @@ constexpr PolicyEntry kPolicies[] = {
      "1 to 256 spans inside the prompt (CHARS need a text prompt, or TOKENS), alpha in (0, 1] (0.01), layers "
      "(all), heads (all)"},
     {"duo", true, false,
-     "retrieval_heads (query heads), sink_tokens (64), recent_tokens (256); streaming heads' pages are not freed"},
+     "retrieval_heads (query heads), sink_tokens (64), recent_tokens (256); streaming heads' slices of pages are given back as their window moves"},
     {"sparse.quest", true, false, "token_budget >= page size, dense_layers (2)"},
     {"linear", true, true,
      "window_tokens, sink_tokens, feature_map taylor2; not with emphasis, nor zero_tuning without sinks"},
     {"profile", true, false, "a head profile made by `attnserve profile`, loaded with --profile-dir (see profiles)"},
 };
-
-std::string CpuModelName() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (!absl::StartsWith(line, "model name")) continue;
-    const size_t colon = line.find(':');
-    if (colon != std::string::npos) return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-  }
-  return "cpu";
-}
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context, const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -152,7 +138,6 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetModelInfoRequest* request,
                                                           v1::ModelInfo* response) {
-  static const std::string* const kDevice = new std::string(CpuModelName());
   const Engine& engine = serving_.engine;
   const ModelConfig& c = engine.model().config;
   response->set_name(c.name);
@@ -164,8 +149,8 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   response->set_hidden_size(c.hidden);
   response->set_vocab_size(c.vocab_size);
   response->set_context_length(c.context_length);
-  response->set_backend("cpu");
-  response->set_device(*kDevice);
+  response->set_backend(engine.backend_name());
+  response->set_device(engine.device());
   for (const PolicyEntry& p : kPolicies) {
     v1::PolicySupport* s = response->add_policies();
     s->set_name(p.name);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/common/taylor.h"
@@ -44,6 +45,10 @@ struct LinearAttentionState {
   std::vector<LinearHeadState> heads;  // [n_layers][n_kv_heads]
   // Per layer: keys [sink_tokens, folded_end) are in the state (0: none yet).
   std::vector<int32_t> folded_end;
+  // The GPU backend keeps the states (heads' layout) in device memory,
+  // [n_layers][n_kv_heads][features][head_dim + 1] floats, owned here so that
+  // they go with the sequence.
+  std::shared_ptr<void> device_states;
 };
 
 }  // namespace attnserve

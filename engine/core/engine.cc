@@ -10,6 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/backend/cpu/cpu_backend.h"
+#ifdef ATTNSERVE_WITH_CUDA
+#include "engine/backend/cuda/cuda_backend.h"
+#include "kernels/cuda/device.h"
+#endif
 #include "engine/common/status_macros.h"
 #include "engine/core/engine_impl.h"
 #include "engine/kv/prefix_cache.h"
@@ -20,8 +24,10 @@ namespace {
 
 // A plan is made for one model; one for another would fail the whole step.
 // Quest reads whole pages: its budget needs one at least.
-absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c, int32_t page_size) {
+absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c, int32_t page_size,
+                                  const Backend& backend) {
   if (plan == nullptr) return absl::OkStatus();
+  ATTN_RETURN_IF_ERROR(backend.CheckPlan(*plan));
   if (plan->n_layers() != c.n_layers || plan->n_heads() != c.n_heads) {
     return absl::InvalidArgumentError(absl::StrCat("attention: the plan has ", plan->n_layers(), " layers of ",
                                                    plan->n_heads(), " heads; the model ", c.n_layers, " of ",
@@ -34,6 +40,23 @@ absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c
   return absl::OkStatus();
 }
 
+// "auto" is cuda where this build has it and a device is present.
+absl::StatusOr<std::string> ChooseBackend(const std::string& name) {
+  if (name != "cpu" && name != "cuda" && name != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat("backend: \"", name, "\" is none of cpu, cuda, auto"));
+  }
+  if (name == "cpu") return name;
+#ifdef ATTNSERVE_WITH_CUDA
+  std::string why_not;
+  if (CudaDeviceAvailable(&why_not)) return std::string("cuda");
+  if (name == "auto") return std::string("cpu");
+  return absl::UnavailableError(absl::StrCat("backend: cuda, but ", why_not));
+#else
+  if (name == "auto") return std::string("cpu");
+  return absl::UnimplementedError("backend: cuda, but this build has no CUDA (nvcc was not found)");
+#endif
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const EngineOptions& options,
@@ -44,18 +67,32 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     return absl::InvalidArgumentError("engine options must be positive");
   }
   const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
-  const int64_t page_bytes = KvCachePool::PageBytes(shape);
-  const int64_t pages = options.kv_cache_bytes / page_bytes;
-  if (pages < 2) {
-    return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
-                                                   " bytes holds fewer than 2 pages of ", page_bytes, " bytes"));
+  ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
+  std::unique_ptr<Impl> impl;
+  if (backend == "cuda") {
+#ifdef ATTNSERVE_WITH_CUDA
+    CudaBackendOptions cuda_options;
+    cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
+    ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(shape, options.gpu_memory_utilization));
+    impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
+    impl->backend = std::move(cuda);
+#endif
+  } else {
+    const int64_t page_bytes = KvCachePool::PageBytes(shape);
+    const int64_t pages = options.kv_cache_bytes / page_bytes;
+    if (pages < 2) {
+      return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
+                                                     " bytes holds fewer than 2 pages of ", page_bytes, " bytes"));
+    }
+    ATTN_ASSIGN_OR_RETURN(KvCachePool pool,
+                          KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30))));
+    impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
+    CpuBackendOptions backend_options;
+    backend_options.num_threads = options.num_threads;
+    backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
   }
-  ATTN_ASSIGN_OR_RETURN(KvCachePool pool, KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30))));
-  auto impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
-  CpuBackendOptions backend_options;
-  backend_options.num_threads = options.num_threads;
-  backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
-  ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
   for (int32_t id = 0; id < c.vocab_size; ++id) {
     if (model.tokenizer->IsEndOfGeneration(id)) impl->eog_ids.push_back(id);
   }
@@ -78,6 +115,8 @@ Engine::~Engine() {
 
 const Model& Engine::model() const { return impl_->model; }
 const EngineOptions& Engine::options() const { return impl_->options; }
+std::string Engine::backend_name() const { return impl_->backend->name(); }
+std::string Engine::device() const { return impl_->backend->device(); }
 
 EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -102,7 +141,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
                                                    limit));
   }
   ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, limit - prompt));
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(request.attention.get(), c, e.options.page_size));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(request.attention.get(), c, e.options.page_size, *e.backend));
   const VisibleSet visible = request.attention != nullptr ? request.attention->visible_set() : VisibleSet{};
   // ACT prefills its prompt in one step.
   const int32_t chunk = request.attention != nullptr && request.attention->act()
@@ -152,7 +191,7 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::s
   for (int32_t t : token_ids) {
     if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
   }
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(attention.get(), c, e.options.page_size));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(attention.get(), c, e.options.page_size, *e.backend));
   // A streaming window gives pages back as the scoring advances; under ACT
   // the text first runs whole.
   const VisibleSet visible = attention != nullptr ? attention->visible_set() : VisibleSet{};

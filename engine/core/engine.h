@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,6 +27,13 @@ struct EngineOptions {
   int32_t max_waiting = 1024;            // queued requests before RESOURCE_EXHAUSTED
   bool prefix_caching = true;
   int num_threads = 2;
+  // "cpu", "cuda", or "auto": cuda when this build has it and a device is
+  // present, else cpu.
+  std::string backend = "cpu";
+  // cuda: the share of the device's memory the process may take (weights,
+  // activations, KV cache); the KV cache gets what is left of it, and
+  // kv_cache_bytes does not apply.
+  double gpu_memory_utilization = 0.9;
 };
 
 struct EngineStats {
@@ -73,6 +81,8 @@ class Engine {
   EngineStats stats() const;
   const Model& model() const;
   const EngineOptions& options() const;
+  std::string backend_name() const;  // the backend chosen: "cpu" or "cuda"
+  std::string device() const;        // its processor's name
 
  private:
   struct Impl;

@@ -8,7 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/backend.h"
 #include "engine/core/engine.h"
 #include "engine/core/sequence.h"
 #include "engine/kv/prefix_cache.h"
@@ -51,7 +51,7 @@ struct Engine::Impl {
   PageAllocator allocator;
   PrefixCache prefix_cache;
   Scheduler scheduler;
-  std::unique_ptr<CpuBackend> backend;
+  std::unique_ptr<Backend> backend;
   std::vector<int32_t> eog_ids;
 
   // Shared with callers (mu).

@@ -45,17 +45,30 @@ __global__ void FoldKeysKernel(const LinearFoldSequence* seqs, int32_t n_kv_head
   }
 }
 
+// Sums v over the block (whole warps of at most kMaxHeadDim threads).
+// `partial` is shared scratch of a warp count's floats; called by every thread.
+__device__ float BlockSum(float v, float* partial) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // the previous call's readers are done with partial
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
+  return total;
+}
+
 // Block per (query head, sequence), thread per column: φ(q) in shared
-// memory, then num[c] = Σ_f φ_f(q) S[f][c] and den = Σ_f φ_f(q) z[f].
+// memory, then num[c] = Σ_f φ_f(q) S[f][c] and den = Σ_f φ_f(q) z[f], plus
+// the pending keys' Taylor weights.
 __global__ void JoinLinearKernel(LinearReadArgs a) {
   extern __shared__ float phi[];
   __shared__ float q[kMaxHeadDim];
-  __shared__ float den_sh;
-  const int h = blockIdx.x, seq = blockIdx.y, c = threadIdx.x;
-  const LinearReadSequence& s = a.seqs[seq];
+  __shared__ float partial[kMaxHeadDim / 32];
+  const int h = blockIdx.x, c = threadIdx.x;
+  const LinearReadSequence& s = a.seqs[blockIdx.y];
   const int d = a.head_dim, features = TaylorFeatureCount(d);
   const int g = h / (a.n_q_heads / a.n_kv_heads);
-  const int64_t row = static_cast<int64_t>(seq) * a.n_q_heads + h;
+  const int64_t row = static_cast<int64_t>(s.row) * a.n_q_heads + h;
   const float* state = s.states + static_cast<int64_t>(g) * features * (d + 1);
   q[c] = a.q[row * d + c] * s.heads[h].logit_scale;
   __syncthreads();
@@ -63,15 +76,15 @@ __global__ void JoinLinearKernel(LinearReadArgs a) {
   __syncthreads();
   float num = 0.0f;
   for (int f = 0; f < features; ++f) num += phi[f] * state[static_cast<int64_t>(f) * d + c];
-  // den: strided over the block, then summed warp by warp.
   float part = 0.0f;
   for (int f = c; f < features; f += blockDim.x) part += phi[f] * state[static_cast<int64_t>(features) * d + f];
-  for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-  if (c == 0) den_sh = 0.0f;
-  __syncthreads();
-  if (c % 32 == 0) atomicAdd(&den_sh, part);
-  __syncthreads();
-  const float den = den_sh;
+  float den = BlockSum(part, partial);
+  for (int32_t j = s.pending_begin; j < s.pending_end; ++j) {
+    const float x = BlockSum(q[c] * Fp16ToFloat(s.kv.Row(s.kv.keys, g, j)[c]), partial);
+    const float w = Taylor2(x);
+    num += w * Fp16ToFloat(s.kv.Row(s.kv.values, g, j)[c]);
+    den += w;
+  }
   if (den <= 0.0f) return;  // nothing folded yet
   const float lse = a.lse[row];
   const float exact = lse == -INFINITY ? 0.0f : 1.0f / (1.0f + den * __expf(-lse));

@@ -32,18 +32,25 @@ struct LinearFoldSequence {
 absl::Status FoldKeysCuda(const LinearFoldSequence* seqs, int32_t n_seqs, int32_t n_kv_heads, int32_t head_dim,
                           void* stream);
 
-// One decode query per sequence. Device pointers.
+// One query: row `row` of q, lse and out. Keys [pending_begin,
+// pending_end) have left its window but are not folded yet (a prefill
+// chunk's earlier queries' keys): they join the state's part with their
+// own Taylor weights, as the CPU backend adds them. Device pointers.
 struct LinearReadSequence {
   const float* states = nullptr;            // as LinearFoldSequence::states
   const AttentionHeadParams* heads = nullptr;  // [n_q_heads]: the logit scales
+  int32_t row = 0;
+  PagedKv kv;                               // read for the pending keys only
+  int32_t pending_begin = 0;
+  int32_t pending_end = 0;
 };
 
 struct LinearReadArgs {
   const LinearReadSequence* seqs = nullptr;  // [n_seqs]
   int32_t n_seqs = 0;
-  const float* q = nullptr;   // [n_seqs][n_q_heads][head_dim]
-  const float* lse = nullptr; // [n_seqs][n_q_heads]: the exact part's log denominator
-  float* out = nullptr;       // [n_seqs][n_q_heads][head_dim]: the exact part in, the joined output out
+  const float* q = nullptr;   // [rows][n_q_heads][head_dim]
+  const float* lse = nullptr; // [rows][n_q_heads]: the exact part's log denominator
+  float* out = nullptr;       // [rows][n_q_heads][head_dim]: the exact part in, the joined output out
   int32_t n_q_heads = 0;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;       // <= 128

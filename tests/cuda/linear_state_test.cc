@@ -102,7 +102,9 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
     }
   }
   DeviceBuffer heads = Upload(pr.heads), d_q = Upload(pr.q), d_lse = Upload(lse), out = Upload(exact);
-  LinearReadSequence rs{states.as<float>(), heads.as<AttentionHeadParams>()};
+  LinearReadSequence rs;
+  rs.states = states.as<float>();
+  rs.heads = heads.as<AttentionHeadParams>();
   DeviceBuffer d_rs = Upload(std::vector<LinearReadSequence>{rs});
   LinearReadArgs a;
   a.seqs = d_rs.as<LinearReadSequence>();
@@ -118,6 +120,51 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
   std::vector<float> got_out(exact.size());
   ASSERT_TRUE(out.CopyToHost(got_out.data(), got_out.size() * sizeof(float)).ok());
   ExpectNear(got_out, joined, 1e-4f, "output");
+
+  // A prefill query whose window has left keys [60, 70) behind since the
+  // fold: they join with their Taylor weights. Its row is 1 of 2.
+  const int32_t pending_begin = 60, pending_end = 70;
+  std::vector<float> q2(2 * exact.size()), exact2(2 * exact.size()), lse2(2 * n_q);
+  std::copy(pr.q.begin(), pr.q.begin() + exact.size(), q2.begin() + exact.size());
+  std::copy(exact.begin(), exact.end(), exact2.begin() + exact.size());
+  std::copy(lse.begin(), lse.end(), lse2.begin() + n_q);
+  std::vector<float> joined2 = exact2;
+  for (int h = 0; h < n_q; ++h) {
+    std::vector<float> q(head_dim), num(head_dim);
+    for (int c = 0; c < head_dim; ++c) q[c] = pr.q[h * head_dim + c] * pr.heads[h].logit_scale;
+    float den_f = 0.0f;
+    ReadLinearState(cpu[h / group], q.data(), head_dim, num.data(), &den_f);
+    double den = den_f;
+    for (int32_t j = pending_begin; j < pending_end; ++j) {
+      float x = 0.0f;
+      for (int c = 0; c < head_dim; ++c) x += q[c] * Fp16ToFloat(host_kv.Row(host_kv.keys, h / group, j)[c]);
+      const float w = Taylor2(x);
+      for (int c = 0; c < head_dim; ++c) num[c] += w * Fp16ToFloat(host_kv.Row(host_kv.values, h / group, j)[c]);
+      den += w;
+    }
+    const double w = 1.0 / (1.0 + den * std::exp(-lse[h]));
+    for (int c = 0; c < head_dim; ++c) {
+      joined2[exact.size() + h * head_dim + c] = static_cast<float>(w * exact[h * head_dim + c] + (1.0 - w) * num[c] / den);
+    }
+  }
+  DeviceBuffer d_q2 = Upload(q2), d_lse2 = Upload(lse2), out2 = Upload(exact2);
+  rs.row = 1;
+  rs.kv = host_kv;
+  rs.kv.keys = keys.as<fp16_t>();
+  rs.kv.values = values.as<fp16_t>();
+  rs.kv.page_table = table.as<int32_t>();
+  rs.pending_begin = pending_begin;
+  rs.pending_end = pending_end;
+  DeviceBuffer d_rs2 = Upload(std::vector<LinearReadSequence>{rs});
+  a.seqs = d_rs2.as<LinearReadSequence>();
+  a.q = d_q2.as<float>();
+  a.lse = d_lse2.as<float>();
+  a.out = out2.as<float>();
+  ASSERT_TRUE(JoinLinearStateCuda(a, nullptr).ok());
+  ASSERT_TRUE(CudaStreamSync(nullptr).ok());
+  std::vector<float> got_out2(exact2.size());
+  ASSERT_TRUE(out2.CopyToHost(got_out2.data(), got_out2.size() * sizeof(float)).ok());
+  ExpectNear(got_out2, joined2, 1e-4f, "output with pending keys");
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, LinearStateCudaTest, ::testing::Values(32, 64, 128));

@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
 #include "kernels/common/rope_math.h"
 #include "kernels/common/taylor.h"
 #include "kernels/cpu/attention.h"
@@ -22,6 +26,17 @@ namespace {
 constexpr int32_t kQueriesPerTask = 32;
 
 }  // namespace
+
+std::string CpuBackend::device() const {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (!absl::StartsWith(line, "model name")) continue;
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos) return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+  }
+  return "cpu";
+}
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& model, KvCachePool& pool,
                                                                const CpuBackendOptions& options) {
@@ -73,28 +88,10 @@ void CpuBackend::ReserveRows(int64_t rows) {
 
 absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) {
   const ModelConfig& c = model_.config;
+  ATTN_RETURN_IF_ERROR(CheckSteps(c, pool_.shape().page_size, steps));
   int64_t rows = 0;
   int64_t logit_rows = 0;
   for (const SequenceStep& st : steps) {
-    if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence step has no tokens");
-    const int64_t end = st.first_pos + static_cast<int64_t>(st.tokens.size());
-    if (st.first_pos < 0 || st.pages == nullptr ||
-        end > ReservedTokens(*st.pages, pool_.shape().page_size)) {
-      return absl::InvalidArgumentError("a sequence step's positions are not reserved in its page table");
-    }
-    if (st.attention != nullptr && (st.attention->n_layers() != c.n_layers || st.attention->n_heads() != c.n_heads)) {
-      return absl::InvalidArgumentError("a sequence's attention plan was made for another model");
-    }
-    if (st.act_sets != nullptr && st.attention == nullptr) {
-      return absl::InvalidArgumentError("a sequence has ACT key sets but no attention plan");
-    }
-    if (st.act_sets != nullptr && !st.act_sets->complete() &&
-        (st.first_pos != 0 || static_cast<int32_t>(st.tokens.size()) < st.attention->prompt_tokens())) {
-      return absl::InvalidArgumentError("an ACT sequence's first step must cover its whole prompt");
-    }
-    for (int32_t t : st.tokens) {
-      if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));
-    }
     rows += static_cast<int64_t>(st.tokens.size());
     logit_rows += st.logits == LogitsWanted::kAll ? static_cast<int64_t>(st.tokens.size())
                                                   : (st.logits == LogitsWanted::kLast ? 1 : 0);

@@ -56,6 +56,7 @@ class CpuBackend : public Backend {
 
   const ModelConfig& config() const override { return model_.config; }
   std::string name() const override { return "cpu"; }
+  std::string device() const override;
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
 
   // Called after each layer's attention, once per sequence of the step, on

@@ -1,0 +1,377 @@
+#include "engine/backend/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/step_metadata.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/bf16_weights.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/kv_append.h"
+#include "kernels/cuda/linear_state.h"
+#include "kernels/cuda/paged_decode.h"
+#include "kernels/cuda/quest_select.h"
+#include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/transformer_ops.h"
+
+namespace attnserve {
+namespace {
+
+// The split-K partials of one attention launch stay under this; a prefill
+// step with more rows (or longer contexts) runs in several launches.
+constexpr size_t kDecodeWorkspaceBytes = size_t{256} << 20;
+// Device memory CreateKvPool leaves for what a step allocates as it grows
+// (the step metadata, the logits of long score chunks) and for cuBLAS.
+constexpr size_t kStepReserveBytes = size_t{512} << 20;
+
+absl::Status Cuda(cudaError_t err, std::string_view what) { return CudaErrorToStatus(err, what); }
+
+// Grows `b` to at least `bytes` (contents not kept).
+absl::Status Reserve(DeviceBuffer& b, size_t bytes) {
+  if (b.size() >= bytes) return absl::OkStatus();
+  b = DeviceBuffer();
+  ATTN_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(bytes));
+  return absl::OkStatus();
+}
+
+struct DeviceLayer {
+  const float* attn_norm = nullptr;   // [hidden]
+  const uint16_t* wqkv = nullptr;     // [q_dim + 2 * kv_dim][hidden]
+  const uint16_t* wo = nullptr;       // [hidden][q_dim]
+  const float* ffn_norm = nullptr;    // [hidden]
+  const uint16_t* w_gate_up = nullptr;  // [2 * ffn][hidden]
+  const uint16_t* w_down = nullptr;   // [hidden][ffn]
+};
+
+}  // namespace
+
+struct CudaBackend::State {
+  const Model& model;
+  CudaBackendOptions options;
+  std::string device_name;
+  cudaStream_t stream = nullptr;
+  std::optional<CublasHandle> cublas;
+
+  std::vector<DeviceBuffer> weights;  // owns what the pointers below name
+  const uint16_t* token_embd = nullptr;  // [vocab][hidden]
+  const float* output_norm = nullptr;
+  const uint16_t* output = nullptr;      // [vocab][hidden]
+  std::vector<DeviceLayer> layers;
+  RopeAngles rope;
+  std::vector<AttentionHeadParams> dense_heads;
+
+  std::optional<KvCachePool> pool;
+
+  // Activations, [rows][width] each.
+  int64_t rows = 0;
+  DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
+  DeviceBuffer decode_ws, quest_q, quest_ws, meta, final_x, logits;
+  StagingArena arena;
+
+  explicit State(const Model& m) : model(m) {}
+  ~State() {
+    if (stream != nullptr) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+
+  absl::Status Upload(std::span<const uint16_t> bf16, const uint16_t** at) {
+    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bf16.size_bytes()));
+    ATTN_RETURN_IF_ERROR(b.CopyFromHost(bf16.data(), bf16.size_bytes()));
+    *at = b.as<uint16_t>();
+    weights.push_back(std::move(b));
+    return absl::OkStatus();
+  }
+  absl::Status Upload(std::span<const float> f32, const float** at) {
+    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(f32.size_bytes()));
+    ATTN_RETURN_IF_ERROR(b.CopyFromHost(f32.data(), f32.size_bytes()));
+    *at = b.as<float>();
+    weights.push_back(std::move(b));
+    return absl::OkStatus();
+  }
+  absl::Status UploadStacked(std::initializer_list<const WeightMatrix*> matrices, const uint16_t** at) {
+    ATTN_ASSIGN_OR_RETURN(std::vector<uint16_t> bf16, StackBf16(std::span<const WeightMatrix* const>(matrices.begin(), matrices.size())));
+    return Upload(bf16, at);
+  }
+
+  absl::Status UploadWeights();
+  absl::Status ReserveRows(int64_t rows);
+  absl::Status Layer(int32_t l, const StepMetadata& m);
+  absl::Status Attention(const LayerMetadata& lm, const StepMetadata& m);
+};
+
+absl::Status CudaBackend::State::UploadWeights() {
+  const ModelConfig& c = model.config;
+  const LlamaWeights& w = model.weights;
+  auto norm = [&](const float* host) { return std::span<const float>(host, static_cast<size_t>(c.hidden)); };
+  ATTN_RETURN_IF_ERROR(UploadStacked({&w.token_embd}, &token_embd));
+  if (w.output.data == w.token_embd.data) {
+    output = token_embd;
+  } else {
+    ATTN_RETURN_IF_ERROR(UploadStacked({&w.output}, &output));
+  }
+  ATTN_RETURN_IF_ERROR(Upload(norm(w.output_norm), &output_norm));
+  layers.resize(c.n_layers);
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    const LlamaLayerWeights& lw = w.layers[l];
+    DeviceLayer& d = layers[l];
+    ATTN_RETURN_IF_ERROR(Upload(norm(lw.attn_norm), &d.attn_norm));
+    ATTN_RETURN_IF_ERROR(Upload(norm(lw.ffn_norm), &d.ffn_norm));
+    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.wq, &lw.wk, &lw.wv}, &d.wqkv));
+    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.wo}, &d.wo));
+    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.w_gate, &lw.w_up}, &d.w_gate_up));
+    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.w_down}, &d.w_down));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::State::ReserveRows(int64_t n) {
+  if (n <= rows) return absl::OkStatus();
+  const ModelConfig& c = model.config;
+  const size_t f = sizeof(float), b = sizeof(uint16_t), r = static_cast<size_t>(n);
+  ATTN_RETURN_IF_ERROR(Reserve(x, r * c.hidden * f));
+  ATTN_RETURN_IF_ERROR(Reserve(xn, r * std::max(c.hidden, c.q_dim()) * b));
+  ATTN_RETURN_IF_ERROR(Reserve(qkv, r * (c.q_dim() + 2 * c.kv_dim()) * f));
+  ATTN_RETURN_IF_ERROR(Reserve(q, r * c.q_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(k, r * c.kv_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(v, r * c.kv_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(sink_q, r * c.q_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(attn, r * c.q_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(lse, r * c.n_heads * f));
+  ATTN_RETURN_IF_ERROR(Reserve(gate_up, r * 2 * c.ffn_hidden * f));
+  ATTN_RETURN_IF_ERROR(Reserve(h, r * c.ffn_hidden * b));
+  ATTN_RETURN_IF_ERROR(Reserve(quest_q, r * c.q_dim() * f));
+  ATTN_RETURN_IF_ERROR(Reserve(final_x, r * c.hidden * f));
+  rows = n;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& model,
+                                                                 const CudaBackendOptions& options) {
+  const ModelConfig& c = model.config;
+  std::string why_not;
+  if (!CudaDeviceAvailable(&why_not)) return absl::UnavailableError(why_not);
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::UnimplementedError(absl::StrCat("cuda backend: head_dim ", c.head_dim, " (its kernels cover 64 and 128)"));
+  }
+  if (c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 16) {
+    return absl::UnimplementedError(absl::StrCat("cuda backend: ", c.n_heads, " query heads over ", c.n_kv_heads,
+                                                 " KV heads (at most 16 per KV head)"));
+  }
+  if (options.max_step_tokens < 1) return absl::InvalidArgumentError("max_step_tokens must be positive");
+  ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(options.device), absl::StrCat("cudaSetDevice(", options.device, ")")));
+  auto s = std::make_unique<State>(model);
+  s->options = options;
+  cudaDeviceProp prop{};
+  ATTN_RETURN_IF_ERROR(Cuda(cudaGetDeviceProperties(&prop, options.device), "cudaGetDeviceProperties"));
+  s->device_name = prop.name;
+  ATTN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+  ATTN_ASSIGN_OR_RETURN(CublasHandle cublas, CublasHandle::Create(s->stream));
+  s->cublas = std::move(cublas);
+  ATTN_RETURN_IF_ERROR(s->UploadWeights());
+  s->rope = {std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim)), c.rope_freq_scale, c.context_length};
+  AttentionHeadParams dense;
+  dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  s->dense_heads.assign(c.n_heads, dense);
+  ATTN_RETURN_IF_ERROR(s->ReserveRows(options.max_step_tokens));
+  ATTN_RETURN_IF_ERROR(Reserve(s->decode_ws, kDecodeWorkspaceBytes));
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(s)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<State> state) : s_(std::move(state)) {}
+CudaBackend::~CudaBackend() = default;
+
+const ModelConfig& CudaBackend::config() const { return s_->model.config; }
+std::string CudaBackend::device() const { return s_->device_name; }
+
+absl::Status CudaBackend::CheckPlan(const AttentionPlan& plan) const {
+  if (plan.act()) return absl::UnimplementedError("attention.act: not available on the cuda backend yet");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization) {
+  if (!(utilization > 0.0 && utilization <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization: ", utilization, " must be in (0, 1]"));
+  }
+  ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s_->options.device), "cudaSetDevice"));
+  size_t free_bytes = 0, total_bytes = 0;
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+  const double allowed = utilization * static_cast<double>(total_bytes) - static_cast<double>(total_bytes - free_bytes) -
+                         static_cast<double>(kStepReserveBytes);
+  const int64_t pages = static_cast<int64_t>(std::max(0.0, allowed) / static_cast<double>(KvCachePool::PageBytes(shape)));
+  if (pages < 2) {
+    return absl::ResourceExhaustedError(absl::StrCat("gpu_memory_utilization: ", utilization, " of ", total_bytes,
+                                                     " bytes leaves no room for a KV cache (", free_bytes, " free)"));
+  }
+  const KvCachePool::Allocator on_device = [](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
+    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(elements * sizeof(fp16_t)));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemset(b.data(), 0, b.size()), "cudaMemset(kv cache)"));
+    auto owner = std::make_shared<DeviceBuffer>(std::move(b));
+    return std::shared_ptr<fp16_t>(owner, owner->as<fp16_t>());
+  };
+  ATTN_ASSIGN_OR_RETURN(KvCachePool pool, KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30)),
+                                                              on_device, true));
+  s_->pool = pool;
+  return pool;
+}
+
+absl::Status CudaBackend::State::Attention(const LayerMetadata& lm, const StepMetadata& m) {
+  const ModelConfig& c = model.config;
+  if (lm.n_quest > 0) {
+    ATTN_RETURN_IF_ERROR(GatherRowsCuda(q.as<float>(), lm.quest_rows, lm.n_quest, c.q_dim(), quest_q.as<float>(), stream));
+    const size_t ws = QuestSelectWorkspaceBytes(lm.n_quest, c.n_kv_heads, lm.quest_max_pages);
+    ATTN_RETURN_IF_ERROR(Reserve(quest_ws, ws));
+    QuestSelectArgs qa;
+    qa.seqs = lm.quest;
+    qa.n_seqs = lm.n_quest;
+    qa.max_pages = lm.quest_max_pages;
+    qa.q = quest_q.as<float>();
+    qa.n_q_heads = c.n_heads;
+    qa.n_kv_heads = c.n_kv_heads;
+    qa.head_dim = c.head_dim;
+    ATTN_RETURN_IF_ERROR(QuestSelectCuda(qa, quest_ws.data(), quest_ws.size(), stream));
+  }
+  // Rows in launches whose split partials fit the workspace.
+  const size_t per_row = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_row));
+  for (int64_t r0 = 0; r0 < m.rows; r0 += chunk) {
+    DecodeAttentionArgs a;
+    a.seqs = lm.decode + r0;
+    a.n_seqs = static_cast<int32_t>(std::min(chunk, m.rows - r0));
+    a.max_tokens = m.max_tokens;
+    a.q = q.as<float>() + r0 * c.q_dim();
+    a.sink_q = m.slots != nullptr ? sink_q.as<float>() + r0 * c.q_dim() : nullptr;
+    a.n_q_heads = c.n_heads;
+    a.n_kv_heads = c.n_kv_heads;
+    a.head_dim = c.head_dim;
+    a.out = attn.as<float>() + r0 * c.q_dim();
+    a.lse = m.wants_lse ? lse.as<float>() + r0 * c.n_heads : nullptr;
+    ATTN_RETURN_IF_ERROR(DecodeAttentionCuda(a, decode_ws.data(), decode_ws.size(), stream));
+  }
+  if (lm.n_linear_rows > 0) {
+    LinearReadArgs la;
+    la.seqs = lm.linear_read;
+    la.n_seqs = lm.n_linear_rows;
+    la.q = q.as<float>();
+    la.lse = lse.as<float>();
+    la.out = attn.as<float>();
+    la.n_q_heads = c.n_heads;
+    la.n_kv_heads = c.n_kv_heads;
+    la.head_dim = c.head_dim;
+    ATTN_RETURN_IF_ERROR(JoinLinearStateCuda(la, stream));
+  }
+  return FoldKeysCuda(lm.linear_fold, lm.n_linear_folds, c.n_kv_heads, c.head_dim, stream);
+}
+
+absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m) {
+  const ModelConfig& c = model.config;
+  const DeviceLayer& w = layers[l];
+  const int64_t n = m.rows;
+  ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(x.as<float>(), w.attn_norm, xn.as<uint16_t>(), n, c.hidden, c.rms_eps, stream));
+  ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {w.wqkv, c.q_dim() + 2 * c.kv_dim(), c.hidden, xn.as<uint16_t>(), n,
+                                          qkv.as<float>(), false}));
+  QkvSplitArgs split;
+  split.qkv = qkv.as<float>();
+  split.rows = n;
+  split.positions = m.positions;
+  split.slots = m.slots;
+  split.q = q.as<float>();
+  split.k = k.as<float>();
+  split.v = v.as<float>();
+  split.sink_q = sink_q.as<float>();
+  split.n_heads = c.n_heads;
+  split.n_kv_heads = c.n_kv_heads;
+  split.head_dim = c.head_dim;
+  split.rotary_dim = c.rope_dim;
+  split.rope = rope;
+  ATTN_RETURN_IF_ERROR(QkvSplitRopeCuda(split, stream));
+  KvAppendArgs append;
+  append.seqs = m.layers[l].append;
+  append.n_seqs = m.n_seqs;
+  append.row_seq = m.row_seq;
+  append.n_rows = static_cast<int32_t>(n);
+  append.max_blocks_per_seq = m.max_blocks_per_seq;
+  append.k = k.as<float>();
+  append.v = v.as<float>();
+  append.n_kv_heads = c.n_kv_heads;
+  append.head_dim = c.head_dim;
+  ATTN_RETURN_IF_ERROR(AppendKvCuda(append, stream));
+  ATTN_RETURN_IF_ERROR(Attention(m.layers[l], m));
+  ATTN_RETURN_IF_ERROR(ToBf16Cuda(attn.as<float>(), n * c.q_dim(), xn.as<uint16_t>(), stream));
+  ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {w.wo, c.hidden, c.q_dim(), xn.as<uint16_t>(), n, x.as<float>(), true}));
+  ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(x.as<float>(), w.ffn_norm, xn.as<uint16_t>(), n, c.hidden, c.rms_eps, stream));
+  ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {w.w_gate_up, 2 * c.ffn_hidden, c.hidden, xn.as<uint16_t>(), n,
+                                          gate_up.as<float>(), false}));
+  ATTN_RETURN_IF_ERROR(SwiGluBf16Cuda(gate_up.as<float>(), n, c.ffn_hidden, h.as<uint16_t>(), stream));
+  return GemmBf16(*cublas, {w.w_down, c.hidden, c.ffn_hidden, h.as<uint16_t>(), n, x.as<float>(), true});
+}
+
+absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) {
+  State& s = *s_;
+  const ModelConfig& c = s.model.config;
+  if (!s.pool) return absl::FailedPreconditionError("cuda backend: no KV cache (CreateKvPool first)");
+  ATTN_RETURN_IF_ERROR(CheckSteps(c, s.pool->shape().page_size, steps));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s.options.device), "cudaSetDevice"));
+
+  // The linear mode's states live on the device with their sequence; a step
+  // from position 0 starts them afresh.
+  std::vector<float*> linear_states(steps.size(), nullptr);
+  const size_t state_bytes = static_cast<size_t>(c.n_layers) * c.n_kv_heads * LinearStateFloats(c.head_dim) * sizeof(float);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    LinearAttentionState* st = steps[i].linear;
+    if (st == nullptr) continue;
+    if (st->device_states == nullptr) {
+      ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(state_bytes));
+      auto owner = std::make_shared<DeviceBuffer>(std::move(b));
+      st->device_states = std::shared_ptr<void>(owner, owner->data());
+    }
+    linear_states[i] = static_cast<float*>(st->device_states.get());
+    if (steps[i].first_pos == 0) {
+      ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(linear_states[i], 0, state_bytes, s.stream), "cudaMemsetAsync(linear states)"));
+    }
+  }
+
+  // The metadata is staged at the device buffer's address; a buffer too
+  // small is grown and the metadata staged again at the new one.
+  absl::StatusOr<StepMetadata> meta;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    meta = BuildStepMetadata(c, *s.pool, steps, linear_states, s.dense_heads, s.meta.data(), s.arena);
+    if (!meta.ok()) return meta.status();
+    if (s.arena.size() <= s.meta.size()) break;
+    ATTN_RETURN_IF_ERROR(Reserve(s.meta, s.arena.size() + s.arena.size() / 2));
+  }
+  const StepMetadata& m = *meta;
+  ATTN_RETURN_IF_ERROR(s.ReserveRows(m.rows));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(s.meta.data(), s.arena.data(), s.arena.size(), cudaMemcpyHostToDevice, s.stream),
+                            "cudaMemcpyAsync(step metadata)"));
+  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(s.token_embd, m.tokens, m.rows, c.hidden, s.x.as<float>(), s.stream));
+  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(s.Layer(l, m));
+
+  logits.resize(static_cast<size_t>(m.n_logit_rows) * c.vocab_size);
+  if (m.n_logit_rows > 0) {
+    ATTN_RETURN_IF_ERROR(Reserve(s.logits, logits.size() * sizeof(float)));
+    ATTN_RETURN_IF_ERROR(GatherRowsCuda(s.x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, s.final_x.as<float>(), s.stream));
+    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(s.final_x.as<float>(), s.output_norm, s.xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
+                                         c.rms_eps, s.stream));
+    ATTN_RETURN_IF_ERROR(GemmBf16(*s.cublas, {s.output, c.vocab_size, c.hidden, s.xn.as<uint16_t>(), m.n_logit_rows,
+                                              s.logits.as<float>(), false}));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), s.logits.data(), logits.size() * sizeof(float),
+                                              cudaMemcpyDeviceToHost, s.stream),
+                              "cudaMemcpyAsync(logits)"));
+  }
+  ATTN_RETURN_IF_ERROR(CudaStreamSync(s.stream));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attnserve

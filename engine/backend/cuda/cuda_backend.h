@@ -1,0 +1,63 @@
+// Llama forward pass on the GPU over a paged KV cache in device memory.
+//
+// Weights are bf16 (GGUF types dequantized at load), with the Q, K and V
+// projections stacked into one matrix and the gate and up projections into
+// another, so a layer is four cuBLAS GEMMs (fp32 accumulation; the output
+// and down projections add into the fp32 residual stream through beta = 1)
+// around the kernels of kernels/cuda: RMSNorm to bf16, the QKV split with
+// RoPE (and streaming's cache-slot queries), KV append with Quest's bounds,
+// Quest's page selection, paged attention with every policy hook read from
+// each sequence's own parameters, the linear mode's state, SwiGLU.
+//
+// A step's metadata (page tables, policy parameters, the kernels' per-row
+// structs for every layer) is staged on the host and copied up once; the
+// layers then run on one stream, and only the logits come back.
+//
+// Prefill rows run through the decode kernel, one entry per query: correct
+// for every policy, but each query reads its keys again. ACT's prompt pass
+// (key sets from the prompt's attention) is not ported: CheckPlan refuses
+// ACT requests.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/model/model.h"
+
+namespace attnserve {
+
+struct CudaBackendOptions {
+  // Activation buffers are sized for this many rows; a longer step grows them.
+  int32_t max_step_tokens = 512;
+  int device = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  // Uploads the weights. UNAVAILABLE without a CUDA device; UNIMPLEMENTED
+  // for shapes the kernels do not cover; RESOURCE_EXHAUSTED when the
+  // weights do not fit.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& model, const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  // The KV cache in device memory: as many pages of `shape` as fit in
+  // `utilization` of the device's memory beside what is already in use
+  // (the weights, the activations, other processes), less a reserve for the
+  // step's workspaces. The backend keeps a handle on the same memory.
+  absl::StatusOr<KvCachePool> CreateKvPool(const KvCacheShape& shape, double utilization);
+
+  const ModelConfig& config() const override;
+  std::string name() const override { return "cuda"; }
+  std::string device() const override;
+  absl::Status CheckPlan(const AttentionPlan& plan) const override;
+  absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
+
+ private:
+  struct State;
+  explicit CudaBackend(std::unique_ptr<State> state);
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace attnserve

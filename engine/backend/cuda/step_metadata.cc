@@ -1,0 +1,219 @@
+#include "engine/backend/cuda/step_metadata.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/common/taylor.h"
+
+namespace attnserve {
+namespace {
+
+template <typename T>
+std::span<const T> Span(const T* data, int64_t n) {
+  return n > 0 ? std::span<const T>(data, static_cast<size_t>(n)) : std::span<const T>();
+}
+
+// Every layer's parameters of each distinct policy of the step, staged
+// once: sequences that share a plan (the completions of one request) or
+// have none (dense) share them.
+class ParamsStager {
+ public:
+  ParamsStager(const ModelConfig& c, std::span<const AttentionHeadParams> dense_heads, StagingArena& arena)
+      : c_(c), arena_(arena) {
+    SequenceAttentionParams dense;
+    dense.heads = dense_heads.data();
+    dense_ = Stage(dense);
+  }
+
+  const SequenceAttentionParams& Get(const SequenceStep& st, int32_t layer) {
+    if (st.attention == nullptr) return dense_;
+    auto [it, inserted] = staged_.try_emplace(st.attention);
+    if (inserted) {
+      for (int32_t l = 0; l < c_.n_layers; ++l) it->second.push_back(Stage(st.attention->layer(l)));
+    }
+    return it->second[layer];
+  }
+
+ private:
+  SequenceAttentionParams Stage(const SequenceAttentionParams& p) {
+    SequenceAttentionParams d = p;
+    d.heads = arena_.Append(Span(p.heads, c_.n_heads));
+    d.spans = p.num_spans > 0 ? arena_.Append(Span(p.spans, p.num_spans)) : nullptr;
+    int32_t reweight_keys = 0;
+    for (int h = 0; h < c_.n_heads; ++h) {
+      reweight_keys = std::max(reweight_keys, p.heads[h].reweight_keys_begin + p.heads[h].reweight_keys_size);
+    }
+    d.reweight_keys = p.reweight_keys != nullptr ? arena_.Append(Span(p.reweight_keys, reweight_keys)) : nullptr;
+    return d;
+  }
+
+  const ModelConfig& c_;
+  StagingArena& arena_;
+  SequenceAttentionParams dense_;
+  std::unordered_map<const AttentionPlan*, std::vector<SequenceAttentionParams>> staged_;
+};
+
+}  // namespace
+
+absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool& pool,
+                                               std::span<const SequenceStep> steps,
+                                               std::span<float* const> linear_states,
+                                               std::span<const AttentionHeadParams> dense_heads, void* arena_base,
+                                               StagingArena& arena) {
+  const int32_t page_size = pool.shape().page_size;
+  const int32_t n_seqs = static_cast<int32_t>(steps.size());
+  if (linear_states.size() != steps.size()) return absl::InternalError("BuildStepMetadata: linear states per step");
+  arena.Reset(arena_base);
+  StepMetadata m;
+  m.n_seqs = n_seqs;
+
+  // Rows, positions and the rows whose logits are wanted.
+  std::vector<int32_t> tokens, positions, slots, row_seq, logit_rows, first_row(n_seqs);
+  bool any_slots = false;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    const SequenceStep& st = steps[i];
+    if (st.act_sets != nullptr) {
+      return absl::UnimplementedError("attention.act: the cuda backend does not find ACT's key sets yet");
+    }
+    if (st.linear != nullptr && linear_states[i] == nullptr) {
+      return absl::InternalError("BuildStepMetadata: a linear sequence without device states");
+    }
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    first_row[i] = static_cast<int32_t>(tokens.size());
+    // Streaming positions=CACHE: queries past sinks + window also turn at
+    // their cache slot, for the sink keys (CpuBackend does the same).
+    const bool cache_slots = st.attention != nullptr && st.attention->cache_positions() &&
+                             st.attention->layer(0).sink_tokens > 0 &&
+                             CacheSlot(st.attention->layer(0), st.first_pos + n - 1) != st.first_pos + n - 1;
+    for (int32_t j = 0; j < n; ++j) {
+      const int32_t pos = st.first_pos + j;
+      tokens.push_back(st.tokens[j]);
+      positions.push_back(pos);
+      slots.push_back(cache_slots ? CacheSlot(st.attention->layer(0), pos) : pos);
+      row_seq.push_back(i);
+      if (st.logits == LogitsWanted::kAll || (st.logits == LogitsWanted::kLast && j == n - 1)) {
+        logit_rows.push_back(first_row[i] + j);
+      }
+    }
+    any_slots |= cache_slots;
+    m.max_tokens = std::max(m.max_tokens, st.first_pos + n);
+    m.max_blocks_per_seq = std::max(m.max_blocks_per_seq, BlocksTouched(st.first_pos, n, page_size));
+  }
+  m.rows = static_cast<int64_t>(tokens.size());
+  m.n_logit_rows = static_cast<int64_t>(logit_rows.size());
+  m.tokens = arena.Append(tokens);
+  m.positions = arena.Append(positions);
+  m.slots = any_slots ? arena.Append(slots) : nullptr;
+  m.row_seq = arena.Append(row_seq);
+  m.logit_rows = arena.Append(logit_rows);
+
+  // Page tables, and the key ranges Quest writes for each of its rows (one
+  // set for all layers: the layers run one after the other).
+  std::vector<const int32_t*> pages(n_seqs), slices(n_seqs);
+  std::vector<int64_t> range_at(m.rows, -1), count_at(m.rows, -1);
+  int64_t n_ranges = 0, n_counts = 0;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    const SequenceStep& st = steps[i];
+    pages[i] = arena.Append(st.pages->pages);
+    if (st.pages->packed()) slices[i] = arena.Append(st.pages->slices.table);
+    if (st.attention == nullptr) continue;
+    const int32_t budget_pages = st.attention->quest_token_budget() / page_size;
+    for (int32_t j = 0; j < static_cast<int32_t>(st.tokens.size()); ++j) {
+      if (!st.attention->quest(c.n_layers - 1, st.first_pos + j)) continue;
+      range_at[first_row[i] + j] = n_ranges;
+      count_at[first_row[i] + j] = n_counts;
+      n_ranges += static_cast<int64_t>(c.n_kv_heads) * (budget_pages + 1);
+      n_counts += c.n_kv_heads;
+    }
+  }
+  KeyRange* ranges = n_ranges > 0 ? arena.Append(std::vector<KeyRange>(n_ranges)) : nullptr;
+  int32_t* range_counts = n_counts > 0 ? arena.Append(std::vector<int32_t>(n_counts)) : nullptr;
+
+  ParamsStager params(c, dense_heads, arena);
+  m.folded_end.resize(n_seqs);
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    if (steps[i].linear != nullptr) m.folded_end[i] = steps[i].linear->folded_end;
+  }
+  // LinearStateFloats per KV head (linear_state.h), without the CUDA library.
+  const int64_t state_floats = static_cast<int64_t>(c.n_kv_heads) * TaylorFeatureCount(c.head_dim) * (c.head_dim + 1);
+  m.layers.resize(c.n_layers);
+  std::vector<KvAppendSequence> append(n_seqs);
+  std::vector<DecodeSequence> decode(m.rows);
+  std::vector<QuestSelectSequence> quest;
+  std::vector<int32_t> quest_rows;
+  std::vector<LinearReadSequence> linear_read;
+  std::vector<LinearFoldSequence> linear_fold;
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    LayerMetadata& lm = m.layers[l];
+    quest.clear(), quest_rows.clear(), linear_read.clear(), linear_fold.clear();
+    for (int32_t i = 0; i < n_seqs; ++i) {
+      const SequenceStep& st = steps[i];
+      const SequenceAttentionParams& p = params.Get(st, l);
+      const int32_t n = static_cast<int32_t>(st.tokens.size());
+      const int32_t num_tokens = st.first_pos + n;
+      PagedKv kv = LayerView(pool, l, *st.pages, num_tokens);
+      kv.page_table = pages[i];
+      if (st.pages->packed()) kv.head_slices = slices[i] + static_cast<int64_t>(l) * c.n_kv_heads;
+      append[i] = {kv, st.first_pos, first_row[i], n};
+      for (int32_t j = 0; j < n; ++j) {
+        const int32_t r = first_row[i] + j, pos = st.first_pos + j;
+        DecodeSequence& d = decode[r];
+        d = DecodeSequence{};
+        d.kv = kv;
+        d.params = p;
+        d.query_pos = pos;
+        if (st.attention == nullptr || !st.attention->quest(l, pos)) continue;
+        QuestSelectSequence q;
+        q.kv = kv;
+        q.query_pos = pos;
+        q.sink_tokens = p.sink_tokens;
+        q.window_tokens = p.window_tokens;
+        q.budget_pages = st.attention->quest_token_budget() / page_size;
+        q.key_ranges = ranges + range_at[r];
+        q.num_key_ranges = range_counts + count_at[r];
+        d.key_ranges = q.key_ranges;
+        d.num_key_ranges = q.num_key_ranges;
+        d.key_ranges_stride = q.budget_pages + 1;
+        quest.push_back(q);
+        quest_rows.push_back(r);
+        lm.quest_max_pages = std::max(lm.quest_max_pages, pos / page_size + 1);
+      }
+      if (st.linear == nullptr) continue;
+      // As CpuBackend::LinearAttention: query at pos reads the state and,
+      // exactly weighted, the keys that left its window since the last fold;
+      // the keys the next query no longer sees are folded after.
+      const int32_t sinks = p.sink_tokens, window = p.window_tokens;
+      const auto fold_end = [&](int32_t pos) { return std::max(sinks, pos - window + 1); };
+      const int32_t folded = st.first_pos == 0 ? sinks : std::max(sinks, m.folded_end[i][l]);
+      float* states = linear_states[i] + l * state_floats;
+      for (int32_t j = 0; j < n; ++j) {
+        LinearReadSequence rs;
+        rs.states = states;
+        rs.heads = p.heads;
+        rs.row = first_row[i] + j;
+        rs.kv = kv;
+        rs.pending_begin = folded;
+        rs.pending_end = std::max(folded, fold_end(st.first_pos + j));
+        linear_read.push_back(rs);
+      }
+      const int32_t next_end = fold_end(num_tokens);
+      if (next_end > folded) linear_fold.push_back({kv, folded, next_end, states});
+      m.folded_end[i][l] = std::max(folded, next_end);
+      m.wants_lse = true;
+    }
+    lm.append = arena.Append(append);
+    lm.decode = arena.Append(decode);
+    lm.n_quest = static_cast<int32_t>(quest.size());
+    lm.quest = arena.Append(quest);
+    lm.quest_rows = arena.Append(quest_rows);
+    lm.n_linear_rows = static_cast<int32_t>(linear_read.size());
+    lm.linear_read = arena.Append(linear_read);
+    lm.n_linear_folds = static_cast<int32_t>(linear_fold.size());
+    lm.linear_fold = arena.Append(linear_fold);
+  }
+  return m;
+}
+
+}  // namespace attnserve

@@ -1,0 +1,66 @@
+// The host half of a GPU engine step: from the engine's SequenceSteps, the
+// kernels' per-sequence and per-row structs of every layer, staged in a
+// StagingArena at the device addresses they will have. Plain C++: it reads
+// the page tables and plans, computes device addresses into the KV pool and
+// the arena, and dereferences none of them, so CPU tests can check it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/backend/cuda/staging_arena.h"
+#include "kernels/cuda/kv_append.h"
+#include "kernels/cuda/linear_state.h"
+#include "kernels/cuda/paged_decode.h"
+#include "kernels/cuda/quest_select.h"
+
+namespace attnserve {
+
+// Where one layer's kernels find their structs (device addresses).
+struct LayerMetadata {
+  const KvAppendSequence* append = nullptr;     // [n_seqs]
+  const DecodeSequence* decode = nullptr;       // [rows]: one query each
+  const QuestSelectSequence* quest = nullptr;   // [n_quest]
+  const int32_t* quest_rows = nullptr;          // [n_quest]: their rows of q
+  int32_t n_quest = 0;
+  int32_t quest_max_pages = 0;
+  const LinearReadSequence* linear_read = nullptr;  // [n_linear_rows]
+  int32_t n_linear_rows = 0;
+  const LinearFoldSequence* linear_fold = nullptr;  // [n_linear_folds]
+  int32_t n_linear_folds = 0;
+};
+
+struct StepMetadata {
+  int64_t rows = 0;
+  int32_t n_seqs = 0;
+  const int32_t* tokens = nullptr;     // [rows]
+  const int32_t* positions = nullptr;  // [rows]
+  const int32_t* slots = nullptr;      // [rows]: RoPE positions for sink keys; null when no row needs them
+  const int32_t* row_seq = nullptr;    // [rows]: the step index of each row
+  const int32_t* logit_rows = nullptr;  // [n_logit_rows]: rows whose logits are wanted, in order
+  int64_t n_logit_rows = 0;
+  int32_t max_tokens = 0;          // keys any query of the step may read
+  int32_t max_blocks_per_seq = 0;  // KV blocks any sequence writes to
+  bool wants_lse = false;          // a linear sequence needs the exact part's log denominators
+  std::vector<LayerMetadata> layers;
+  // The linear states' folded_end after the step, per step index and layer
+  // (empty for sequences without linear state).
+  std::vector<std::vector<int32_t>> folded_end;
+};
+
+// `linear_states[i]`: the device states of steps[i]'s linear sequence (its
+// LinearAttentionState::device_states), null for the others. `pool` gives
+// device addresses (on_device) or host ones (tests). Resets `arena` to
+// `arena_base` and stages everything there; the caller copies
+// arena.data()[0, arena.size()) to arena_base, and applies folded_end once
+// the step has run.
+absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& config, KvCachePool& pool,
+                                               std::span<const SequenceStep> steps,
+                                               std::span<float* const> linear_states,
+                                               std::span<const AttentionHeadParams> dense_heads,
+                                               void* arena_base, StagingArena& arena);
+
+}  // namespace attnserve

@@ -1,0 +1,133 @@
+#include "kernels/cuda/transformer_ops.h"
+
+#include <cuda_runtime.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/common/half.h"
+#include "kernels/cuda/device.h"
+
+namespace attnserve {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned Blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+__global__ void EmbedKernel(const uint16_t* table, const int32_t* tokens, int64_t n, int32_t hidden, float* x) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / hidden, c = i % hidden;
+  x[i] = Bf16ToFloat(table[static_cast<int64_t>(tokens[r]) * hidden + c]);
+}
+
+__device__ __forceinline__ void RotatePair(const RopeAngles& rope, int32_t pos, int pair, float x0, float x1,
+                                           float* out) {
+  float c, s;
+  RopeCosSin(rope, pos, pair, &c, &s);
+  out[0] = x0 * c - x1 * s;
+  out[1] = x1 * c + x0 * s;
+}
+
+// Thread per adjacent pair of one row's q | k | v.
+__global__ void QkvSplitRopeKernel(QkvSplitArgs a) {
+  const int32_t q_dim = a.n_heads * a.head_dim, kv_dim = a.n_kv_heads * a.head_dim;
+  const int32_t width = q_dim + 2 * kv_dim;
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 2;
+  if (i >= a.rows * width) return;
+  const int64_t r = i / width;
+  const int32_t c = static_cast<int32_t>(i % width);
+  const float x0 = a.qkv[i], x1 = a.qkv[i + 1];
+  const int32_t in_head = c % a.head_dim;
+  const bool turns = in_head < a.rotary_dim && c < q_dim + kv_dim;
+  float* out;
+  if (c < q_dim) {
+    out = a.q + r * q_dim + c;
+    if (a.slots != nullptr) {
+      float* sink = a.sink_q + r * q_dim + c;
+      if (turns) {
+        RotatePair(a.rope, a.slots[r], in_head / 2, x0, x1, sink);
+      } else {
+        sink[0] = x0, sink[1] = x1;
+      }
+    }
+  } else if (c < q_dim + kv_dim) {
+    out = a.k + r * kv_dim + (c - q_dim);
+  } else {
+    out = a.v + r * kv_dim + (c - q_dim - kv_dim);
+  }
+  if (turns) {
+    RotatePair(a.rope, a.positions[r], in_head / 2, x0, x1, out);
+  } else {
+    out[0] = x0, out[1] = x1;
+  }
+}
+
+__global__ void SwiGluKernel(const float* gate_up, int64_t n, int32_t ffn, uint16_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / ffn, c = i % ffn;
+  const float* row = gate_up + r * 2 * ffn;
+  out[i] = FloatToBf16(Silu(row[c]) * row[ffn + c]);
+}
+
+__global__ void ToBf16Kernel(const float* in, int64_t n, uint16_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = FloatToBf16(in[i]);
+}
+
+__global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  out[i] = x[static_cast<int64_t>(rows[i / width]) * width + i % width];
+}
+
+absl::Status Launched(const char* name) { return CudaErrorToStatus(cudaGetLastError(), name); }
+
+}  // namespace
+
+absl::Status EmbedRowsCuda(const uint16_t* table, const int32_t* tokens, int64_t rows, int32_t hidden, float* x,
+                           void* stream) {
+  if (rows < 0 || hidden < 1) return absl::InvalidArgumentError(absl::StrCat("EmbedRowsCuda: rows=", rows, " hidden=", hidden));
+  if (rows == 0) return absl::OkStatus();
+  const int64_t n = rows * hidden;
+  EmbedKernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(table, tokens, n, hidden, x);
+  return Launched("EmbedKernel");
+}
+
+absl::Status QkvSplitRopeCuda(const QkvSplitArgs& a, void* stream) {
+  if (a.rows < 0 || a.n_heads < 1 || a.n_kv_heads < 1 || a.head_dim < 2 || a.head_dim % 2 != 0 ||
+      a.rotary_dim < 0 || a.rotary_dim > a.head_dim || a.rotary_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("QkvSplitRopeCuda: rows=", a.rows, " heads ", a.n_heads, "/",
+                                                   a.n_kv_heads, " head_dim=", a.head_dim, " rotary_dim=", a.rotary_dim));
+  }
+  if (a.slots != nullptr && a.sink_q == nullptr) return absl::InvalidArgumentError("QkvSplitRopeCuda: slots without sink_q");
+  if (a.rows == 0) return absl::OkStatus();
+  const int64_t pairs = a.rows * (static_cast<int64_t>(a.n_heads + 2 * a.n_kv_heads) * a.head_dim / 2);
+  QkvSplitRopeKernel<<<Blocks(pairs), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  return Launched("QkvSplitRopeKernel");
+}
+
+absl::Status SwiGluBf16Cuda(const float* gate_up, int64_t rows, int32_t ffn, uint16_t* out, void* stream) {
+  if (rows < 0 || ffn < 1) return absl::InvalidArgumentError(absl::StrCat("SwiGluBf16Cuda: rows=", rows, " ffn=", ffn));
+  if (rows == 0) return absl::OkStatus();
+  const int64_t n = rows * ffn;
+  SwiGluKernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(gate_up, n, ffn, out);
+  return Launched("SwiGluKernel");
+}
+
+absl::Status ToBf16Cuda(const float* in, int64_t n, uint16_t* out, void* stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("ToBf16Cuda: n=", n));
+  if (n == 0) return absl::OkStatus();
+  ToBf16Kernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(in, n, out);
+  return Launched("ToBf16Kernel");
+}
+
+absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream) {
+  if (n < 0 || width < 1) return absl::InvalidArgumentError(absl::StrCat("GatherRowsCuda: n=", n, " width=", width));
+  if (n == 0) return absl::OkStatus();
+  const int64_t elements = n * width;
+  GatherRowsKernel<<<Blocks(elements), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, rows, elements, width, out);
+  return Launched("GatherRowsKernel");
+}
+
+}  // namespace attnserve
