@@ -31,6 +31,11 @@ ABSL_FLAG(int, max_num_seqs, 64, "Sequences running at once.");
 ABSL_FLAG(int, max_num_batched_tokens, 512, "Tokens per engine step (longer prompts are prefilled in chunks).");
 ABSL_FLAG(attnserve::ByteSize, kv_cache_memory, attnserve::ByteSize{256ll << 20},
           "KV cache size, e.g. 256MiB or 2GiB.");
+ABSL_FLAG(std::string, backend, "auto",
+          "Where the model runs: cpu, cuda, or auto (cuda when this build has CUDA and a GPU is present).");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "cuda: the share of the GPU's memory for weights, activations and the KV cache, which gets the rest "
+          "(--kv-cache-memory is for the CPU).");
 ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, default_attention, "",
           "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
@@ -109,8 +114,12 @@ int RunServe() {
   options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_memory).bytes;
   options.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend = absl::GetFlag(FLAGS_backend);
+  options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(**model, options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
+  LogLine(absl::StrFormat("backend %s on %s, %d KV pages of %d tokens", (*engine)->backend_name(), (*engine)->device(),
+                          (*engine)->stats().kv_pages_total, options.page_size));
 
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = absl::GetFlag(FLAGS_port);

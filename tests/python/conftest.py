@@ -14,6 +14,9 @@ BUILD_DIR = Path(os.environ.get("ATTNSERVE_BUILD_DIR", ROOT / "build"))
 MODEL = Path(os.environ.get("ATTNSERVE_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 QUANTIZED_DIR = Path(os.environ.get("ATTNSERVE_QUANTIZED_DIR", ROOT / "models" / "quantized"))
 THREADS = 2
+# The backend the servers under test run on: the CPU unless a GPU run asks
+# for cuda (scripts/gpu-check.sh).
+BACKEND = os.environ.get("ATTNSERVE_TEST_BACKEND", "cpu")
 # Real text that ships with every Debian system; never downloaded.
 LICENSE_TEXTS = [Path("/usr/share/common-licenses") / n for n in ("Apache-2.0", "GPL-3", "LGPL-2.1")]
 

@@ -9,7 +9,7 @@ import urllib.request
 import grpc
 import pytest
 
-from conftest import THREADS
+from conftest import BACKEND, THREADS
 
 START_TIMEOUT_S = 120
 
@@ -22,7 +22,7 @@ class ServerProcess:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [str(binary), "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", "--threads", str(THREADS), *extra],
+             "--metrics-port", "0", "--threads", str(THREADS), "--backend", BACKEND, *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()  # blocks until the server listens or exits
         match = re.search(r"serving on \S+:(\d+), metrics on :(\d+)", line)

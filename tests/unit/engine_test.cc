@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/engine_test_util.h"
 
@@ -188,6 +189,30 @@ TEST_F(EngineTest, DrainFinishesRunningWorkAndRefusesNewRequests) {
   EXPECT_EQ(c.Wait()[0].finish_reason, FinishReason::kLength);
   Collector late;
   EXPECT_EQ(engine->Submit(Greedy("Hello", 8), late.stream).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EngineTest, BackendChoiceIsCheckedAndAutoFallsBackToTheCpu) {
+  EngineOptions options;
+  options.backend = "tpu";
+  absl::StatusOr<std::unique_ptr<Engine>> bad = Engine::Create(*model_, options, nullptr);
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("backend: \"tpu\""));
+
+  options.backend = "auto";
+  std::unique_ptr<Engine> automatic = MakeEngine(options);
+  ASSERT_NE(automatic, nullptr);
+  EXPECT_FALSE(automatic->device().empty());
+  if (automatic->backend_name() == "cpu") {
+    // No usable GPU here: asking for cuda says why, and starts nothing.
+    options.backend = "cuda";
+    absl::StatusOr<std::unique_ptr<Engine>> cuda = Engine::Create(*model_, options, nullptr);
+    EXPECT_TRUE(cuda.status().code() == absl::StatusCode::kUnavailable ||
+                cuda.status().code() == absl::StatusCode::kUnimplemented)
+        << cuda.status();
+    EXPECT_THAT(std::string(cuda.status().message()), ::testing::HasSubstr("backend: cuda, but"));
+  } else {
+    EXPECT_EQ(automatic->backend_name(), "cuda");
+  }
 }
 
 }  // namespace

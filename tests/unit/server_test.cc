@@ -259,6 +259,7 @@ TEST_F(ServerTest, ScoreAndModelInfo) {
   EXPECT_EQ(info.n_layers(), 30u);
   EXPECT_EQ(info.vocab_size(), 49152u);
   EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_FALSE(info.device().empty());
   EXPECT_GT(info.kv_pages(), 0u);
   bool dense = false, linear_experimental = false;
   for (const auto& p : info.policies()) {
