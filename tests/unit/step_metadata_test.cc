@@ -1,0 +1,186 @@
+// BuildStepMetadata, the host half of a GPU step, on a host KV pool: the
+// arena's structs, copied to their "device" buffer (here host memory), name
+// each row's query, keys, policy and Quest / linear work as the CPU backend
+// would run them.
+#include "engine/backend/cuda/step_metadata.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "engine/policy/planner.h"
+
+namespace attnserve {
+namespace {
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.n_layers = 2;
+  c.hidden = 256;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 64;
+  c.ffn_hidden = 512;
+  c.vocab_size = 100;
+  c.context_length = 4096;
+  c.rope_dim = 64;
+  return c;
+}
+
+std::shared_ptr<const AttentionPlan> Plan(const PolicySpec& spec, const ModelConfig& c, int32_t prompt) {
+  PromptInfo info;
+  info.num_tokens = prompt;
+  absl::StatusOr<std::shared_ptr<const AttentionPlan>> plan = PlanAttention(spec, c, info);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return plan.ok() ? *plan : nullptr;
+}
+
+PageTable Table(std::vector<int32_t> pages, int32_t tokens) {
+  PageTable t;
+  t.pages = std::move(pages);
+  t.num_tokens = tokens;
+  return t;
+}
+
+class StepMetadataTest : public ::testing::Test {
+ protected:
+  StepMetadataTest() : c_(TinyConfig()), pool_(KvCachePool::Create({c_.n_layers, c_.n_kv_heads, c_.head_dim, 16}, 16).value()) {
+    AttentionHeadParams dense;
+    dense.logit_scale = 0.125f;
+    dense_heads_.assign(c_.n_heads, dense);
+  }
+
+  // Builds, then copies the staged bytes to the buffer they were laid out for.
+  StepMetadata Build(std::span<const SequenceStep> steps, std::span<float* const> linear_states) {
+    absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, device_.data(), arena_);
+    EXPECT_TRUE(m.ok()) << m.status();
+    EXPECT_LE(arena_.size(), device_.size());
+    std::memcpy(device_.data(), arena_.data(), arena_.size());
+    return m.ok() ? *std::move(m) : StepMetadata{};
+  }
+
+  ModelConfig c_;
+  KvCachePool pool_;
+  std::vector<AttentionHeadParams> dense_heads_;
+  StagingArena arena_;
+  alignas(64) std::array<uint8_t, 1 << 20> device_{};
+};
+
+TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
+  const PageTable dense_table = Table({3, 7}, 20);
+  const PageTable quest_table = Table({1}, 0);
+  const PageTable linear_table = Table({2}, 10);
+  PolicySpec quest;
+  quest.mode = SparseSpec{16, 1};  // one page of budget; layer 0 dense
+  PolicySpec linear;
+  linear.mode = LinearSpec{4, 2};
+  const auto quest_plan = Plan(quest, c_, 3);
+  const auto linear_plan = Plan(linear, c_, 8);
+  LinearAttentionState linear_state(c_.n_layers, c_.n_kv_heads, c_.head_dim);
+  linear_state.folded_end = {7, 5};
+  const std::vector<int32_t> decode_token = {11}, prefill = {1, 2, 3, 4, 5}, linear_tokens = {6, 7, 8};
+  std::vector<SequenceStep> steps(3);
+  steps[0] = {&dense_table, decode_token, 20, LogitsWanted::kLast};
+  steps[1] = {&quest_table, prefill, 0, LogitsWanted::kAll, quest_plan.get()};
+  steps[2] = {&linear_table, linear_tokens, 10, LogitsWanted::kNone, linear_plan.get(), nullptr, &linear_state};
+  std::vector<float> states(4);
+  const std::vector<float*> linear_states = {nullptr, nullptr, states.data()};
+  const StepMetadata m = Build(steps, linear_states);
+
+  ASSERT_EQ(m.rows, 9);
+  EXPECT_EQ(std::vector<int32_t>(m.tokens, m.tokens + 9), (std::vector<int32_t>{11, 1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(std::vector<int32_t>(m.positions, m.positions + 9), (std::vector<int32_t>{20, 0, 1, 2, 3, 4, 10, 11, 12}));
+  EXPECT_EQ(std::vector<int32_t>(m.row_seq, m.row_seq + 9), (std::vector<int32_t>{0, 1, 1, 1, 1, 1, 2, 2, 2}));
+  ASSERT_EQ(m.n_logit_rows, 6);
+  EXPECT_EQ(std::vector<int32_t>(m.logit_rows, m.logit_rows + 6), (std::vector<int32_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(m.slots, nullptr);
+  EXPECT_EQ(m.max_tokens, 21);
+  EXPECT_EQ(m.max_blocks_per_seq, 1);
+  EXPECT_TRUE(m.wants_lse);
+
+  for (int32_t l = 0; l < c_.n_layers; ++l) {
+    const LayerMetadata& lm = m.layers[l];
+    // Each row's query reads its own sequence's keys, in this layer's pool.
+    const PagedKv want = LayerView(pool_, l, dense_table, 21);
+    EXPECT_EQ(lm.decode[0].kv.keys, want.keys);
+    EXPECT_EQ(lm.decode[0].kv.page_table[1], 7);
+    EXPECT_EQ(lm.decode[0].kv.num_tokens, 21);
+    EXPECT_EQ(lm.decode[0].query_pos, 20);
+    EXPECT_EQ(lm.decode[0].params.heads[3].logit_scale, 0.125f);
+    EXPECT_EQ(lm.decode[4].query_pos, 3);
+    EXPECT_EQ(lm.decode[4].kv.num_tokens, 5);
+    EXPECT_EQ(lm.decode[4].params.heads[0].logit_scale, quest_plan->layer(l).heads[0].logit_scale);
+    EXPECT_EQ(lm.append[2].first_pos, 10);
+    EXPECT_EQ(lm.append[2].row_begin, 6);
+    EXPECT_EQ(lm.append[2].n_tokens, 3);
+    EXPECT_EQ(lm.append[2].kv.page_table[0], 2);
+
+    // Quest: the queries past the prompt (positions 3 and 4) of layer 1.
+    ASSERT_EQ(lm.n_quest, l == 0 ? 0 : 2);
+    for (int32_t i = 0; i < lm.n_quest; ++i) {
+      EXPECT_EQ(lm.quest_rows[i], 4 + i);
+      EXPECT_EQ(lm.quest[i].query_pos, 3 + i);
+      EXPECT_EQ(lm.quest[i].budget_pages, 1);
+      const DecodeSequence& d = lm.decode[4 + i];
+      EXPECT_EQ(d.key_ranges, lm.quest[i].key_ranges);
+      EXPECT_EQ(d.num_key_ranges, lm.quest[i].num_key_ranges);
+      EXPECT_EQ(d.key_ranges_stride, 2);
+    }
+    if (l == 1) EXPECT_EQ(lm.quest[1].key_ranges - lm.quest[0].key_ranges, c_.n_kv_heads * 2);
+    EXPECT_EQ(lm.decode[3].key_ranges, nullptr);
+
+    // Linear (window 4, sinks 2): query at p reads keys [folded, p - 3)
+    // exactly, and [folded, 10) are folded after the step.
+    const int32_t folded = std::max(2, linear_state.folded_end[l]);
+    ASSERT_EQ(lm.n_linear_rows, 3);
+    for (int32_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(lm.linear_read[i].row, 6 + i);
+      EXPECT_EQ(lm.linear_read[i].pending_begin, folded);
+      EXPECT_EQ(lm.linear_read[i].pending_end, std::max(folded, 10 + i - 3));
+      EXPECT_EQ(lm.linear_read[i].states, states.data() + l * c_.n_kv_heads * (TaylorFeatureCount(64) * 65));
+    }
+    ASSERT_EQ(lm.n_linear_folds, 1);
+    EXPECT_EQ(lm.linear_fold[0].fold_begin, folded);
+    EXPECT_EQ(lm.linear_fold[0].fold_end, 10);
+    EXPECT_EQ(m.folded_end[2][l], 10);
+  }
+  EXPECT_EQ(linear_state.folded_end, (std::vector<int32_t>{7, 5}));  // applied by the backend after the step
+}
+
+TEST_F(StepMetadataTest, StreamingCachePositionsGiveSlotsToEveryRow) {
+  PolicySpec streaming;
+  streaming.sink = StreamingSpec{4, 8, StreamingPositions::kCache};
+  const auto plan = Plan(streaming, c_, 4);
+  const PageTable table = Table({0, 1, 2}, 30);
+  const PageTable dense_table = Table({5}, 3);
+  const std::vector<int32_t> one = {9}, two = {4, 5};
+  const std::vector<SequenceStep> steps = {{&table, one, 30, LogitsWanted::kLast, plan.get()},
+                                           {&dense_table, two, 3, LogitsWanted::kLast}};
+  const std::vector<float*> no_linear(2, nullptr);
+  const StepMetadata m = Build(steps, no_linear);
+  ASSERT_NE(m.slots, nullptr);
+  // The streaming query's slot is its rank in the kept cache; the dense rows keep their positions.
+  EXPECT_EQ(std::vector<int32_t>(m.slots, m.slots + 3), (std::vector<int32_t>{CacheSlot(plan->layer(0), 30), 3, 4}));
+  EXPECT_EQ(m.slots[0], 11);
+}
+
+TEST_F(StepMetadataTest, ActsPromptPassIsRefused) {
+  const PageTable table = Table({0}, 0);
+  const std::vector<int32_t> tokens = {1, 2};
+  PolicySpec act;
+  act.act = ActSpec{};
+  const auto plan = Plan(act, c_, 2);
+  ActKeySets sets(*plan);
+  const std::vector<SequenceStep> steps = {{&table, tokens, 0, LogitsWanted::kLast, plan.get(), &sets}};
+  const std::vector<float*> no_linear(1, nullptr);
+  EXPECT_EQ(BuildStepMetadata(c_, pool_, steps, no_linear, dense_heads_, device_.data(), arena_).status().code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace attnserve
