@@ -20,6 +20,7 @@
 #include "kernels/common/half.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/paged_decode.h"
+#include "bench/cuda_bench_util.h"
 
 namespace attnserve {
 namespace {
@@ -28,36 +29,6 @@ constexpr int kPageSize = 16, kKvHeads = 8, kGroup = 4, kHeadDim = 128;
 constexpr int kQHeads = kKvHeads * kGroup;
 constexpr int64_t kMaxPoolBytes = int64_t{16} << 30;
 
-// Seconds per call of `f`, over `reps` calls timed with CUDA events.
-template <typename F>
-double SecondsPerCall(F&& f, int reps) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start);
-  for (int i = 0; i < reps; ++i) f();
-  cudaEventRecord(stop);
-  cudaEventSynchronize(stop);
-  float ms = 0.0f;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms * 1e-3 / reps;
-}
-
-double CopyBandwidth() {
-  static double gbs = [] {
-    const size_t bytes = size_t{1} << 30;
-    void *a = nullptr, *b = nullptr;
-    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0.0;
-    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-    const double s = SecondsPerCall([&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); }, 10);
-    cudaFree(a);
-    cudaFree(b);
-    return 2.0 * bytes / s / 1e9;  // read + write
-  }();
-  return gbs;
-}
 
 // One layer of `batch` sequences of `context` tokens each, in one pool.
 struct Batch {

@@ -81,6 +81,18 @@ __global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t n,
   out[i] = x[static_cast<int64_t>(rows[i / width]) * width + i % width];
 }
 
+__global__ void FillRandomBf16Kernel(uint16_t* out, int64_t n, uint64_t seed, float scale) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  // splitmix64 of (seed, i): independent values without per-thread state.
+  uint64_t z = seed + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+  out[i] = FloatToBf16((2.0f * u - 1.0f) * scale);
+}
+
 absl::Status Launched(const char* name) { return CudaErrorToStatus(cudaGetLastError(), name); }
 
 }  // namespace
@@ -120,6 +132,13 @@ absl::Status ToBf16Cuda(const float* in, int64_t n, uint16_t* out, void* stream)
   if (n == 0) return absl::OkStatus();
   ToBf16Kernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(in, n, out);
   return Launched("ToBf16Kernel");
+}
+
+absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float scale, void* stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("FillRandomBf16Cuda: n=", n));
+  if (n == 0) return absl::OkStatus();
+  FillRandomBf16Kernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(out, n, seed, scale);
+  return Launched("FillRandomBf16Kernel");
 }
 
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream) {

@@ -47,6 +47,10 @@ absl::Status ToBf16Cuda(const float* in, int64_t n, uint16_t* out, void* stream)
 // out[i] = x[rows[i]], `n` rows of `width` floats.
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream);
 
+// out[i] = bf16 of a uniform value in [-scale, scale] hashed from (seed, i):
+// weights of the right shapes for benchmarks (--load-format dummy).
+absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float scale, void* stream);
+
 // SiLU as ggml computes it, x / (1 + e^-x).
 ATTN_HD float Silu(float x) { return x / (1.0f + expf(-x)); }
 

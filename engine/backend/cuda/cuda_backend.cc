@@ -103,6 +103,7 @@ struct CudaBackend::State {
   }
 
   absl::Status UploadWeights();
+  absl::Status FillDummyWeights();
   absl::Status ReserveRows(int64_t rows);
   absl::Status Layer(int32_t l, const StepMetadata& m);
   absl::Status Attention(const LayerMetadata& lm, const StepMetadata& m);
@@ -131,6 +132,34 @@ absl::Status CudaBackend::State::UploadWeights() {
     ATTN_RETURN_IF_ERROR(UploadStacked({&lw.w_down}, &d.w_down));
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::State::FillDummyWeights() {
+  const ModelConfig& c = model.config;
+  uint64_t seed = 1;
+  // Uniform in ±sqrt(3 / fan_in): unit variance out of unit-variance inputs.
+  auto random = [&](int64_t rows, int64_t cols, const uint16_t** at) -> absl::Status {
+    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * sizeof(uint16_t)));
+    ATTN_RETURN_IF_ERROR(FillRandomBf16Cuda(b.as<uint16_t>(), rows * cols, seed++,
+                                            std::sqrt(3.0f / static_cast<float>(cols)), stream));
+    *at = b.as<uint16_t>();
+    weights.push_back(std::move(b));
+    return absl::OkStatus();
+  };
+  const std::vector<float> ones(c.hidden, 1.0f);
+  ATTN_RETURN_IF_ERROR(random(c.vocab_size, c.hidden, &token_embd));
+  ATTN_RETURN_IF_ERROR(random(c.vocab_size, c.hidden, &output));
+  ATTN_RETURN_IF_ERROR(Upload(ones, &output_norm));
+  layers.resize(c.n_layers);
+  for (DeviceLayer& d : layers) {
+    ATTN_RETURN_IF_ERROR(Upload(ones, &d.attn_norm));
+    ATTN_RETURN_IF_ERROR(Upload(ones, &d.ffn_norm));
+    ATTN_RETURN_IF_ERROR(random(c.q_dim() + 2 * c.kv_dim(), c.hidden, &d.wqkv));
+    ATTN_RETURN_IF_ERROR(random(c.hidden, c.q_dim(), &d.wo));
+    ATTN_RETURN_IF_ERROR(random(2 * c.ffn_hidden, c.hidden, &d.w_gate_up));
+    ATTN_RETURN_IF_ERROR(random(c.hidden, c.ffn_hidden, &d.w_down));
+  }
+  return CudaStreamSync(stream);
 }
 
 absl::Status CudaBackend::State::ReserveRows(int64_t n) {
@@ -176,7 +205,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   ATTN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
   ATTN_ASSIGN_OR_RETURN(CublasHandle cublas, CublasHandle::Create(s->stream));
   s->cublas = std::move(cublas);
-  ATTN_RETURN_IF_ERROR(s->UploadWeights());
+  ATTN_RETURN_IF_ERROR(options.dummy_weights ? s->FillDummyWeights() : s->UploadWeights());
   s->rope = {std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim)), c.rope_freq_scale, c.context_length};
   AttentionHeadParams dense;
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -190,6 +219,15 @@ CudaBackend::CudaBackend(std::unique_ptr<State> state) : s_(std::move(state)) {}
 CudaBackend::~CudaBackend() = default;
 
 const ModelConfig& CudaBackend::config() const { return s_->model.config; }
+
+int64_t CudaBackend::decode_weight_bytes() const {
+  const ModelConfig& c = s_->model.config;
+  int64_t bytes = 0;
+  for (const DeviceBuffer& b : s_->weights) bytes += static_cast<int64_t>(b.size());
+  // An untied embedding table is read a row per token, not whole.
+  if (s_->output != s_->token_embd) bytes -= static_cast<int64_t>(c.vocab_size) * c.hidden * sizeof(uint16_t);
+  return bytes;
+}
 std::string CudaBackend::device() const { return s_->device_name; }
 
 absl::Status CudaBackend::CheckPlan(const AttentionPlan& plan) const {

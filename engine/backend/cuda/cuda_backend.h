@@ -32,6 +32,9 @@ struct CudaBackendOptions {
   // Activation buffers are sized for this many rows; a longer step grows them.
   int32_t max_step_tokens = 512;
   int device = 0;
+  // Random bf16 weights of the config's shapes instead of the model's
+  // (benchmarks at shapes without a file: the model needs only its config).
+  bool dummy_weights = false;
 };
 
 class CudaBackend : public Backend {
@@ -47,6 +50,10 @@ class CudaBackend : public Backend {
   // (the weights, the activations, other processes), less a reserve for the
   // step's workspaces. The backend keeps a handle on the same memory.
   absl::StatusOr<KvCachePool> CreateKvPool(const KvCacheShape& shape, double utilization);
+
+  // Weight bytes one decode step reads (every matrix and norm, the output
+  // projection; of the embedding table only its rows): the roofline's bytes.
+  int64_t decode_weight_bytes() const;
 
   const ModelConfig& config() const override;
   std::string name() const override { return "cuda"; }
