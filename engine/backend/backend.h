@@ -44,9 +44,6 @@ class Backend {
   virtual const ModelConfig& config() const = 0;
   virtual std::string name() const = 0;  // "cpu", "cuda"
   virtual std::string device() const = 0;  // the processor's name, e.g. the CPU model or the GPU's
-  // OK when the backend runs `plan`'s policy; otherwise why not (UNIMPLEMENTED
-  // with the policy's field), so the request fails alone before any step.
-  virtual absl::Status CheckPlan(const AttentionPlan& plan) const { return absl::OkStatus(); }
   // Runs one step. `logits` receives vocab_size floats per wanted row, in the
   // order of `steps` (kLast: one row, kAll: one per token).
   virtual absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) = 0;

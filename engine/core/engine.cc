@@ -24,10 +24,8 @@ namespace {
 
 // A plan is made for one model; one for another would fail the whole step.
 // Quest reads whole pages: its budget needs one at least.
-absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c, int32_t page_size,
-                                  const Backend& backend) {
+absl::Status CheckPlanFitsEngine(const AttentionPlan* plan, const ModelConfig& c, int32_t page_size) {
   if (plan == nullptr) return absl::OkStatus();
-  ATTN_RETURN_IF_ERROR(backend.CheckPlan(*plan));
   if (plan->n_layers() != c.n_layers || plan->n_heads() != c.n_heads) {
     return absl::InvalidArgumentError(absl::StrCat("attention: the plan has ", plan->n_layers(), " layers of ",
                                                    plan->n_heads(), " heads; the model ", c.n_layers, " of ",
@@ -141,7 +139,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
                                                    limit));
   }
   ATTN_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling, c.vocab_size, limit - prompt));
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(request.attention.get(), c, e.options.page_size, *e.backend));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(request.attention.get(), c, e.options.page_size));
   const VisibleSet visible = request.attention != nullptr ? request.attention->visible_set() : VisibleSet{};
   // ACT prefills its prompt in one step.
   const int32_t chunk = request.attention != nullptr && request.attention->act()
@@ -191,7 +189,7 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::s
   for (int32_t t : token_ids) {
     if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " is out of vocabulary"));
   }
-  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(attention.get(), c, e.options.page_size, *e.backend));
+  ATTN_RETURN_IF_ERROR(CheckPlanFitsEngine(attention.get(), c, e.options.page_size));
   // A streaming window gives pages back as the scoring advances; under ACT
   // the text first runs whole.
   const VisibleSet visible = attention != nullptr ? attention->visible_set() : VisibleSet{};

@@ -1,13 +1,13 @@
 // The CUDA backend against the CPU backend on the default model, through
 // the engine: per-token log-probabilities of a text (bf16 weights and
 // activations against the CPU's quantized ones), and greedy output of every
-// policy alone and all of them in one batch, equal up to a near-tie. Skips
+// policy alone and all of them in one batch (ACT's prompt pass among other
+// sequences' steps), equal up to a near-tie. Skips
 // without a GPU (fails under ATTNSERVE_REQUIRE_GPU).
 #include <cmath>
 #include <string>
 #include <vector>
 
-#include "gmock/gmock.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/unit/engine_policy_fixture.h"
 
@@ -59,6 +59,9 @@ std::vector<PolicyCase> Policies(const ModelConfig& config) {
   s = {};
   s.mode = LinearSpec{16, 4};
   cases.push_back({"linear", s});
+  s = {};
+  s.act = ActSpec{};
+  cases.push_back({"act", s});
   return cases;
 }
 
@@ -130,17 +133,6 @@ TEST_F(CudaEngineTest, EveryPolicyAloneAndInOneBatchGreedyAsTheCpu) {
     ExpectSameOrNearTie(batch[i]->Wait()[0].token_ids, want[i], kNearTie, cases[i].name + " in the mixed batch");
   }
   EXPECT_EQ(gpu->stats().kv_pages_used, 0);
-}
-
-TEST_F(CudaEngineTest, ActIsRefusedAtSubmitWithItsField) {
-  std::unique_ptr<Engine> gpu = MakeCudaEngine();
-  ASSERT_NE(gpu, nullptr);
-  PolicySpec act;
-  act.act = ActSpec{};
-  Collector c;
-  const absl::StatusOr<uint64_t> handle = gpu->Submit(Greedy(kPrompt, 4, &act), c.stream);
-  EXPECT_EQ(handle.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(handle.status().message()), ::testing::HasSubstr("attention.act"));
 }
 
 }  // namespace

@@ -169,17 +169,28 @@ TEST_F(StepMetadataTest, StreamingCachePositionsGiveSlotsToEveryRow) {
   EXPECT_EQ(m.slots[0], 11);
 }
 
-TEST_F(StepMetadataTest, ActsPromptPassIsRefused) {
-  const PageTable table = Table({0}, 0);
-  const std::vector<int32_t> tokens = {1, 2};
+TEST_F(StepMetadataTest, ActsPromptStepIsMarkedForItsKeySetPass) {
+  const PageTable table = Table({0}, 0), dense_table = Table({1}, 5);
+  const std::vector<int32_t> prompt = {1, 2, 3}, one = {4};
   PolicySpec act;
-  act.act = ActSpec{};
-  const auto plan = Plan(act, c_, 2);
+  act.act = ActSpec{0.4f, 0.1f, {1}, {0, 2}};
+  const auto plan = Plan(act, c_, 3);
   ActKeySets sets(*plan);
-  const std::vector<SequenceStep> steps = {{&table, tokens, 0, LogitsWanted::kLast, plan.get(), &sets}};
-  const std::vector<float*> no_linear(1, nullptr);
-  EXPECT_EQ(BuildStepMetadata(c_, pool_, steps, no_linear, dense_heads_, device_.data(), arena_).status().code(),
-            absl::StatusCode::kUnimplemented);
+  ASSERT_FALSE(sets.complete());
+  const std::vector<SequenceStep> steps = {{&dense_table, one, 5, LogitsWanted::kLast},
+                                           {&table, prompt, 0, LogitsWanted::kLast, plan.get(), &sets}};
+  const std::vector<float*> no_linear(2, nullptr);
+  const StepMetadata m = Build(steps, no_linear);
+  EXPECT_EQ(m.act_prompt_steps, std::vector<int32_t>{1});
+  EXPECT_EQ(m.first_row, (std::vector<int32_t>{0, 1}));
+  EXPECT_TRUE(m.wants_lse);
+  // Until its sets are found the sequence runs with its plan's parameters.
+  for (int32_t l = 0; l < c_.n_layers; ++l) {
+    for (int h = 0; h < c_.n_heads; ++h) {
+      EXPECT_EQ(m.layers[l].decode[1].params.heads[h].reweight_beta, plan->layer(l).heads[h].reweight_beta);
+      EXPECT_EQ(m.layers[l].decode[1].params.heads[h].reweight_keys_size, 0);
+    }
+  }
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "engine/backend/cuda/step_metadata.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/bf16_weights.h"
+#include "kernels/cuda/column_mass.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_append.h"
@@ -74,6 +75,10 @@ struct CudaBackend::State {
   DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
   DeviceBuffer decode_ws, quest_q, quest_ws, meta, final_x, logits;
   StagingArena arena;
+  // ACT's prompt pass: column sums, and the entries re-staged with the sets.
+  DeviceBuffer act_mass, act_meta;
+  std::vector<double> act_mass_host;
+  StagingArena act_arena;
 
   explicit State(const Model& m) : model(m) {}
   ~State() {
@@ -105,8 +110,10 @@ struct CudaBackend::State {
   absl::Status UploadWeights();
   absl::Status FillDummyWeights();
   absl::Status ReserveRows(int64_t rows);
-  absl::Status Layer(int32_t l, const StepMetadata& m);
-  absl::Status Attention(const LayerMetadata& lm, const StepMetadata& m);
+  absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
+  absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
+  absl::Status DecodeRows(const DecodeSequence* entries, int64_t first_row, int64_t n, const StepMetadata& m);
+  absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
 
 absl::Status CudaBackend::State::UploadWeights() {
@@ -230,11 +237,6 @@ int64_t CudaBackend::decode_weight_bytes() const {
 }
 std::string CudaBackend::device() const { return s_->device_name; }
 
-absl::Status CudaBackend::CheckPlan(const AttentionPlan& plan) const {
-  if (plan.act()) return absl::UnimplementedError("attention.act: not available on the cuda backend yet");
-  return absl::OkStatus();
-}
-
 absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization) {
   if (!(utilization > 0.0 && utilization <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization: ", utilization, " must be in (0, 1]"));
@@ -261,8 +263,83 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape,
   return pool;
 }
 
-absl::Status CudaBackend::State::Attention(const LayerMetadata& lm, const StepMetadata& m) {
+absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64_t first_row, int64_t n,
+                                            const StepMetadata& m) {
   const ModelConfig& c = model.config;
+  // Rows in launches whose split partials fit the workspace.
+  const size_t per_row = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_row));
+  for (int64_t i = 0; i < n; i += chunk) {
+    const int64_t r0 = first_row + i;
+    DecodeAttentionArgs a;
+    a.seqs = entries + i;
+    a.n_seqs = static_cast<int32_t>(std::min(chunk, n - i));
+    a.max_tokens = m.max_tokens;
+    a.q = q.as<float>() + r0 * c.q_dim();
+    a.sink_q = m.slots != nullptr ? sink_q.as<float>() + r0 * c.q_dim() : nullptr;
+    a.n_q_heads = c.n_heads;
+    a.n_kv_heads = c.n_kv_heads;
+    a.head_dim = c.head_dim;
+    a.out = attn.as<float>() + r0 * c.q_dim();
+    a.lse = m.wants_lse ? lse.as<float>() + r0 * c.n_heads : nullptr;
+    ATTN_RETURN_IF_ERROR(DecodeAttentionCuda(a, decode_ws.data(), decode_ws.size(), stream));
+  }
+  return absl::OkStatus();
+}
+
+// As CpuBackend::FindActKeySets, from the prompt rows' outputs of the plan's
+// parameters (already run): the column sums of their probabilities, the sets
+// found on the host, and the rows run again with them.
+absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st,
+                                                int32_t first_row) {
+  const ModelConfig& c = model.config;
+  const int32_t prompt = st.attention->prompt_tokens();
+  const size_t n_mass = static_cast<size_t>(c.n_heads) * prompt;
+  ATTN_RETURN_IF_ERROR(Reserve(act_mass, n_mass * sizeof(double)));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(act_mass.data(), 0, n_mass * sizeof(double), stream), "cudaMemsetAsync(act mass)"));
+  ColumnMassArgs a;
+  a.seqs = m.layers[l].decode + first_row;
+  a.n_queries = prompt;
+  a.q = q.as<float>() + static_cast<int64_t>(first_row) * c.q_dim();
+  a.sink_q = m.slots != nullptr ? sink_q.as<float>() + static_cast<int64_t>(first_row) * c.q_dim() : nullptr;
+  a.lse = lse.as<float>() + static_cast<int64_t>(first_row) * c.n_heads;
+  a.n_q_heads = c.n_heads;
+  a.n_kv_heads = c.n_kv_heads;
+  a.head_dim = c.head_dim;
+  a.mass = act_mass.as<double>();
+  a.n_keys = prompt;
+  ATTN_RETURN_IF_ERROR(ColumnMassCuda(a, stream));
+  act_mass_host.resize(n_mass);
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_mass_host.data(), act_mass.data(), n_mass * sizeof(double),
+                                            cudaMemcpyDeviceToHost, stream),
+                            "cudaMemcpyAsync(act mass)"));
+  ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
+  st.act_sets->SetFromColumnMass(l, act_mass_host);
+
+  // The step's rows again, with the layer's parameters that carry the sets.
+  const int32_t n = static_cast<int32_t>(st.tokens.size());
+  const DecodeSequence* staged = arena.HostView(m.layers[l].decode + first_row);
+  const DecodeSequence* entries = nullptr;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    act_arena.Reset(act_meta.data());
+    const SequenceAttentionParams params = StageParams(st.act_sets->layer(l), c.n_heads, act_arena);
+    std::vector<DecodeSequence> rows(staged, staged + n);
+    for (DecodeSequence& d : rows) d.params = params;
+    entries = act_arena.Append(rows);
+    if (act_arena.size() <= act_meta.size()) break;
+    ATTN_RETURN_IF_ERROR(Reserve(act_meta, act_arena.size() + act_arena.size() / 2));
+  }
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
+                                            stream),
+                            "cudaMemcpyAsync(act entries)"));
+  ATTN_RETURN_IF_ERROR(DecodeRows(entries, first_row, n, m));
+  // The staging buffer is reused by the next layer's pass: wait for this copy.
+  return CudaStreamSync(stream);
+}
+
+absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps) {
+  const ModelConfig& c = model.config;
+  const LayerMetadata& lm = m.layers[l];
   if (lm.n_quest > 0) {
     ATTN_RETURN_IF_ERROR(GatherRowsCuda(q.as<float>(), lm.quest_rows, lm.n_quest, c.q_dim(), quest_q.as<float>(), stream));
     const size_t ws = QuestSelectWorkspaceBytes(lm.n_quest, c.n_kv_heads, lm.quest_max_pages);
@@ -277,22 +354,9 @@ absl::Status CudaBackend::State::Attention(const LayerMetadata& lm, const StepMe
     qa.head_dim = c.head_dim;
     ATTN_RETURN_IF_ERROR(QuestSelectCuda(qa, quest_ws.data(), quest_ws.size(), stream));
   }
-  // Rows in launches whose split partials fit the workspace.
-  const size_t per_row = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_row));
-  for (int64_t r0 = 0; r0 < m.rows; r0 += chunk) {
-    DecodeAttentionArgs a;
-    a.seqs = lm.decode + r0;
-    a.n_seqs = static_cast<int32_t>(std::min(chunk, m.rows - r0));
-    a.max_tokens = m.max_tokens;
-    a.q = q.as<float>() + r0 * c.q_dim();
-    a.sink_q = m.slots != nullptr ? sink_q.as<float>() + r0 * c.q_dim() : nullptr;
-    a.n_q_heads = c.n_heads;
-    a.n_kv_heads = c.n_kv_heads;
-    a.head_dim = c.head_dim;
-    a.out = attn.as<float>() + r0 * c.q_dim();
-    a.lse = m.wants_lse ? lse.as<float>() + r0 * c.n_heads : nullptr;
-    ATTN_RETURN_IF_ERROR(DecodeAttentionCuda(a, decode_ws.data(), decode_ws.size(), stream));
+  ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, 0, m.rows, m));
+  for (const int32_t i : m.act_prompt_steps) {
+    if (steps[i].act_sets->needs(l)) ATTN_RETURN_IF_ERROR(FindActKeySets(l, m, steps[i], m.first_row[i]));
   }
   if (lm.n_linear_rows > 0) {
     LinearReadArgs la;
@@ -309,7 +373,7 @@ absl::Status CudaBackend::State::Attention(const LayerMetadata& lm, const StepMe
   return FoldKeysCuda(lm.linear_fold, lm.n_linear_folds, c.n_kv_heads, c.head_dim, stream);
 }
 
-absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m) {
+absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps) {
   const ModelConfig& c = model.config;
   const DeviceLayer& w = layers[l];
   const int64_t n = m.rows;
@@ -342,7 +406,7 @@ absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m) {
   append.n_kv_heads = c.n_kv_heads;
   append.head_dim = c.head_dim;
   ATTN_RETURN_IF_ERROR(AppendKvCuda(append, stream));
-  ATTN_RETURN_IF_ERROR(Attention(m.layers[l], m));
+  ATTN_RETURN_IF_ERROR(Attention(l, m, steps));
   ATTN_RETURN_IF_ERROR(ToBf16Cuda(attn.as<float>(), n * c.q_dim(), xn.as<uint16_t>(), stream));
   ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {w.wo, c.hidden, c.q_dim(), xn.as<uint16_t>(), n, x.as<float>(), true}));
   ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(x.as<float>(), w.ffn_norm, xn.as<uint16_t>(), n, c.hidden, c.rms_eps, stream));
@@ -391,7 +455,7 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(s.meta.data(), s.arena.data(), s.arena.size(), cudaMemcpyHostToDevice, s.stream),
                             "cudaMemcpyAsync(step metadata)"));
   ATTN_RETURN_IF_ERROR(EmbedRowsCuda(s.token_embd, m.tokens, m.rows, c.hidden, s.x.as<float>(), s.stream));
-  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(s.Layer(l, m));
+  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(s.Layer(l, m, steps));
 
   logits.resize(static_cast<size_t>(m.n_logit_rows) * c.vocab_size);
   if (m.n_logit_rows > 0) {

@@ -14,9 +14,10 @@
 // layers then run on one stream, and only the logits come back.
 //
 // Prefill rows run through the decode kernel, one entry per query: correct
-// for every policy, but each query reads its keys again. ACT's prompt pass
-// (key sets from the prompt's attention) is not ported: CheckPlan refuses
-// ACT requests.
+// for every policy, but each query reads its keys again. ACT's prompt step
+// syncs once per calibrated layer: the column sums of its probabilities come
+// back, the key sets are found on the host (ActKeySets) and the prompt's
+// rows of that layer run again with them.
 #pragma once
 
 #include <memory>
@@ -58,7 +59,6 @@ class CudaBackend : public Backend {
   const ModelConfig& config() const override;
   std::string name() const override { return "cuda"; }
   std::string device() const override;
-  absl::Status CheckPlan(const AttentionPlan& plan) const override;
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
 
  private:

@@ -35,6 +35,12 @@ class StagingArena {
     return Append(std::span<const T>(values));
   }
 
+  // The staged copy of what will be at `device` (an address Append returned).
+  template <typename T>
+  const T* HostView(const T* device) const {
+    return reinterpret_cast<const T*>(bytes_.data() + (reinterpret_cast<uintptr_t>(device) - base_));
+  }
+
   // Bytes the device buffer needs; the staged bytes to copy there.
   size_t size() const { return bytes_.size(); }
   const uint8_t* data() const { return bytes_.data(); }

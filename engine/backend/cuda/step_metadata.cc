@@ -24,38 +24,43 @@ class ParamsStager {
       : c_(c), arena_(arena) {
     SequenceAttentionParams dense;
     dense.heads = dense_heads.data();
-    dense_ = Stage(dense);
+    dense_ = StageParams(dense, c_.n_heads, arena_);
   }
 
+  // An ACT sequence's parameters are its key sets' (the plan's until found).
   const SequenceAttentionParams& Get(const SequenceStep& st, int32_t layer) {
     if (st.attention == nullptr) return dense_;
-    auto [it, inserted] = staged_.try_emplace(st.attention);
+    const void* source = st.act_sets != nullptr ? static_cast<const void*>(st.act_sets) : st.attention;
+    auto [it, inserted] = staged_.try_emplace(source);
     if (inserted) {
-      for (int32_t l = 0; l < c_.n_layers; ++l) it->second.push_back(Stage(st.attention->layer(l)));
+      for (int32_t l = 0; l < c_.n_layers; ++l) {
+        const SequenceAttentionParams& p = st.act_sets != nullptr ? st.act_sets->layer(l) : st.attention->layer(l);
+        it->second.push_back(StageParams(p, c_.n_heads, arena_));
+      }
     }
     return it->second[layer];
   }
 
  private:
-  SequenceAttentionParams Stage(const SequenceAttentionParams& p) {
-    SequenceAttentionParams d = p;
-    d.heads = arena_.Append(Span(p.heads, c_.n_heads));
-    d.spans = p.num_spans > 0 ? arena_.Append(Span(p.spans, p.num_spans)) : nullptr;
-    int32_t reweight_keys = 0;
-    for (int h = 0; h < c_.n_heads; ++h) {
-      reweight_keys = std::max(reweight_keys, p.heads[h].reweight_keys_begin + p.heads[h].reweight_keys_size);
-    }
-    d.reweight_keys = p.reweight_keys != nullptr ? arena_.Append(Span(p.reweight_keys, reweight_keys)) : nullptr;
-    return d;
-  }
-
   const ModelConfig& c_;
   StagingArena& arena_;
   SequenceAttentionParams dense_;
-  std::unordered_map<const AttentionPlan*, std::vector<SequenceAttentionParams>> staged_;
+  std::unordered_map<const void*, std::vector<SequenceAttentionParams>> staged_;
 };
 
 }  // namespace
+
+SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena) {
+  SequenceAttentionParams d = p;
+  d.heads = arena.Append(Span(p.heads, n_heads));
+  d.spans = p.num_spans > 0 ? arena.Append(Span(p.spans, p.num_spans)) : nullptr;
+  int32_t reweight_keys = 0;
+  for (int h = 0; h < n_heads; ++h) {
+    reweight_keys = std::max(reweight_keys, p.heads[h].reweight_keys_begin + p.heads[h].reweight_keys_size);
+  }
+  d.reweight_keys = p.reweight_keys != nullptr ? arena.Append(Span(p.reweight_keys, reweight_keys)) : nullptr;
+  return d;
+}
 
 absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool& pool,
                                                std::span<const SequenceStep> steps,
@@ -74,8 +79,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   bool any_slots = false;
   for (int32_t i = 0; i < n_seqs; ++i) {
     const SequenceStep& st = steps[i];
-    if (st.act_sets != nullptr) {
-      return absl::UnimplementedError("attention.act: the cuda backend does not find ACT's key sets yet");
+    if (st.act_sets != nullptr && !st.act_sets->complete()) {
+      m.act_prompt_steps.push_back(i);
+      m.wants_lse = true;
     }
     if (st.linear != nullptr && linear_states[i] == nullptr) {
       return absl::InternalError("BuildStepMetadata: a linear sequence without device states");
@@ -102,6 +108,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
     m.max_blocks_per_seq = std::max(m.max_blocks_per_seq, BlocksTouched(st.first_pos, n, page_size));
   }
   m.rows = static_cast<int64_t>(tokens.size());
+  m.first_row = first_row;
   m.n_logit_rows = static_cast<int64_t>(logit_rows.size());
   m.tokens = arena.Append(tokens);
   m.positions = arena.Append(positions);

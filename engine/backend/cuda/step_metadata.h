@@ -44,12 +44,21 @@ struct StepMetadata {
   int64_t n_logit_rows = 0;
   int32_t max_tokens = 0;          // keys any query of the step may read
   int32_t max_blocks_per_seq = 0;  // KV blocks any sequence writes to
-  bool wants_lse = false;          // a linear sequence needs the exact part's log denominators
+  bool wants_lse = false;          // linear and ACT prompt sequences need the log denominators
+  std::vector<int32_t> first_row;  // [n_seqs]: each step's first row
+  // Steps whose ACT key sets are still to be found (their prompt step): their
+  // rows' entries carry the plan's parameters for the layers that need sets;
+  // the backend finds the sets and runs those rows again (StageParams).
+  std::vector<int32_t> act_prompt_steps;
   std::vector<LayerMetadata> layers;
   // The linear states' folded_end after the step, per step index and layer
   // (empty for sequences without linear state).
   std::vector<std::vector<int32_t>> folded_end;
 };
+
+// Stages `p` (its per-head parameters, spans and ACT key sets) for an
+// SequenceAttentionParams with device pointers into `arena`.
+SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena);
 
 // `linear_states[i]`: the device states of steps[i]'s linear sequence (its
 // LinearAttentionState::device_states), null for the others. `pool` gives
