@@ -15,7 +15,13 @@ namespace attnserve {
 
 struct LinearAttentionState {
   LinearAttentionState(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim)
-      : n_kv_heads(n_kv_heads), heads(static_cast<size_t>(n_layers) * n_kv_heads), folded_end(n_layers, 0) {
+      : n_kv_heads(n_kv_heads), head_dim(head_dim), folded_end(n_layers, 0) {}
+
+  // The CPU backend's states, allocated on its first use of them (the GPU
+  // backend keeps its own in device memory). Not thread-safe.
+  void AllocateHostStates() {
+    if (!heads.empty()) return;
+    heads.resize(folded_end.size() * n_kv_heads);
     const size_t features = TaylorFeatureCount(head_dim);
     for (LinearHeadState& h : heads) {
       h.s.assign(features * head_dim, 0.0f);
@@ -27,7 +33,7 @@ struct LinearAttentionState {
 
   // Empties layer l's state (a sequence recomputed from its start).
   void ResetLayer(int32_t layer) {
-    for (int32_t g = 0; g < n_kv_heads; ++g) {
+    for (int32_t g = 0; g < n_kv_heads && !heads.empty(); ++g) {
       LinearHeadState& h = head(layer, g);
       std::fill(h.s.begin(), h.s.end(), 0.0f);
       std::fill(h.z.begin(), h.z.end(), 0.0f);
@@ -35,19 +41,20 @@ struct LinearAttentionState {
     folded_end[layer] = 0;
   }
 
+  // Bytes of the states, wherever they are kept.
   int64_t bytes() const {
-    int64_t n = 0;
-    for (const LinearHeadState& h : heads) n += static_cast<int64_t>(h.s.size() + h.z.size()) * sizeof(float);
-    return n;
+    return static_cast<int64_t>(folded_end.size()) * n_kv_heads * TaylorFeatureCount(head_dim) * (head_dim + 1) *
+           static_cast<int64_t>(sizeof(float));
   }
 
   int32_t n_kv_heads;
-  std::vector<LinearHeadState> heads;  // [n_layers][n_kv_heads]
+  int32_t head_dim;
+  std::vector<LinearHeadState> heads;  // [n_layers][n_kv_heads] once allocated
   // Per layer: keys [sink_tokens, folded_end) are in the state (0: none yet).
   std::vector<int32_t> folded_end;
-  // The GPU backend keeps the states (heads' layout) in device memory,
-  // [n_layers][n_kv_heads][features][head_dim + 1] floats, owned here so that
-  // they go with the sequence.
+  // The GPU backend's states in device memory, [n_layers][n_kv_heads] of
+  // S [features][head_dim] then z [features], owned here so that they go
+  // with the sequence.
   std::shared_ptr<void> device_states;
 };
 

@@ -46,12 +46,15 @@ __device__ __forceinline__ float WarpSum(float v) {
 __device__ bool KeyRead(const DecodeSequence& s, const AttentionHeadParams& hp, int g, int32_t j) {
   if (!HeadKeyVisible(s.params, hp, s.query_pos, j)) return false;
   if (s.key_ranges == nullptr) return true;
+  // The first range ending after j (ranges are sorted and disjoint): a
+  // binary search, since a budget of 2048 tokens is up to 129 ranges.
   const KeyRange* r = s.key_ranges + static_cast<int64_t>(g) * s.key_ranges_stride;
-  for (int32_t i = 0; i < s.num_key_ranges[g]; ++i) {
-    if (j < r[i].begin) return false;
-    if (j < r[i].end) return true;
+  int32_t lo = 0, hi = s.num_key_ranges[g];
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (r[mid].end <= j) lo = mid + 1; else hi = mid;
   }
-  return false;
+  return lo < s.num_key_ranges[g] && j >= r[lo].begin;
 }
 
 // acc[2c], acc[2c + 1] += p * the value columns 2 * (lane + 32c), + 1.

@@ -323,6 +323,7 @@ void CpuBackend::LinearAttention(int32_t layer, std::span<const SequenceStep> st
     row += n;
     if (st.linear == nullptr) continue;
     LinearAttentionState& state = *st.linear;
+    state.AllocateHostStates();
     const SequenceAttentionParams& params = st.attention->layer(layer);
     const int32_t sinks = params.sink_tokens, window = params.window_tokens;
     // Query i folds keys [sinks, fold_end(i)): those left behind its window.

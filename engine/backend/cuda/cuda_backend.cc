@@ -73,7 +73,7 @@ struct CudaBackend::State {
   // Activations, [rows][width] each.
   int64_t rows = 0;
   DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
-  DeviceBuffer decode_ws, quest_q, quest_ws, meta, final_x, logits;
+  DeviceBuffer decode_ws, quest_q, quest_ws, step_meta, final_x, step_logits;
   StagingArena arena;
   // ACT's prompt pass: column sums, and the entries re-staged with the sets.
   DeviceBuffer act_mass, act_meta;
@@ -84,6 +84,7 @@ struct CudaBackend::State {
   ~State() {
     if (stream != nullptr) {
       cudaStreamSynchronize(stream);
+      cublas.reset();  // its handle is bound to the stream
       cudaStreamDestroy(stream);
     }
   }
@@ -110,6 +111,7 @@ struct CudaBackend::State {
   absl::Status UploadWeights();
   absl::Status FillDummyWeights();
   absl::Status ReserveRows(int64_t rows);
+  absl::Status Step(std::span<const SequenceStep> steps, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status DecodeRows(const DecodeSequence* entries, int64_t first_row, int64_t n, const StepMetadata& m);
@@ -171,6 +173,9 @@ absl::Status CudaBackend::State::FillDummyWeights() {
 
 absl::Status CudaBackend::State::ReserveRows(int64_t n) {
   if (n <= rows) return absl::OkStatus();
+  // A failure part-way leaves some buffers released: no capacity until a
+  // later call gets them all.
+  rows = 0;
   const ModelConfig& c = model.config;
   const size_t f = sizeof(float), b = sizeof(uint16_t), r = static_cast<size_t>(n);
   ATTN_RETURN_IF_ERROR(Reserve(x, r * c.hidden * f));
@@ -219,6 +224,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   s->dense_heads.assign(c.n_heads, dense);
   ATTN_RETURN_IF_ERROR(s->ReserveRows(options.max_step_tokens));
   ATTN_RETURN_IF_ERROR(Reserve(s->decode_ws, kDecodeWorkspaceBytes));
+  // The uploads from pageable memory may still be in flight on the legacy
+  // stream, which the backend's non-blocking stream does not wait for.
+  ATTN_RETURN_IF_ERROR(Cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"));
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(s)));
 }
 
@@ -251,9 +259,16 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape,
     return absl::ResourceExhaustedError(absl::StrCat("gpu_memory_utilization: ", utilization, " of ", total_bytes,
                                                      " bytes leaves no room for a KV cache (", free_bytes, " free)"));
   }
-  const KvCachePool::Allocator on_device = [](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
+  const KvCacheShape& want = shape;
+  const ModelConfig& c = s_->model.config;
+  if (want.n_layers != c.n_layers || want.n_kv_heads != c.n_kv_heads || want.head_dim != c.head_dim) {
+    return absl::InvalidArgumentError("kv cache shape does not match the model");
+  }
+  cudaStream_t stream = s_->stream;
+  const KvCachePool::Allocator on_device = [stream](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
     ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(elements * sizeof(fp16_t)));
-    ATTN_RETURN_IF_ERROR(Cuda(cudaMemset(b.data(), 0, b.size()), "cudaMemset(kv cache)"));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(b.data(), 0, b.size(), stream), "cudaMemsetAsync(kv cache)"));
+    ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
     auto owner = std::make_shared<DeviceBuffer>(std::move(b));
     return std::shared_ptr<fp16_t>(owner, owner->as<fp16_t>());
   };
@@ -342,8 +357,6 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
   const LayerMetadata& lm = m.layers[l];
   if (lm.n_quest > 0) {
     ATTN_RETURN_IF_ERROR(GatherRowsCuda(q.as<float>(), lm.quest_rows, lm.n_quest, c.q_dim(), quest_q.as<float>(), stream));
-    const size_t ws = QuestSelectWorkspaceBytes(lm.n_quest, c.n_kv_heads, lm.quest_max_pages);
-    ATTN_RETURN_IF_ERROR(Reserve(quest_ws, ws));
     QuestSelectArgs qa;
     qa.seqs = lm.quest;
     qa.n_seqs = lm.n_quest;
@@ -421,55 +434,74 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
   const ModelConfig& c = s.model.config;
   if (!s.pool) return absl::FailedPreconditionError("cuda backend: no KV cache (CreateKvPool first)");
   ATTN_RETURN_IF_ERROR(CheckSteps(c, s.pool->shape().page_size, steps));
+  logits.clear();
+  if (steps.empty()) return absl::OkStatus();
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s.options.device), "cudaSetDevice"));
+  const absl::Status status = s.Step(steps, logits);
+  // Nothing of a failed step may still run when the caller moves on.
+  if (!status.ok()) cudaStreamSynchronize(s.stream);
+  return status;
+}
 
+absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::vector<float>& logits) {
+  const ModelConfig& c = model.config;
   // The linear mode's states live on the device with their sequence; a step
-  // from position 0 starts them afresh.
+  // from position 0 (and a fresh allocation) starts them afresh.
   std::vector<float*> linear_states(steps.size(), nullptr);
   const size_t state_bytes = static_cast<size_t>(c.n_layers) * c.n_kv_heads * LinearStateFloats(c.head_dim) * sizeof(float);
   for (size_t i = 0; i < steps.size(); ++i) {
     LinearAttentionState* st = steps[i].linear;
     if (st == nullptr) continue;
-    if (st->device_states == nullptr) {
+    const bool fresh = st->device_states == nullptr;
+    if (fresh) {
       ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(state_bytes));
       auto owner = std::make_shared<DeviceBuffer>(std::move(b));
       st->device_states = std::shared_ptr<void>(owner, owner->data());
     }
     linear_states[i] = static_cast<float*>(st->device_states.get());
-    if (steps[i].first_pos == 0) {
-      ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(linear_states[i], 0, state_bytes, s.stream), "cudaMemsetAsync(linear states)"));
+    if (fresh || steps[i].first_pos == 0) {
+      ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(linear_states[i], 0, state_bytes, stream), "cudaMemsetAsync(linear states)"));
     }
   }
 
   // The metadata is staged at the device buffer's address; a buffer too
   // small is grown and the metadata staged again at the new one.
-  absl::StatusOr<StepMetadata> meta;
+  absl::StatusOr<StepMetadata> built;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    meta = BuildStepMetadata(c, *s.pool, steps, linear_states, s.dense_heads, s.meta.data(), s.arena);
-    if (!meta.ok()) return meta.status();
-    if (s.arena.size() <= s.meta.size()) break;
-    ATTN_RETURN_IF_ERROR(Reserve(s.meta, s.arena.size() + s.arena.size() / 2));
+    built = BuildStepMetadata(c, *pool, steps, linear_states, dense_heads, step_meta.data(), arena);
+    if (!built.ok()) return built.status();
+    if (arena.size() <= step_meta.size()) break;
+    ATTN_RETURN_IF_ERROR(Reserve(step_meta, arena.size() + arena.size() / 2));
   }
-  const StepMetadata& m = *meta;
-  ATTN_RETURN_IF_ERROR(s.ReserveRows(m.rows));
-  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(s.meta.data(), s.arena.data(), s.arena.size(), cudaMemcpyHostToDevice, s.stream),
+  const StepMetadata& m = *built;
+  ATTN_RETURN_IF_ERROR(ReserveRows(m.rows));
+  // Grown here, not between layers: freeing a buffer a queued kernel reads
+  // would need a sync.
+  size_t quest_bytes = 0;
+  for (const LayerMetadata& lm : m.layers) {
+    quest_bytes = std::max(quest_bytes, QuestSelectWorkspaceBytes(lm.n_quest, c.n_kv_heads, lm.quest_max_pages));
+  }
+  ATTN_RETURN_IF_ERROR(Reserve(quest_ws, quest_bytes));
+  // Past ~2M tokens (streaming) one row's partials outgrow the workspace.
+  ATTN_RETURN_IF_ERROR(Reserve(decode_ws, DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens)));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_meta.data(), arena.data(), arena.size(), cudaMemcpyHostToDevice, stream),
                             "cudaMemcpyAsync(step metadata)"));
-  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(s.token_embd, m.tokens, m.rows, c.hidden, s.x.as<float>(), s.stream));
-  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(s.Layer(l, m, steps));
+  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
+  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(Layer(l, m, steps));
 
   logits.resize(static_cast<size_t>(m.n_logit_rows) * c.vocab_size);
   if (m.n_logit_rows > 0) {
-    ATTN_RETURN_IF_ERROR(Reserve(s.logits, logits.size() * sizeof(float)));
-    ATTN_RETURN_IF_ERROR(GatherRowsCuda(s.x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, s.final_x.as<float>(), s.stream));
-    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(s.final_x.as<float>(), s.output_norm, s.xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
-                                         c.rms_eps, s.stream));
-    ATTN_RETURN_IF_ERROR(GemmBf16(*s.cublas, {s.output, c.vocab_size, c.hidden, s.xn.as<uint16_t>(), m.n_logit_rows,
-                                              s.logits.as<float>(), false}));
-    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), s.logits.data(), logits.size() * sizeof(float),
-                                              cudaMemcpyDeviceToHost, s.stream),
+    ATTN_RETURN_IF_ERROR(Reserve(step_logits, logits.size() * sizeof(float)));
+    ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
+    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
+                                         c.rms_eps, stream));
+    ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {output, c.vocab_size, c.hidden, xn.as<uint16_t>(), m.n_logit_rows,
+                                              step_logits.as<float>(), false}));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), step_logits.data(), logits.size() * sizeof(float),
+                                              cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(logits)"));
   }
-  ATTN_RETURN_IF_ERROR(CudaStreamSync(s.stream));
+  ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }
