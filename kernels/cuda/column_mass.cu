@@ -18,7 +18,7 @@ __global__ void ColumnMassKernel(ColumnMassArgs a) {
   const int h = blockIdx.y, i = blockIdx.z;
   const DecodeSequence& s = a.seqs[i];
   const int g = h / (a.n_q_heads / a.n_kv_heads);
-  const int64_t row = static_cast<int64_t>(i) * a.n_q_heads + h;
+  const int64_t row = static_cast<int64_t>(QueryRow(s, i)) * a.n_q_heads + h;
   for (int c = threadIdx.x; c < a.head_dim; c += blockDim.x) {
     q[c] = a.q[row * a.head_dim + c];
     sink_q[c] = a.sink_q != nullptr ? a.sink_q[row * a.head_dim + c] : q[c];

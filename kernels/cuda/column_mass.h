@@ -17,9 +17,9 @@ namespace attnserve {
 struct ColumnMassArgs {
   const DecodeSequence* seqs = nullptr;  // [n_queries]: one prompt query each (no Quest ranges)
   int32_t n_queries = 0;
-  const float* q = nullptr;       // [n_queries][n_q_heads][head_dim]
+  const float* q = nullptr;       // [rows][n_q_heads][head_dim], a row per entry (QueryRow)
   const float* sink_q = nullptr;  // as DecodeAttentionArgs::sink_q
-  const float* lse = nullptr;     // [n_queries][n_q_heads]: DecodeAttentionCuda's, same entries
+  const float* lse = nullptr;     // [rows][n_q_heads]: DecodeAttentionCuda's, same entries
   int32_t n_q_heads = 0;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;           // <= 128

@@ -6,12 +6,12 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/attention_warp.cuh"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kMaxGroup = 16;  // query heads per KV head: one warp each
 
 // Partial results of one split: [n_seqs][n_q_heads][n_splits] of
@@ -29,18 +29,6 @@ Workspace Carve(void* base, int32_t n_seqs, int32_t n_q_heads, int32_t n_splits)
 
 int32_t NumSplits(int32_t max_tokens) { return (max_tokens + kDecodeSplitKeys - 1) / kDecodeSplitKeys; }
 
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Key j is read for KV head g: the head's visible set and, under Quest, the
 // head's selected ranges.
 __device__ bool KeyRead(const DecodeSequence& s, const AttentionHeadParams& hp, int g, int32_t j) {
@@ -55,17 +43,6 @@ __device__ bool KeyRead(const DecodeSequence& s, const AttentionHeadParams& hp, 
     if (r[mid].end <= j) lo = mid + 1; else hi = mid;
   }
   return lo < s.num_key_ranges[g] && j >= r[lo].begin;
-}
-
-// acc[2c], acc[2c + 1] += p * the value columns 2 * (lane + 32c), + 1.
-template <int kCols>
-__device__ __forceinline__ void AccumulateRow(const __half2* v, int lane, float p, float (&acc)[kCols]) {
-#pragma unroll
-  for (int c = 0; c < kCols / 2; ++c) {
-    const float2 vf = __half22float2(v[lane + c * kWarp]);
-    acc[2 * c] = fmaf(p, vf.x, acc[2 * c]);
-    acc[2 * c + 1] = fmaf(p, vf.y, acc[2 * c + 1]);
-  }
 }
 
 // Block (split, g, seq), one warp per query head of KV head g. Each lane
@@ -85,7 +62,7 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
   __shared__ float q_sh[kMaxGroup][kHeadDim];
   __shared__ float sink_q_sh[kMaxGroup][kHeadDim];
   const int h = g * group + warp;
-  const int64_t q_off = (static_cast<int64_t>(seq) * a.n_q_heads + h) * kHeadDim;
+  const int64_t q_off = (static_cast<int64_t>(QueryRow(s, seq)) * a.n_q_heads + h) * kHeadDim;
   for (int c = lane; c < kHeadDim; c += kWarp) {
     q_sh[warp][c] = a.q[q_off + c];
     sink_q_sh[warp][c] = a.sink_q != nullptr ? a.sink_q[q_off + c] : a.q[q_off + c];
@@ -184,7 +161,7 @@ __global__ void DecodeMergeKernel(DecodeAttentionArgs a, Workspace ws, int32_t n
   const float sink = hp.virtual_sink_logit == -INFINITY ? 0.0f : __expf(hp.virtual_sink_logit - m);
   const float den = sum_set + sum_rest + sink;
   const ReweightScales scales = ComputeReweightScales(hp.reweight_beta, sum_set, sum_rest);
-  const int64_t row = static_cast<int64_t>(seq) * a.n_q_heads + h;
+  const int64_t row = static_cast<int64_t>(QueryRow(s, seq)) * a.n_q_heads + h;
   a.out[row * kHeadDim + col] = den > 0.0f ? (scales.in_set * acc_set + scales.rest * acc_rest) / den : 0.0f;
   if (a.lse != nullptr && col == 0) a.lse[row] = den > 0.0f ? m + logf(den) : -INFINITY;
 }

@@ -30,21 +30,25 @@ struct DecodeSequence {
   const KeyRange* key_ranges = nullptr;
   const int32_t* num_key_ranges = nullptr;
   int32_t key_ranges_stride = 0;
+  // Its row of q, sink_q, out and lse; -1: the entry's own index.
+  int32_t row = -1;
 };
+
+ATTN_HD int32_t QueryRow(const DecodeSequence& s, int32_t entry) { return s.row >= 0 ? s.row : entry; }
 
 struct DecodeAttentionArgs {
   const DecodeSequence* seqs = nullptr;  // device, [n_seqs]
   int32_t n_seqs = 0;
   int32_t max_tokens = 0;      // >= query_pos + 1 of every sequence: sizes the split grid
-  const float* q = nullptr;    // [n_seqs][n_q_heads][head_dim]
+  const float* q = nullptr;    // [rows][n_q_heads][head_dim], a row per entry (QueryRow)
   // Streaming positions=CACHE: the queries rotated at their cache slot, for
   // the keys below params.sink_tokens (layout of q). Null: q for every key.
   const float* sink_q = nullptr;
   int32_t n_q_heads = 0;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;        // 64 or 128
-  float* out = nullptr;        // [n_seqs][n_q_heads][head_dim]
-  float* lse = nullptr;        // [n_seqs][n_q_heads]: log of the softmax denominator; null: not written
+  float* out = nullptr;        // [rows][n_q_heads][head_dim]
+  float* lse = nullptr;        // [rows][n_q_heads]: log of the softmax denominator; null: not written
 };
 
 inline constexpr int32_t kDecodeSplitKeys = 256;

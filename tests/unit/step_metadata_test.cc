@@ -107,18 +107,30 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
     const LayerMetadata& lm = m.layers[l];
     // Each row's query reads its own sequence's keys, in this layer's pool.
     const PagedKv want = LayerView(pool_, l, dense_table, 21);
-    EXPECT_EQ(lm.decode[0].kv.keys, want.keys);
-    EXPECT_EQ(lm.decode[0].kv.page_table[1], 7);
-    EXPECT_EQ(lm.decode[0].kv.num_tokens, 21);
-    EXPECT_EQ(lm.decode[0].query_pos, 20);
-    EXPECT_EQ(lm.decode[0].params.heads[3].logit_scale, 0.125f);
-    EXPECT_EQ(lm.decode[4].query_pos, 3);
-    EXPECT_EQ(lm.decode[4].kv.num_tokens, 5);
-    EXPECT_EQ(lm.decode[4].params.heads[0].logit_scale, quest_plan->layer(l).heads[0].logit_scale);
+    EXPECT_EQ(lm.entries[0].kv.keys, want.keys);
+    EXPECT_EQ(lm.entries[0].kv.page_table[1], 7);
+    EXPECT_EQ(lm.entries[0].kv.num_tokens, 21);
+    EXPECT_EQ(lm.entries[0].query_pos, 20);
+    EXPECT_EQ(lm.entries[0].params.heads[3].logit_scale, 0.125f);
+    EXPECT_EQ(lm.entries[4].query_pos, 3);
+    EXPECT_EQ(lm.entries[4].kv.num_tokens, 5);
+    EXPECT_EQ(lm.entries[4].params.heads[0].logit_scale, quest_plan->layer(l).heads[0].logit_scale);
+    for (int32_t r = 0; r < 9; ++r) EXPECT_EQ(lm.entries[r].row, r);
     EXPECT_EQ(lm.append[2].first_pos, 10);
     EXPECT_EQ(lm.append[2].row_begin, 6);
     EXPECT_EQ(lm.append[2].n_tokens, 3);
     EXPECT_EQ(lm.append[2].kv.page_table[0], 2);
+
+    // The single-token step and Quest's queries go to the decode kernel, the
+    // rest of the multi-token steps in tiles (8 queries for 2 heads per KV head).
+    const std::vector<int32_t> decode_rows = l == 0 ? std::vector<int32_t>{0} : std::vector<int32_t>{0, 4, 5};
+    ASSERT_EQ(lm.n_decode, static_cast<int32_t>(decode_rows.size()));
+    for (int32_t i = 0; i < lm.n_decode; ++i) EXPECT_EQ(lm.decode[i].row, decode_rows[i]);
+    ASSERT_EQ(lm.n_tiles, 2);
+    EXPECT_EQ(lm.tiles[0].first_entry, 1);
+    EXPECT_EQ(lm.tiles[0].n_queries, l == 0 ? 5 : 3);
+    EXPECT_EQ(lm.tiles[1].first_entry, 6);
+    EXPECT_EQ(lm.tiles[1].n_queries, 3);
 
     // Quest: the queries past the prompt (positions 3 and 4) of layer 1.
     ASSERT_EQ(lm.n_quest, l == 0 ? 0 : 2);
@@ -126,13 +138,13 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
       EXPECT_EQ(lm.quest_rows[i], 4 + i);
       EXPECT_EQ(lm.quest[i].query_pos, 3 + i);
       EXPECT_EQ(lm.quest[i].budget_pages, 1);
-      const DecodeSequence& d = lm.decode[4 + i];
+      const DecodeSequence& d = lm.decode[1 + i];
       EXPECT_EQ(d.key_ranges, lm.quest[i].key_ranges);
       EXPECT_EQ(d.num_key_ranges, lm.quest[i].num_key_ranges);
       EXPECT_EQ(d.key_ranges_stride, 2);
     }
     if (l == 1) EXPECT_EQ(lm.quest[1].key_ranges - lm.quest[0].key_ranges, c_.n_kv_heads * 2);
-    EXPECT_EQ(lm.decode[3].key_ranges, nullptr);
+    EXPECT_EQ(lm.entries[3].key_ranges, nullptr);
 
     // Linear (window 4, sinks 2): query at p reads keys [folded, p - 3)
     // exactly, and [folded, 10) are folded after the step.
@@ -187,8 +199,8 @@ TEST_F(StepMetadataTest, ActsPromptStepIsMarkedForItsKeySetPass) {
   // Until its sets are found the sequence runs with its plan's parameters.
   for (int32_t l = 0; l < c_.n_layers; ++l) {
     for (int h = 0; h < c_.n_heads; ++h) {
-      EXPECT_EQ(m.layers[l].decode[1].params.heads[h].reweight_beta, plan->layer(l).heads[h].reweight_beta);
-      EXPECT_EQ(m.layers[l].decode[1].params.heads[h].reweight_keys_size, 0);
+      EXPECT_EQ(m.layers[l].entries[1].params.heads[h].reweight_beta, plan->layer(l).heads[h].reweight_beta);
+      EXPECT_EQ(m.layers[l].entries[1].params.heads[h].reweight_keys_size, 0);
     }
   }
 }

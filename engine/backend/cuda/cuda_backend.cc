@@ -18,6 +18,7 @@
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/linear_state.h"
 #include "kernels/cuda/paged_decode.h"
+#include "kernels/cuda/paged_prefill.h"
 #include "kernels/cuda/quest_select.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/transformer_ops.h"
@@ -114,7 +115,8 @@ struct CudaBackend::State {
   absl::Status Step(std::span<const SequenceStep> steps, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
-  absl::Status DecodeRows(const DecodeSequence* entries, int64_t first_row, int64_t n, const StepMetadata& m);
+  absl::Status DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m);
+  absl::Status PrefillRows(const LayerMetadata& lm, const StepMetadata& m);
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
 
@@ -278,28 +280,43 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape,
   return pool;
 }
 
-absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64_t first_row, int64_t n,
-                                            const StepMetadata& m) {
+absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m) {
   const ModelConfig& c = model.config;
-  // Rows in launches whose split partials fit the workspace.
-  const size_t per_row = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_row));
+  // Entries in launches whose split partials fit the workspace; each entry
+  // names its own row of q and out.
+  const size_t per_entry = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_entry));
   for (int64_t i = 0; i < n; i += chunk) {
-    const int64_t r0 = first_row + i;
     DecodeAttentionArgs a;
     a.seqs = entries + i;
     a.n_seqs = static_cast<int32_t>(std::min(chunk, n - i));
     a.max_tokens = m.max_tokens;
-    a.q = q.as<float>() + r0 * c.q_dim();
-    a.sink_q = m.slots != nullptr ? sink_q.as<float>() + r0 * c.q_dim() : nullptr;
+    a.q = q.as<float>();
+    a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
     a.n_q_heads = c.n_heads;
     a.n_kv_heads = c.n_kv_heads;
     a.head_dim = c.head_dim;
-    a.out = attn.as<float>() + r0 * c.q_dim();
-    a.lse = m.wants_lse ? lse.as<float>() + r0 * c.n_heads : nullptr;
+    a.out = attn.as<float>();
+    a.lse = m.wants_lse ? lse.as<float>() : nullptr;
     ATTN_RETURN_IF_ERROR(DecodeAttentionCuda(a, decode_ws.data(), decode_ws.size(), stream));
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::State::PrefillRows(const LayerMetadata& lm, const StepMetadata& m) {
+  const ModelConfig& c = model.config;
+  PrefillAttentionArgs a;
+  a.entries = lm.entries;
+  a.tiles = lm.tiles;
+  a.n_tiles = lm.n_tiles;
+  a.q = q.as<float>();
+  a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
+  a.out = attn.as<float>();
+  a.lse = m.wants_lse ? lse.as<float>() : nullptr;
+  a.n_q_heads = c.n_heads;
+  a.n_kv_heads = c.n_kv_heads;
+  a.head_dim = c.head_dim;
+  return PrefillAttentionCuda(a, stream);
 }
 
 // As CpuBackend::FindActKeySets, from the prompt rows' outputs of the plan's
@@ -313,11 +330,11 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
   ATTN_RETURN_IF_ERROR(Reserve(act_mass, n_mass * sizeof(double)));
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(act_mass.data(), 0, n_mass * sizeof(double), stream), "cudaMemsetAsync(act mass)"));
   ColumnMassArgs a;
-  a.seqs = m.layers[l].decode + first_row;
+  a.seqs = m.layers[l].entries + first_row;
   a.n_queries = prompt;
-  a.q = q.as<float>() + static_cast<int64_t>(first_row) * c.q_dim();
-  a.sink_q = m.slots != nullptr ? sink_q.as<float>() + static_cast<int64_t>(first_row) * c.q_dim() : nullptr;
-  a.lse = lse.as<float>() + static_cast<int64_t>(first_row) * c.n_heads;
+  a.q = q.as<float>();
+  a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
+  a.lse = lse.as<float>();
   a.n_q_heads = c.n_heads;
   a.n_kv_heads = c.n_kv_heads;
   a.head_dim = c.head_dim;
@@ -333,7 +350,7 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
 
   // The step's rows again, with the layer's parameters that carry the sets.
   const int32_t n = static_cast<int32_t>(st.tokens.size());
-  const DecodeSequence* staged = arena.HostView(m.layers[l].decode + first_row);
+  const DecodeSequence* staged = arena.HostView(m.layers[l].entries + first_row);
   const DecodeSequence* entries = nullptr;
   for (int attempt = 0; attempt < 2; ++attempt) {
     act_arena.Reset(act_meta.data());
@@ -347,7 +364,7 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
                                             stream),
                             "cudaMemcpyAsync(act entries)"));
-  ATTN_RETURN_IF_ERROR(DecodeRows(entries, first_row, n, m));
+  ATTN_RETURN_IF_ERROR(DecodeRows(entries, n, m));
   // The staging buffer is reused by the next layer's pass: wait for this copy.
   return CudaStreamSync(stream);
 }
@@ -367,7 +384,8 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
     qa.head_dim = c.head_dim;
     ATTN_RETURN_IF_ERROR(QuestSelectCuda(qa, quest_ws.data(), quest_ws.size(), stream));
   }
-  ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, 0, m.rows, m));
+  ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, lm.n_decode, m));
+  ATTN_RETURN_IF_ERROR(PrefillRows(lm, m));
   for (const int32_t i : m.act_prompt_steps) {
     if (steps[i].act_sets->needs(l)) ATTN_RETURN_IF_ERROR(FindActKeySets(l, m, steps[i], m.first_row[i]));
   }

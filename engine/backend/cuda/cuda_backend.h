@@ -13,8 +13,10 @@
 // structs for every layer) is staged on the host and copied up once; the
 // layers then run on one stream, and only the logits come back.
 //
-// Prefill rows run through the decode kernel, one entry per query: correct
-// for every policy, but each query reads its keys again. ACT's prompt step
+// A step's single-token sequences (and Quest's queries) run through the
+// split-K decode kernel; the queries of prefill chunks through the tiled
+// prefill kernel, which reads each key once per tile of queries and KV
+// group. ACT's prompt step
 // syncs once per calibrated layer: the column sums of its probabilities come
 // back, the key sets are found on the host (ActKeySets) and the prompt's
 // rows of that layer run again with them.

@@ -147,14 +147,16 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   const int64_t state_floats = static_cast<int64_t>(c.n_kv_heads) * TaylorFeatureCount(c.head_dim) * (c.head_dim + 1);
   m.layers.resize(c.n_layers);
   std::vector<KvAppendSequence> append(n_seqs);
-  std::vector<DecodeSequence> decode(m.rows);
+  std::vector<DecodeSequence> entries(m.rows), decode;
+  std::vector<PrefillTile> tiles;
+  const int32_t tile_queries = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
   std::vector<QuestSelectSequence> quest;
   std::vector<int32_t> quest_rows;
   std::vector<LinearReadSequence> linear_read;
   std::vector<LinearFoldSequence> linear_fold;
   for (int32_t l = 0; l < c.n_layers; ++l) {
     LayerMetadata& lm = m.layers[l];
-    quest.clear(), quest_rows.clear(), linear_read.clear(), linear_fold.clear();
+    quest.clear(), quest_rows.clear(), linear_read.clear(), linear_fold.clear(), decode.clear(), tiles.clear();
     for (int32_t i = 0; i < n_seqs; ++i) {
       const SequenceStep& st = steps[i];
       const SequenceAttentionParams& p = params.Get(st, l);
@@ -166,12 +168,26 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       append[i] = {kv, st.first_pos, first_row[i], n};
       for (int32_t j = 0; j < n; ++j) {
         const int32_t r = first_row[i] + j, pos = st.first_pos + j;
-        DecodeSequence& d = decode[r];
+        DecodeSequence& d = entries[r];
         d = DecodeSequence{};
         d.kv = kv;
         d.params = p;
         d.query_pos = pos;
-        if (st.attention == nullptr || !st.attention->quest(l, pos)) continue;
+        d.row = r;
+        const bool quest_row = st.attention != nullptr && st.attention->quest(l, pos);
+        if (n > 1 && !quest_row) {
+          // Consecutive queries of the step share a tile while it has room
+          // (Quest's trailing queries end the step's run).
+          if (j == 0 || tiles.empty() || tiles.back().n_queries == tile_queries) {
+            tiles.push_back({r, 0});
+          }
+          ++tiles.back().n_queries;
+          continue;
+        }
+        if (!quest_row) {
+          decode.push_back(d);
+          continue;
+        }
         QuestSelectSequence q;
         q.kv = kv;
         q.query_pos = pos;
@@ -183,6 +199,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         d.key_ranges = q.key_ranges;
         d.num_key_ranges = q.num_key_ranges;
         d.key_ranges_stride = q.budget_pages + 1;
+        decode.push_back(d);
         quest.push_back(q);
         quest_rows.push_back(r);
         lm.quest_max_pages = std::max(lm.quest_max_pages, pos / page_size + 1);
@@ -211,7 +228,11 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       m.wants_lse = true;
     }
     lm.append = arena.Append(append);
+    lm.entries = arena.Append(entries);
+    lm.n_decode = static_cast<int32_t>(decode.size());
     lm.decode = arena.Append(decode);
+    lm.n_tiles = static_cast<int32_t>(tiles.size());
+    lm.tiles = arena.Append(tiles);
     lm.n_quest = static_cast<int32_t>(quest.size());
     lm.quest = arena.Append(quest);
     lm.quest_rows = arena.Append(quest_rows);

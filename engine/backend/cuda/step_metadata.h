@@ -15,6 +15,7 @@
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/linear_state.h"
 #include "kernels/cuda/paged_decode.h"
+#include "kernels/cuda/paged_prefill.h"
 #include "kernels/cuda/quest_select.h"
 
 namespace attnserve {
@@ -22,7 +23,14 @@ namespace attnserve {
 // Where one layer's kernels find their structs (device addresses).
 struct LayerMetadata {
   const KvAppendSequence* append = nullptr;     // [n_seqs]
-  const DecodeSequence* decode = nullptr;       // [rows]: one query each
+  const DecodeSequence* entries = nullptr;      // [rows]: row r's query (its row field r)
+  // Queries for the decode kernel (single-token steps, Quest's queries):
+  // copies of their entries.
+  const DecodeSequence* decode = nullptr;       // [n_decode]
+  int32_t n_decode = 0;
+  // The other queries of multi-token steps, in tiles over `entries`.
+  const PrefillTile* tiles = nullptr;           // [n_tiles]
+  int32_t n_tiles = 0;
   const QuestSelectSequence* quest = nullptr;   // [n_quest]
   const int32_t* quest_rows = nullptr;          // [n_quest]: their rows of q
   int32_t n_quest = 0;

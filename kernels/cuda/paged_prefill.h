@@ -1,0 +1,44 @@
+// Prefill attention on the GPU over the paged fp16 KV cache: the queries of
+// a prefill chunk in tiles, so that a block loads each key and value once
+// for every query of its tile and every query head of its KV group (the
+// decode kernel reads them once per query). The per-query math is the
+// decode kernel's: every hook of attention_hooks.h from each query's entry,
+// ACT's two accumulators, the virtual sink, sink keys scored with the
+// cache-slot queries; no Quest ranges (Quest's queries go to the decode
+// kernel). One pass over the keys, no split: a chunk has tiles enough to
+// fill the device. Asynchronous; nothing allocates.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/paged_decode.h"
+
+namespace attnserve {
+
+// Entries [first_entry, first_entry + n_queries) are consecutive queries of
+// one sequence (the same kv and params), in ascending query_pos.
+struct PrefillTile {
+  int32_t first_entry = 0;
+  int32_t n_queries = 0;  // 1 .. PrefillQueriesPerTile(group)
+};
+
+struct PrefillAttentionArgs {
+  const DecodeSequence* entries = nullptr;  // device: a query each; key_ranges null
+  const PrefillTile* tiles = nullptr;       // device, [n_tiles]
+  int32_t n_tiles = 0;
+  const float* q = nullptr;       // as DecodeAttentionArgs (rows by QueryRow)
+  const float* sink_q = nullptr;
+  float* out = nullptr;
+  float* lse = nullptr;           // null: not written
+  int32_t n_q_heads = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;           // 64 or 128
+};
+
+// A block has a warp per (query, query head of the KV group), at most 16.
+ATTN_HD int32_t PrefillQueriesPerTile(int32_t group) { return group >= 16 ? 1 : 16 / group; }
+
+absl::Status PrefillAttentionCuda(const PrefillAttentionArgs& args, void* stream);
+
+}  // namespace attnserve

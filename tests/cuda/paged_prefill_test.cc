@@ -1,0 +1,134 @@
+// PrefillAttentionCuda against the CPU reference (PagedAttentionReference,
+// in double): the last queries of a sequence as a prefill chunk in tiles,
+// over odd lengths and chunk sizes, both head dims, 1 to 8 query heads per
+// KV head, every policy hook but Quest's (its queries go to the decode
+// kernel), and tiles of several sequences with different policies in one
+// launch. GPU cases skip without a device; argument checks run everywhere.
+#include "kernels/cuda/paged_prefill.h"
+
+#include <gtest/gtest.h>
+
+#include <tuple>
+#include <vector>
+
+#include "tests/cuda/attention_cases.h"
+
+namespace attnserve {
+namespace {
+
+constexpr float kTolerance = 2e-3f;
+
+// Runs every query of every case in tiles of one launch; checks each
+// case's outputs against its reference and that every lse was written.
+void ExpectTilesMatch(std::vector<Case>& cases) {
+  DeviceBatch batch;
+  std::vector<DecodeSequence> entries;
+  std::vector<PrefillTile> tiles;
+  std::vector<float> q, sink_q;
+  bool any_sink_q = false;
+  for (Case& c : cases) any_sink_q |= !c.sink_q.empty();
+  const Problem& first = *cases[0].pr;
+  const int32_t per_tile = PrefillQueriesPerTile(first.group);
+  for (Case& c : cases) {
+    batch.Add(c);
+    const DecodeSequence templ = batch.seqs.back();
+    for (int i = 0; i < c.pr->n_queries; ++i) {
+      DecodeSequence e = templ;
+      e.query_pos = c.pr->positions[i];
+      e.row = static_cast<int32_t>(entries.size());
+      if (i % per_tile == 0) tiles.push_back({e.row, 0});
+      ++tiles.back().n_queries;
+      entries.push_back(e);
+    }
+    q.insert(q.end(), c.pr->q.begin(), c.pr->q.end());
+    const std::vector<float>& sq = c.sink_q.empty() ? c.pr->q : c.sink_q;
+    sink_q.insert(sink_q.end(), sq.begin(), sq.end());
+  }
+  DeviceBuffer d_entries = Upload(entries), d_tiles = Upload(tiles), d_q = Upload(q), d_sink_q = Upload(sink_q);
+  DeviceBuffer out = Upload(std::vector<float>(q.size(), NAN));
+  DeviceBuffer lse = Upload(std::vector<float>(entries.size() * first.n_q_heads(), NAN));
+  PrefillAttentionArgs a;
+  a.entries = d_entries.as<DecodeSequence>();
+  a.tiles = d_tiles.as<PrefillTile>();
+  a.n_tiles = static_cast<int32_t>(tiles.size());
+  a.q = d_q.as<float>();
+  a.sink_q = any_sink_q ? d_sink_q.as<float>() : nullptr;
+  a.out = out.as<float>();
+  a.lse = lse.as<float>();
+  a.n_q_heads = first.n_q_heads();
+  a.n_kv_heads = first.n_kv_heads;
+  a.head_dim = first.head_dim;
+  absl::Status s = PrefillAttentionCuda(a, nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  s = CudaStreamSync(nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  std::vector<float> got(q.size()), lse_got(entries.size() * first.n_q_heads());
+  ASSERT_TRUE(out.CopyToHost(got.data(), got.size() * sizeof(float)).ok());
+  ASSERT_TRUE(lse.CopyToHost(lse_got.data(), lse_got.size() * sizeof(float)).ok());
+  size_t at = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::vector<float> want = cases[i].Reference();
+    const std::vector<float> mine(got.begin() + at, got.begin() + at + want.size());
+    EXPECT_LT(testing_attention::MaxAbsDiff(mine, want), kTolerance) << "sequence " << i;
+    at += want.size();
+  }
+  for (float x : lse_got) EXPECT_FALSE(std::isnan(x));
+}
+
+class PrefillAttentionCudaTest : public ::testing::TestWithParam<std::tuple<int, int, int, int>> {
+ protected:
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(PrefillAttentionCudaTest, EveryPolicyMatchesTheReference) {
+  const auto [num_tokens, n_queries, head_dim, group] = GetParam();
+  uint32_t seed = 1;
+  for (const auto& [name, apply] : Policies()) {
+    if (name == "quest") continue;
+    SCOPED_TRACE(name);
+    std::vector<Case> cases(1);
+    cases[0].pr = std::make_unique<Problem>(16, head_dim, 2, group, num_tokens, std::min(n_queries, num_tokens), seed);
+    std::mt19937 rng(seed++);
+    apply(cases[0], rng);
+    ExpectTilesMatch(cases);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, PrefillAttentionCudaTest,
+                         ::testing::Combine(::testing::Values(1, 65, 300, 1031), ::testing::Values(7, 64),
+                                            ::testing::Values(64, 128), ::testing::Values(1, 3, 8)));
+
+// One launch, tiles of sequences of different policies and lengths.
+TEST_F(PrefillAttentionCudaTest, MixedPoliciesInOneLaunch) {
+  std::vector<Case> cases;
+  uint32_t seed = 100;
+  int length = 5;
+  for (const auto& [name, apply] : Policies()) {
+    if (name == "quest") continue;
+    cases.emplace_back();
+    cases.back().pr = std::make_unique<Problem>(16, 64, 2, 3, length, std::min(length, 19), seed);
+    std::mt19937 rng(seed++);
+    apply(cases.back(), rng);
+    length = length * 2 + 7;
+  }
+  ExpectTilesMatch(cases);
+}
+
+TEST(PrefillAttentionCudaArgsTest, ShapesTheKernelDoesNotCoverAreRejected) {
+  PrefillAttentionArgs a;
+  a.n_tiles = 1;
+  a.n_q_heads = 34;
+  a.n_kv_heads = 2;  // 17 query heads per KV head
+  a.head_dim = 64;
+  EXPECT_EQ(PrefillAttentionCuda(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a.n_q_heads = 8;
+  EXPECT_EQ(PrefillAttentionCuda(a, nullptr).code(), absl::StatusCode::kInvalidArgument);  // null pointers
+  a.n_tiles = 0;
+  EXPECT_TRUE(PrefillAttentionCuda(a, nullptr).ok());
+  EXPECT_EQ(PrefillQueriesPerTile(1), 16);
+  EXPECT_EQ(PrefillQueriesPerTile(3), 5);
+  EXPECT_EQ(PrefillQueriesPerTile(16), 1);
+}
+
+}  // namespace
+}  // namespace attnserve
