@@ -1,8 +1,22 @@
 #include "engine/backend/backend.h"
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 
 namespace attnserve {
+
+int32_t LargestLogit(std::span<const float> row) {
+  int32_t best = -1;
+  float max = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (row[i] > max || (best < 0 && row[i] == max)) {
+      max = row[i];
+      best = static_cast<int32_t>(i);
+    }
+  }
+  return best < 0 ? 0 : best;
+}
 
 absl::Status CheckSteps(const ModelConfig& c, int32_t page_size, std::span<const SequenceStep> steps) {
   for (const SequenceStep& st : steps) {
@@ -23,6 +37,9 @@ absl::Status CheckSteps(const ModelConfig& c, int32_t page_size, std::span<const
     }
     if (st.linear != nullptr && (st.attention == nullptr || !st.attention->linear())) {
       return absl::InvalidArgumentError("a sequence has linear attention state but no linear plan");
+    }
+    if (st.logits == LogitsWanted::kLastArgMax && st.argmax == nullptr) {
+      return absl::InvalidArgumentError("a sequence step wants its argmax but gives no place for it");
     }
     for (int32_t t : st.tokens) {
       if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));

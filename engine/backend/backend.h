@@ -18,7 +18,10 @@
 
 namespace attnserve {
 
-enum class LogitsWanted { kNone, kLast, kAll };
+// kLastArgMax: only the id of the last row's largest logit (the lowest id
+// on a tie, as ArgMax), written to SequenceStep::argmax: greedy decoding
+// without logit processing, where a GPU sends back 4 bytes, not a row.
+enum class LogitsWanted { kNone, kLast, kAll, kLastArgMax };
 
 // One sequence's share of an engine step.
 struct SequenceStep {
@@ -36,6 +39,7 @@ struct SequenceStep {
   // The linear mode's folded keys (attention->linear()); a step from
   // position 0 starts them afresh.
   LinearAttentionState* linear = nullptr;
+  int32_t* argmax = nullptr;  // kLastArgMax: receives the token id
 };
 
 class Backend {
@@ -45,9 +49,28 @@ class Backend {
   virtual std::string name() const = 0;  // "cpu", "cuda"
   virtual std::string device() const = 0;  // the processor's name, e.g. the CPU model or the GPU's
   // Runs one step. `logits` receives vocab_size floats per wanted row, in the
-  // order of `steps` (kLast: one row, kAll: one per token).
+  // order of `steps` (kLast: one row, kAll: one per token, kLastArgMax none).
   virtual absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) = 0;
 };
+
+// Rows of logits a step computes: kAll one per token, kLast and kLastArgMax
+// one, kNone none.
+inline int64_t RowsOfLogits(const SequenceStep& st) {
+  switch (st.logits) {
+    case LogitsWanted::kAll:
+      return static_cast<int64_t>(st.tokens.size());
+    case LogitsWanted::kLast:
+    case LogitsWanted::kLastArgMax:
+      return 1;
+    case LogitsWanted::kNone:
+      break;
+  }
+  return 0;
+}
+
+// The id of the largest logit, the lowest on a tie, NaN skipped (0 for a
+// row of NaN): what kLastArgMax returns, ArgMax's choice (engine/sampling).
+int32_t LargestLogit(std::span<const float> row);
 
 // The checks every backend makes of a step before running it: tokens in
 // the vocabulary, positions reserved in the page tables, plans made for

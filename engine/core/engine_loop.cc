@@ -155,6 +155,11 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     step.first_pos = seq.num_computed;
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
+    // Greedy without logit processing needs the pick alone, not the row.
+    if (step.logits == LogitsWanted::kLast && seq.sampler->PicksLargestLogit()) {
+      step.logits = LogitsWanted::kLastArgMax;
+      step.argmax = &seq.argmax;
+    }
     step.attention = PlanOf(seq);
     step.act_sets = seq.request->act_sets.get();
     step.linear = seq.linear.get();
@@ -208,16 +213,22 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
       row += n;
       continue;
     }
-    if (steps[i].logits != LogitsWanted::kLast) continue;
-    std::span<float> last(&logits[row * vocab], vocab);
-    ++row;
+    if (steps[i].logits != LogitsWanted::kLast && steps[i].logits != LogitsWanted::kLastArgMax) continue;
+    const bool picked = steps[i].logits == LogitsWanted::kLastArgMax;
+    std::span<float> last = picked ? std::span<float>() : std::span<float>(&logits[row * vocab], vocab);
+    if (!picked) ++row;
     // The prompt is now cached: the other completions can start and share it.
     if (seq.index == 0 && seq.generated == 0) {
       for (auto& sibling : seq.request->seqs) {
         if (!sibling->scheduled) StartSequence(*sibling);
       }
     }
-    const SampledToken sampled = seq.sampler->Sample(last);
+    SampledToken sampled;
+    if (picked) {
+      sampled.token = seq.argmax;
+    } else {
+      sampled = seq.sampler->Sample(last);
+    }
     AfterToken(seq, sampled.token, sampled);
   }
 }

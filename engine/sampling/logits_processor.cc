@@ -46,6 +46,10 @@ void LogitsProcessor::Apply(std::span<float> logits) const {
   }
 }
 
+bool LogitsProcessor::ChangesLogits() const {
+  return !logit_bias_.empty() || penalized_ || (generated_ < min_tokens_ && !masked_before_min_tokens_.empty());
+}
+
 void LogitsProcessor::Accept(int32_t token) {
   ++generated_;
   if (penalized_) ++counts_[token];

@@ -30,6 +30,8 @@ class LogitsProcessor {
                   std::span<const int32_t> eog_ids);
 
   void Apply(std::span<float> logits) const;
+  // Apply would change the next row (a bias, a penalty, min_tokens' mask).
+  bool ChangesLogits() const;
   // A token was appended to the output.
   void Accept(int32_t token);
 
@@ -55,6 +57,10 @@ class SequenceSampler {
 
   // Processes `logits_row` in place (it is overwritten) and draws a token.
   SampledToken Sample(std::span<float> logits_row);
+  // Sample would return the row's largest logit and nothing else (greedy,
+  // no logprobs, no logit processing): the engine can ask the backend for
+  // that token alone (LargestLogit's choice, which is ArgMax's).
+  bool PicksLargestLogit() const { return sampler_.greedy() && !sampler_.logprobs() && !processor_.ChangesLogits(); }
   void Accept(int32_t token) { processor_.Accept(token); }
 
  private:

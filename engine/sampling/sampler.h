@@ -44,6 +44,8 @@ class Sampler {
   explicit Sampler(const SamplingOptions& options);
 
   SampledToken Sample(std::span<const float> logits);
+  bool greedy() const { return temperature_ <= 0.0f; }
+  bool logprobs() const { return logprobs_; }
 
  private:
   // The token drawn at temperature > 0.

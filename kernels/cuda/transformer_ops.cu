@@ -93,6 +93,39 @@ __global__ void FillRandomBf16Kernel(uint16_t* out, int64_t n, uint64_t seed, fl
   out[i] = FloatToBf16((2.0f * u - 1.0f) * scale);
 }
 
+// Block per row: each thread keeps its first largest value, then a tree
+// merge that prefers the larger value, then the lower id.
+__global__ void ArgMaxRowsKernel(const float* x, int32_t width, int32_t* out) {
+  __shared__ float best_v[kThreads];
+  __shared__ int32_t best_i[kThreads];
+  const float* row = x + static_cast<int64_t>(blockIdx.x) * width;
+  float v = -INFINITY;
+  int32_t id = -1;
+  for (int32_t i = threadIdx.x; i < width; i += blockDim.x) {
+    if (row[i] > v || (id < 0 && row[i] == v)) {
+      v = row[i];
+      id = i;
+    }
+  }
+  best_v[threadIdx.x] = v;
+  best_i[threadIdx.x] = id;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const float ov = best_v[threadIdx.x + stride];
+      const int32_t oi = best_i[threadIdx.x + stride];
+      const float mv = best_v[threadIdx.x];
+      const int32_t mi = best_i[threadIdx.x];
+      if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] < 0 ? 0 : best_i[0];
+}
+
 absl::Status Launched(const char* name) { return CudaErrorToStatus(cudaGetLastError(), name); }
 
 }  // namespace
@@ -139,6 +172,15 @@ absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float s
   if (n == 0) return absl::OkStatus();
   FillRandomBf16Kernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(out, n, seed, scale);
   return Launched("FillRandomBf16Kernel");
+}
+
+absl::Status ArgMaxRowsCuda(const float* x, int64_t rows, int32_t width, int32_t* out, void* stream) {
+  if (rows < 0 || rows > 2147483647 || width < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("ArgMaxRowsCuda: rows=", rows, " width=", width));
+  }
+  if (rows == 0) return absl::OkStatus();
+  ArgMaxRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, width, out);
+  return Launched("ArgMaxRowsKernel");
 }
 
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream) {

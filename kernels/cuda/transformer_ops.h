@@ -47,6 +47,10 @@ absl::Status ToBf16Cuda(const float* in, int64_t n, uint16_t* out, void* stream)
 // out[i] = x[rows[i]], `n` rows of `width` floats.
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream);
 
+// out[r] = the id of row r's largest value, the lowest on a tie, NaN
+// skipped (0 for a row of NaN): LargestLogit (engine/backend) on the GPU.
+absl::Status ArgMaxRowsCuda(const float* x, int64_t rows, int32_t width, int32_t* out, void* stream);
+
 // out[i] = bf16 of a uniform value in [-scale, scale] hashed from (seed, i):
 // weights of the right shapes for benchmarks (--load-format dummy).
 absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float scale, void* stream);

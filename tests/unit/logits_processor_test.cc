@@ -91,6 +91,33 @@ TEST(LogitsProcessorTest, MinTokensMasksEogAndStopTokensUntilReached) {
   EXPECT_THAT(Applied(q, row), ElementsAre(1.0f, 1.0f, 1.0f, -kInf, 1.0f, 1.0f));
 }
 
+// The engine asks the backend for the argmax alone exactly when Sample
+// would return the row's largest logit and nothing else.
+TEST(SequenceSamplerTest, PicksLargestLogitOnlyWhenNothingShapesTheRow) {
+  const std::vector<int32_t> eog = {3};
+  EXPECT_TRUE(SequenceSampler(SamplingOptions{}, {}, eog).PicksLargestLogit());
+  SamplingOptions o;
+  o.temperature = 0.7f;
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  o = {};
+  o.logprobs = true;
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  o = {};
+  o.logit_bias = {{2, 1.0f}};
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  o = {};
+  o.repetition_penalty = 1.1f;
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  o = {};
+  o.min_tokens = 1;
+  SequenceSampler s(o, {}, eog);
+  EXPECT_FALSE(s.PicksLargestLogit());  // EOG masked until one token is out
+  s.Accept(0);
+  EXPECT_TRUE(s.PicksLargestLogit());
+  o.ignore_eos = true;  // nothing to mask
+  EXPECT_TRUE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+}
+
 TEST(SequenceSamplerTest, GreedyWaitsForMinTokensAndFeelsPenalties) {
   SamplingOptions o;
   o.min_tokens = 2;

@@ -9,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "engine/backend/backend.h"
 #include "gtest/gtest.h"
 
 namespace attnserve {
@@ -67,6 +68,22 @@ TEST(SamplerTest, GreedyPicksTheLargestLogitAndTheLowestIndexOnTies) {
   Sampler greedy({});
   EXPECT_EQ(greedy.Sample(std::vector<float>{0.1f, 3.0f, -1.0f, 3.0f}).token, 1);
   EXPECT_EQ(ArgMax(std::vector<float>{-5.0f}), 0);
+}
+
+// The backends' greedy pick (LogitsWanted::kLastArgMax) is ArgMax's: ties,
+// NaN and -inf rows included.
+TEST(SamplerTest, LargestLogitIsArgMax) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows = {{1, 3, 3, 2}, {nan, 1, nan, 1}, {-inf, -inf}, {nan, nan}, {-inf, nan, 2},
+                                          {inf, 0, inf}, {5}};
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (int r = 0; r < 200; ++r) {
+    std::vector<float> row(1 + r % 37);
+    for (float& x : row) x = static_cast<float>(small(rng));  // many ties
+    rows.push_back(row);
+  }
+  for (const std::vector<float>& row : rows) EXPECT_EQ(LargestLogit(row), ArgMax(row));
 }
 
 TEST(SamplerTest, SameSeedSameTokensOtherSeedOtherTokens) {

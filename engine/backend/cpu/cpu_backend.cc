@@ -93,8 +93,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   int64_t logit_rows = 0;
   for (const SequenceStep& st : steps) {
     rows += static_cast<int64_t>(st.tokens.size());
-    logit_rows += st.logits == LogitsWanted::kAll ? static_cast<int64_t>(st.tokens.size())
-                                                  : (st.logits == LogitsWanted::kLast ? 1 : 0);
+    logit_rows += RowsOfLogits(st);
   }
   ReserveRows(rows);
   for (int64_t r = 0; const SequenceStep& st : steps) {
@@ -125,13 +124,27 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   for (const SequenceStep& st : steps) {
     const int64_t n = static_cast<int64_t>(st.tokens.size());
     const int64_t first = st.logits == LogitsWanted::kAll ? row : row + n - 1;
-    const int64_t count = st.logits == LogitsWanted::kAll ? n : (st.logits == LogitsWanted::kLast ? 1 : 0);
+    const int64_t count = RowsOfLogits(st);
     RmsNorm(&s_.x[first * c.hidden], model_.weights.output_norm, &s_.xn[out * c.hidden], count, c.hidden, c.rms_eps);
     out += count;
     row += n;
   }
   logits.resize(static_cast<size_t>(logit_rows) * c.vocab_size);
   if (logit_rows > 0) MatMul(model_.weights.output, s_.xn.data(), logit_rows, logits.data(), threads_);
+  // Argmax rows: their ids out, their rows dropped from `logits`.
+  const size_t vocab = c.vocab_size;
+  size_t kept = 0, at = 0;
+  for (const SequenceStep& st : steps) {
+    const size_t count = static_cast<size_t>(RowsOfLogits(st));
+    if (st.logits == LogitsWanted::kLastArgMax) {
+      *st.argmax = LargestLogit(std::span<const float>(&logits[at * vocab], vocab));
+    } else if (kept != at) {
+      std::copy_n(&logits[at * vocab], count * vocab, &logits[kept * vocab]);
+    }
+    if (st.logits != LogitsWanted::kLastArgMax) kept += count;
+    at += count;
+  }
+  logits.resize(kept * vocab);
   return absl::OkStatus();
 }
 
