@@ -188,6 +188,37 @@ TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
   }
 }
 
+// The largest value's id, lowest on ties, NaN skipped, 0 for rows of NaN
+// (LargestLogit's rule), over rows longer and shorter than a block.
+TEST_F(TransformerOpsCudaTest, ArgMaxRowsTakesTheFirstLargest) {
+  const float nan = NAN, inf = INFINITY;
+  const int32_t width = 1000;
+  std::vector<std::vector<float>> rows(6, std::vector<float>(width, 0.0f));
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (float& x : rows[0]) x = static_cast<float>(small(rng));  // ties everywhere
+  rows[1].assign(width, nan);
+  rows[2].assign(width, -inf);
+  rows[2][700] = nan;
+  rows[3][999] = 1.0f;
+  rows[4][3] = inf;
+  rows[4][900] = inf;
+  for (int i = 0; i < width; ++i) rows[5][i] = i % 2 ? nan : -static_cast<float>(i);
+  std::vector<float> flat;
+  std::vector<int32_t> want;
+  for (const auto& row : rows) {
+    flat.insert(flat.end(), row.begin(), row.end());
+    int32_t best = -1;
+    for (int32_t i = 0; i < width; ++i) {
+      if (row[i] > (best < 0 ? -inf : row[best]) || (best < 0 && row[i] == -inf)) best = i;
+    }
+    want.push_back(best < 0 ? 0 : best);
+  }
+  DeviceBuffer x = Upload(flat), out = DeviceBuffer::Allocate(rows.size() * sizeof(int32_t)).value();
+  ASSERT_TRUE(ArgMaxRowsCuda(x.as<float>(), static_cast<int64_t>(rows.size()), width, out.as<int32_t>(), nullptr).ok());
+  EXPECT_EQ(Download<int32_t>(out, rows.size()), want);
+}
+
 TEST(TransformerOpsCudaArgsTest, BadShapesAreRejected) {
   EXPECT_EQ(EmbedRowsCuda(nullptr, nullptr, -1, 8, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(EmbedRowsCuda(nullptr, nullptr, 0, 8, nullptr, nullptr).ok());
