@@ -2,17 +2,65 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <limits>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace attnserve {
 namespace {
 
+// cuBLAS, opened on first use rather than linked (see CMakeLists.txt):
+// loaded with dlopen, its thread-local storage is allocated per thread on
+// demand instead of on every thread's stack.
+struct Cublas {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  // The C symbol (the header overloads the name in C++).
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                            const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                            cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+  decltype(&cublasGetStatusName) status_name = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+  std::string error;  // why it could not be opened; empty when it was
+};
+
+template <typename F>
+bool Resolve(void* lib, const char* name, F* f, std::string& error) {
+  *f = reinterpret_cast<F>(dlsym(lib, name));
+  if (*f == nullptr) error = absl::StrCat("cuBLAS has no ", name);
+  return *f != nullptr;
+}
+
+const Cublas& Library() {
+  static const Cublas* const lib = [] {
+    auto* c = new Cublas;
+    void* handle = nullptr;
+    for (const std::string& name : {absl::StrCat("libcublas.so.", CUBLAS_VER_MAJOR), std::string("libcublas.so")}) {
+      handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (handle != nullptr) break;
+    }
+    if (handle == nullptr) {
+      c->error = absl::StrCat("cannot open cuBLAS: ", dlerror());
+      return c;
+    }
+    Resolve(handle, "cublasCreate_v2", &c->create, c->error) && Resolve(handle, "cublasDestroy_v2", &c->destroy, c->error) &&
+        Resolve(handle, "cublasSetStream_v2", &c->set_stream, c->error) &&
+        Resolve(handle, "cublasGemmEx", &c->gemm_ex, c->error) &&
+        Resolve(handle, "cublasGetStatusName", &c->status_name, c->error) &&
+        Resolve(handle, "cublasGetStatusString", &c->status_string, c->error);
+    return c;
+  }();
+  return *lib;
+}
+
 absl::Status CublasToStatus(cublasStatus_t status, const char* what) {
   if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  const std::string msg = absl::StrCat(what, ": ", cublasGetStatusName(status), ": ", cublasGetStatusString(status));
+  const Cublas& lib = Library();
+  const std::string msg = absl::StrCat(what, ": ", lib.status_name(status), ": ", lib.status_string(status));
   if (status == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
@@ -20,13 +68,15 @@ absl::Status CublasToStatus(cublasStatus_t status, const char* what) {
 }  // namespace
 
 CublasHandle::CublasHandle(void* handle)
-    : handle_(handle, [](void* h) { cublasDestroy(static_cast<cublasHandle_t>(h)); }) {}
+    : handle_(handle, [](void* h) { Library().destroy(static_cast<cublasHandle_t>(h)); }) {}
 
 absl::StatusOr<CublasHandle> CublasHandle::Create(void* stream) {
+  const Cublas& lib = Library();
+  if (!lib.error.empty()) return absl::UnavailableError(lib.error);
   cublasHandle_t handle = nullptr;
-  if (absl::Status s = CublasToStatus(cublasCreate(&handle), "cublasCreate"); !s.ok()) return s;
+  if (absl::Status s = CublasToStatus(lib.create(&handle), "cublasCreate"); !s.ok()) return s;
   CublasHandle owned(handle);
-  if (absl::Status s = CublasToStatus(cublasSetStream(handle, static_cast<cudaStream_t>(stream)), "cublasSetStream");
+  if (absl::Status s = CublasToStatus(lib.set_stream(handle, static_cast<cudaStream_t>(stream)), "cublasSetStream");
       !s.ok()) {
     return s;
   }
@@ -43,9 +93,10 @@ absl::Status GemmBf16(const CublasHandle& handle, const GemmBf16Args& a) {
   // Column-major view: yᵀ [out][rows] = W [out][in] (stored as Wᵀ, in x out) · xᵀ [in][rows].
   const float alpha = 1.0f, beta = a.accumulate ? 1.0f : 0.0f;
   return CublasToStatus(
-      cublasGemmEx(static_cast<cublasHandle_t>(handle.get()), CUBLAS_OP_T, CUBLAS_OP_N, a.out_features,
-                   static_cast<int>(a.rows), a.in_features, &alpha, a.w, CUDA_R_16BF, a.in_features, a.x, CUDA_R_16BF,
-                   a.in_features, &beta, a.y, CUDA_R_32F, a.out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      Library().gemm_ex(static_cast<cublasHandle_t>(handle.get()), CUBLAS_OP_T, CUBLAS_OP_N, a.out_features,
+                        static_cast<int>(a.rows), a.in_features, &alpha, a.w, CUDA_R_16BF, a.in_features, a.x,
+                        CUDA_R_16BF, a.in_features, &beta, a.y, CUDA_R_32F, a.out_features, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT),
       "cublasGemmEx");
 }
 
