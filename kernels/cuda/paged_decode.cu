@@ -71,11 +71,7 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
 
   const AttentionHeadParams& hp = s.params.heads[h];
   const bool reweights = hp.reweight_beta != 1.0f;
-  float m = -INFINITY, sum_set = 0.0f, sum_rest = 0.0f;
-  float acc_set[kCols], acc_rest[kCols];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) acc_set[c] = acc_rest[c] = 0.0f;
-
+  WarpSoftmax<kCols> sm;
   for (int32_t t0 = begin; t0 < end; t0 += kWarp) {
     const int32_t j = t0 + lane;
     float logit = -INFINITY;
@@ -92,47 +88,30 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
       logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
       in_set = reweights && InReweightSet(s.params, hp, j);
     }
-    const float tile_max = WarpMax(logit);
-    if (tile_max == -INFINITY) continue;
-    const float new_m = fmaxf(m, tile_max);
-    const float rescale = __expf(m - new_m);  // 0 while m is -inf
-    const float p = __expf(logit - new_m);    // 0 for unread keys
-    sum_set = sum_set * rescale + WarpSum(in_set ? p : 0.0f);
-    sum_rest = sum_rest * rescale + WarpSum(in_set ? 0.0f : p);
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) {
-      acc_set[c] *= rescale;
-      acc_rest[c] *= rescale;
-    }
-    m = new_m;
+    float p;
+    if (!sm.AddTile(logit, in_set, &p)) continue;
     const int n = min(kWarp, end - t0);
     for (int kk = 0; kk < n; ++kk) {
       const float pk = __shfl_sync(0xffffffffu, p, kk);
       const bool set_k = __shfl_sync(0xffffffffu, in_set, kk);
       if (pk == 0.0f) continue;  // warp-uniform: pk is the same in every lane
-      const auto* v = reinterpret_cast<const __half2*>(s.kv.Row(s.kv.values, g, t0 + kk));
-      // Both branches index the arrays with constants, so they stay in registers.
-      if (set_k) {
-        AccumulateRow<kCols>(v, lane, pk, acc_set);
-      } else {
-        AccumulateRow<kCols>(v, lane, pk, acc_rest);
-      }
+      sm.AddValue(reinterpret_cast<const __half2*>(s.kv.Row(s.kv.values, g, t0 + kk)), lane, pk, set_k);
     }
   }
   const int64_t slot = (static_cast<int64_t>(seq) * a.n_q_heads + h) * n_splits + split;
   if (lane == 0) {
-    ws.stats[slot * 3 + 0] = m;
-    ws.stats[slot * 3 + 1] = sum_set;
-    ws.stats[slot * 3 + 2] = sum_rest;
+    ws.stats[slot * 3 + 0] = sm.m;
+    ws.stats[slot * 3 + 1] = sm.sum_set;
+    ws.stats[slot * 3 + 2] = sm.sum_rest;
   }
   float* out = ws.acc + slot * 2 * kHeadDim;
 #pragma unroll
   for (int c = 0; c < kCols / 2; ++c) {
     const int col = 2 * (lane + c * kWarp);
-    out[col] = acc_set[2 * c];
-    out[col + 1] = acc_set[2 * c + 1];
-    out[kHeadDim + col] = acc_rest[2 * c];
-    out[kHeadDim + col + 1] = acc_rest[2 * c + 1];
+    out[col] = sm.acc_set[2 * c];
+    out[col + 1] = sm.acc_set[2 * c + 1];
+    out[kHeadDim + col] = sm.acc_rest[2 * c];
+    out[kHeadDim + col + 1] = sm.acc_rest[2 * c + 1];
   }
 }
 

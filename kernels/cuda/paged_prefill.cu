@@ -64,10 +64,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   }
   const AttentionHeadParams& hp = s.params.heads[h];
   const bool reweights = hp.reweight_beta != 1.0f;
-  float m = -INFINITY, sum_set = 0.0f, sum_rest = 0.0f;
-  float acc_set[kCols], acc_rest[kCols];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) acc_set[c] = acc_rest[c] = 0.0f;
+  WarpSoftmax<kCols> sm;
 
   for (int32_t t0 = 0; t0 < end; t0 += kKeyTile) {
     __syncthreads();  // the previous tile's readers are done
@@ -99,38 +96,21 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
       logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
       in_set = reweights && InReweightSet(s.params, hp, j);
     }
-    const float tile_max = WarpMax(logit);
-    if (tile_max == -INFINITY) continue;
-    const float new_m = fmaxf(m, tile_max);
-    const float rescale = __expf(m - new_m);
-    const float p = __expf(logit - new_m);
-    sum_set = sum_set * rescale + WarpSum(in_set ? p : 0.0f);
-    sum_rest = sum_rest * rescale + WarpSum(in_set ? 0.0f : p);
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) {
-      acc_set[c] *= rescale;
-      acc_rest[c] *= rescale;
-    }
-    m = new_m;
+    float p;
+    if (!sm.AddTile(logit, in_set, &p)) continue;
     for (int kk = 0; kk < kKeyTile; ++kk) {
       const float pk = __shfl_sync(0xffffffffu, p, kk);
       const bool set_k = __shfl_sync(0xffffffffu, in_set, kk);
       if (pk == 0.0f) continue;  // warp-uniform
-      // Both branches index the arrays with constants, so they stay in registers.
-      if (set_k) {
-        AccumulateRow<kCols>(v_sh[kk], lane, pk, acc_set);
-      } else {
-        AccumulateRow<kCols>(v_sh[kk], lane, pk, acc_rest);
-      }
+      sm.AddValue(v_sh[kk], lane, pk, set_k);
     }
   }
   if (!active) return;
   // The virtual sink joins the denominator, ACT's scales apply, as the
   // decode kernel's merge of a single split.
-  const float top = fmaxf(m, hp.virtual_sink_logit);
-  const float w = m == -INFINITY ? 0.0f : __expf(m - top);
-  sum_set *= w;
-  sum_rest *= w;
+  const float top = fmaxf(sm.m, hp.virtual_sink_logit);
+  const float w = sm.m == -INFINITY ? 0.0f : __expf(sm.m - top);
+  const float sum_set = sm.sum_set * w, sum_rest = sm.sum_rest * w;
   const float sink = hp.virtual_sink_logit == -INFINITY ? 0.0f : __expf(hp.virtual_sink_logit - top);
   const float den = sum_set + sum_rest + sink;
   const ReweightScales scales = ComputeReweightScales(hp.reweight_beta, sum_set, sum_rest);
@@ -138,7 +118,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   for (int c = 0; c < kCols / 2; ++c) {
     const int col = 2 * (lane + c * kWarp);
     for (int k = 0; k < 2; ++k) {
-      const float o = scales.in_set * acc_set[2 * c + k] * w + scales.rest * acc_rest[2 * c + k] * w;
+      const float o = (scales.in_set * sm.acc_set[2 * c + k] + scales.rest * sm.acc_rest[2 * c + k]) * w;
       a.out[row * kHeadDim + col + k] = den > 0.0f ? o / den : 0.0f;
     }
   }

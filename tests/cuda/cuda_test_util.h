@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -44,6 +45,18 @@ DeviceBuffer Upload(const T* data, size_t count) {
 template <typename T>
 DeviceBuffer Upload(const std::vector<T>& v) {
   return Upload(v.data(), v.size());
+}
+
+// |got - want| <= rel * (1 + |want|) elementwise; the first five misses reported.
+inline void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float rel, const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i) {
+    if (!(std::fabs(got[i] - want[i]) <= rel * (1.0f + std::fabs(want[i])))) {
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i];
+      ++bad;
+    }
+  }
 }
 
 }  // namespace attnserve

@@ -34,17 +34,6 @@ std::vector<T> Download(const DeviceBuffer& b, size_t n) {
   return v;
 }
 
-void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float rel, const char* what) {
-  ASSERT_EQ(got.size(), want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size() && bad < 5; ++i) {
-    if (!(std::fabs(got[i] - want[i]) <= rel * (1.0f + std::fabs(want[i])))) {
-      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i];
-      ++bad;
-    }
-  }
-}
-
 class TransformerOpsCudaTest : public ::testing::Test {
  protected:
   void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
