@@ -77,7 +77,9 @@ class CudaEngineTest : public EnginePolicyTest {
     options.backend = "cuda";
     options.gpu_memory_utilization = 0.5;
     std::unique_ptr<Engine> engine = MakeEngine(options);
-    if (engine != nullptr) EXPECT_EQ(engine->backend_name(), "cuda");
+    if (engine != nullptr) {
+      EXPECT_EQ(engine->backend_name(), "cuda");
+    }
     return engine;
   }
 };
