@@ -84,6 +84,28 @@ ATTN_HD int32_t CacheSlot(const SequenceAttentionParams& p, int32_t query_pos) {
   return query_pos < last_slot ? query_pos : last_slot;
 }
 
+// Keys [begin, end) that no query at `query_pos` or later sees with any of
+// the query heads [first_head, first_head + n_heads): behind the sequence's
+// window, or behind the window of every one of the heads (DuoAttention's
+// streaming heads of one KV group). The longer of the two bands; empty
+// (begin == end) when neither hides anything.
+ATTN_HD KeyRange HiddenKeys(const SequenceAttentionParams& p, int first_head, int n_heads, int32_t query_pos) {
+  KeyRange band{0, 0};
+  if (p.window_tokens > 0 && query_pos - p.window_tokens + 1 > p.sink_tokens) {
+    band = {p.sink_tokens, query_pos - p.window_tokens + 1};
+  }
+  int32_t begin = 0, end = query_pos + 1;
+  for (int h = first_head; h < first_head + n_heads; ++h) {
+    const AttentionHeadParams& hp = p.heads[h];
+    if (hp.window_tokens == 0) return band;  // a head that sees every key
+    begin = begin > hp.sink_tokens ? begin : hp.sink_tokens;
+    const int32_t head_end = query_pos - hp.window_tokens + 1;
+    end = end < head_end ? end : head_end;
+  }
+  if (end - begin > band.end - band.begin) band = {begin, end};
+  return band;
+}
+
 ATTN_HD bool InSpans(const SequenceAttentionParams& p, int32_t key_pos) {
   for (int32_t s = 0; s < p.num_spans; ++s) {
     if (key_pos < p.spans[s].begin) return false;

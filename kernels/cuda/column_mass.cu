@@ -12,11 +12,14 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 128;
 
-// Block (key tile, query head, query), thread per key.
+// Block (query, query head, key tile), thread per key: queries on the
+// grid's x, which has room for any prompt.
 __global__ void ColumnMassKernel(ColumnMassArgs a) {
   __shared__ float q[kMaxHeadDim], sink_q[kMaxHeadDim];
-  const int h = blockIdx.y, i = blockIdx.z;
+  const int32_t i = blockIdx.x;
+  const int h = blockIdx.y;
   const DecodeSequence& s = a.seqs[i];
+  if (static_cast<int32_t>(blockIdx.z * blockDim.x) > s.query_pos) return;  // keys after the query: none visible
   const int g = h / (a.n_q_heads / a.n_kv_heads);
   const int64_t row = static_cast<int64_t>(QueryRow(s, i)) * a.n_q_heads + h;
   for (int c = threadIdx.x; c < a.head_dim; c += blockDim.x) {
@@ -24,7 +27,7 @@ __global__ void ColumnMassKernel(ColumnMassArgs a) {
     sink_q[c] = a.sink_q != nullptr ? a.sink_q[row * a.head_dim + c] : q[c];
   }
   __syncthreads();
-  const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+  const int32_t j = blockIdx.z * blockDim.x + threadIdx.x;
   const float lse = a.lse[row];
   const AttentionHeadParams& hp = s.params.heads[h];
   if (j >= a.n_keys || lse == -INFINITY || !HeadKeyVisible(s.params, hp, s.query_pos, j)) return;
@@ -40,7 +43,7 @@ __global__ void ColumnMassKernel(ColumnMassArgs a) {
 
 absl::Status ColumnMassCuda(const ColumnMassArgs& a, void* stream) {
   if (a.n_queries < 0 || a.n_keys < 0 || a.n_kv_heads < 1 || a.n_q_heads % a.n_kv_heads != 0 || a.head_dim < 1 ||
-      a.head_dim > kMaxHeadDim || a.n_queries > 65535 || a.n_q_heads > 65535) {
+      a.head_dim > kMaxHeadDim || a.n_q_heads > 65535 || a.n_keys > 65535 * kThreads) {
     return absl::InvalidArgumentError(absl::StrCat("ColumnMassCuda: queries=", a.n_queries, " keys=", a.n_keys,
                                                    " heads ", a.n_q_heads, "/", a.n_kv_heads, " head_dim=", a.head_dim));
   }
@@ -48,7 +51,7 @@ absl::Status ColumnMassCuda(const ColumnMassArgs& a, void* stream) {
   if (a.seqs == nullptr || a.q == nullptr || a.lse == nullptr || a.mass == nullptr) {
     return absl::InvalidArgumentError("ColumnMassCuda: null pointer");
   }
-  const dim3 grid((a.n_keys + kThreads - 1) / kThreads, a.n_q_heads, a.n_queries);
+  const dim3 grid(a.n_queries, a.n_q_heads, (a.n_keys + kThreads - 1) / kThreads);
   ColumnMassKernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
   return CudaErrorToStatus(cudaGetLastError(), "ColumnMassKernel");
 }

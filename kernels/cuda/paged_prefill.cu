@@ -38,7 +38,9 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttentionArgs a) {
   constexpr int kPairs = kHeadDim / 2;
   constexpr int kCols = kHeadDim / kWarp;
-  __shared__ __half2 k_sh[kKeyTile][kPairs];
+  // Lane j reads key row j: a row of kPairs + 1 words puts the lanes on 32
+  // different banks.
+  __shared__ __half2 k_sh[kKeyTile][kPairs + 1];
   __shared__ __half2 v_sh[kKeyTile][kPairs];
   __shared__ bool load_sh[kKeyTile];
   __shared__ float q_sh[kMaxWarps][kHeadDim];
@@ -66,7 +68,16 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   const bool reweights = hp.reweight_beta != 1.0f;
   WarpSoftmax<kCols> sm;
 
+  // Whole key tiles behind every window the tile's queries have are skipped
+  // (a streaming sequence at a million tokens reads sinks + window).
+  const KeyRange hidden = HiddenKeys(first.params, g * group, group, first.query_pos);
+  const int32_t skip_begin = (hidden.begin + kKeyTile - 1) / kKeyTile * kKeyTile;
+  const int32_t skip_end = hidden.end / kKeyTile * kKeyTile;
   for (int32_t t0 = 0; t0 < end; t0 += kKeyTile) {
+    if (t0 == skip_begin && skip_end > skip_begin) {
+      t0 = skip_end;
+      if (t0 >= end) break;
+    }
     __syncthreads();  // the previous tile's readers are done
     if (threadIdx.x < kKeyTile) {
       const int32_t j = t0 + threadIdx.x;

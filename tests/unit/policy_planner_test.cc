@@ -373,7 +373,7 @@ TEST(PolicyPlannerTest, CharSpansOutsideTheTextOrMissingTokensAreRejected) {
 TEST(PolicyPlannerTest, ActHeadsAndDefaults) {
   PolicySpec spec;
   spec.act = ActSpec{};
-  auto plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  auto plan = PlanAttention(spec, Smol(), Tokens(12));
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_TRUE((*plan)->act());
   EXPECT_FLOAT_EQ((*plan)->act_tau(), 0.1f);
@@ -384,7 +384,7 @@ TEST(PolicyPlannerTest, ActHeadsAndDefaults) {
     }
   }
   spec.act = ActSpec{0.25f, 0.2f, {0, 29}, {3}};
-  plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  plan = PlanAttention(spec, Smol(), Tokens(12));
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_FLOAT_EQ((*plan)->act_tau(), 0.2f);
   for (int l = 0; l < 30; ++l) {
@@ -394,7 +394,7 @@ TEST(PolicyPlannerTest, ActHeadsAndDefaults) {
   }
   // beta 1 calibrates nothing.
   spec.act = ActSpec{1.0f, {}, {}, {}};
-  plan = PlanAttention(spec, Smol(), PromptInfo{.num_tokens = 12});
+  plan = PlanAttention(spec, Smol(), Tokens(12));
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_FALSE((*plan)->act());
 }
@@ -555,7 +555,9 @@ TEST(VisibleSetTest, PeakPagesBoundsAChunkedRun) {
         }
         EXPECT_LE(peak, rule.PeakPages(n, chunk, 16)) << rule.sink_tokens << "/" << rule.window_tokens << " chunk "
                                                       << chunk << " tokens " << n;
-        if (rule.keeps_everything()) EXPECT_EQ(rule.PeakPages(n, chunk, 16), (n + 15) / 16);
+        if (rule.keeps_everything()) {
+          EXPECT_EQ(rule.PeakPages(n, chunk, 16), (n + 15) / 16);
+        }
       }
     }
   }

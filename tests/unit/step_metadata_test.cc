@@ -143,7 +143,9 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
       EXPECT_EQ(d.num_key_ranges, lm.quest[i].num_key_ranges);
       EXPECT_EQ(d.key_ranges_stride, 2);
     }
-    if (l == 1) EXPECT_EQ(lm.quest[1].key_ranges - lm.quest[0].key_ranges, c_.n_kv_heads * 2);
+    if (l == 1) {
+      EXPECT_EQ(lm.quest[1].key_ranges - lm.quest[0].key_ranges, c_.n_kv_heads * 2);
+    }
     EXPECT_EQ(lm.entries[3].key_ranges, nullptr);
 
     // Linear (window 4, sinks 2): query at p reads keys [folded, p - 3)

@@ -231,7 +231,7 @@ void CpuBackend::RopePastContext(float* x, int32_t pos, int n_heads) const {
   }
 }
 
-void CpuBackend::FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row) {
+void CpuBackend::FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row, bool sink_q) {
   const ModelConfig& c = model_.config;
   const int32_t prompt = step.attention->prompt_tokens();
   const size_t per_thread = static_cast<size_t>(c.n_heads) * prompt;
@@ -250,6 +250,9 @@ void CpuBackend::FindActKeySets(int32_t layer, const SequenceStep& step, int64_t
     q.positions = &s_.positions[first_row + q0];
     q.n_queries = std::min(kQueriesPerTask, prompt - q0);
     q.n_q_heads = c.n_heads;
+    // The probabilities the layer's attention weights values with: sink keys
+    // scored with the queries at their cache slots, as PagedAttentionKvHead.
+    if (sink_q) q.sink_q = &s_.sink_q[(first_row + q0) * c.q_dim()];
     const int group = c.n_heads / c.n_kv_heads;
     double* mass = &s_.act_mass[thread * per_thread + static_cast<size_t>(kv_head) * group * prompt];
     AttentionColumnMassKvHead(q, kv, params, kv_head, mass);
@@ -276,7 +279,7 @@ void CpuBackend::Attention(int32_t layer, std::span<const SequenceStep> steps) {
   for (size_t i = 0; i < steps.size(); ++i) {
     const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
-    if (st.act_sets != nullptr && st.act_sets->needs(layer)) FindActKeySets(layer, st, row);
+    if (st.act_sets != nullptr && st.act_sets->needs(layer)) FindActKeySets(layer, st, row, s_.sink_steps[i] != 0);
     // Queries past the prompt of a Quest layer each select their own pages.
     int32_t dense_n = n;
     while (dense_n > 0 && st.attention != nullptr && st.attention->quest(layer, st.first_pos + dense_n - 1)) --dense_n;

@@ -83,8 +83,9 @@ class CpuBackend : public Backend {
   void ReserveRows(int64_t rows);
   void Attention(int32_t layer, std::span<const SequenceStep> steps);
   // ACT: the key sets of layer `layer` from the attention of the prompt
-  // queries of the step starting at row `first_row`.
-  void FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row);
+  // queries of the step starting at row `first_row` (sink_q: its queries
+  // have a second rotation for the sink keys).
+  void FindActKeySets(int32_t layer, const SequenceStep& step, int64_t first_row, bool sink_q);
   // The linear mode: adds the folded keys' part to the attention outputs of
   // the linear sequences (the kernel's log-denominators in s_.lse), then
   // folds the keys that leave their windows.

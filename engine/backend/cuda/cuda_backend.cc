@@ -119,6 +119,7 @@ struct CudaBackend::State {
   absl::Status DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m);
   absl::Status PrefillRows(const LayerMetadata& lm, const StepMetadata& m);
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
+  absl::Status RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
 
 absl::Status CudaBackend::State::UploadWeights() {
@@ -321,8 +322,8 @@ absl::Status CudaBackend::State::PrefillRows(const LayerMetadata& lm, const Step
 }
 
 // As CpuBackend::FindActKeySets, from the prompt rows' outputs of the plan's
-// parameters (already run): the column sums of their probabilities, the sets
-// found on the host, and the rows run again with them.
+// parameters (already run): the column sums of their probabilities, and the
+// sets found on the host.
 absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st,
                                                 int32_t first_row) {
   const ModelConfig& c = model.config;
@@ -348,25 +349,43 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
                             "cudaMemcpyAsync(act mass)"));
   ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
   st.act_sets->SetFromColumnMass(l, act_mass_host);
+  return absl::OkStatus();
+}
 
-  // The step's rows again, with the layer's parameters that carry the sets.
+// The step's rows of layer l again, with the layer's parameters that now
+// carry ACT's key sets, in prefill tiles.
+absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st,
+                                                  int32_t first_row) {
+  const ModelConfig& c = model.config;
   const int32_t n = static_cast<int32_t>(st.tokens.size());
+  const int32_t per_tile = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
   const DecodeSequence* staged = arena.HostView(m.layers[l].entries + first_row);
-  const DecodeSequence* entries = nullptr;
+  PrefillAttentionArgs a;
   for (int attempt = 0; attempt < 2; ++attempt) {
     act_arena.Reset(act_meta.data());
     const SequenceAttentionParams params = StageParams(st.act_sets->layer(l), c.n_heads, act_arena);
     std::vector<DecodeSequence> rows(staged, staged + n);
     for (DecodeSequence& d : rows) d.params = params;
-    entries = act_arena.Append(rows);
+    std::vector<PrefillTile> tiles;
+    for (int32_t i = 0; i < n; i += per_tile) tiles.push_back({i, std::min(per_tile, n - i)});
+    a.entries = act_arena.Append(rows);
+    a.tiles = act_arena.Append(tiles);
+    a.n_tiles = static_cast<int32_t>(tiles.size());
     if (act_arena.size() <= act_meta.size()) break;
     ATTN_RETURN_IF_ERROR(Reserve(act_meta, act_arena.size() + act_arena.size() / 2));
   }
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
                                             stream),
                             "cudaMemcpyAsync(act entries)"));
-  ATTN_RETURN_IF_ERROR(DecodeRows(entries, n, m));
-  // The staging buffer is reused by the next layer's pass: wait for this copy.
+  a.q = q.as<float>();
+  a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
+  a.out = attn.as<float>();
+  a.lse = m.wants_lse ? lse.as<float>() : nullptr;
+  a.n_q_heads = c.n_heads;
+  a.n_kv_heads = c.n_kv_heads;
+  a.head_dim = c.head_dim;
+  ATTN_RETURN_IF_ERROR(PrefillAttentionCuda(a, stream));
+  // The staging buffer is reused by the next rerun: wait for this copy.
   return CudaStreamSync(stream);
 }
 
@@ -387,8 +406,18 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
   }
   ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, lm.n_decode, m));
   ATTN_RETURN_IF_ERROR(PrefillRows(lm, m));
+  // Steps sharing key sets (a request's completions) run again with the
+  // sets their first step found.
+  std::vector<const ActKeySets*> found;
   for (const int32_t i : m.act_prompt_steps) {
-    if (steps[i].act_sets->needs(l)) ATTN_RETURN_IF_ERROR(FindActKeySets(l, m, steps[i], m.first_row[i]));
+    const ActKeySets* sets = steps[i].act_sets;
+    if (sets->needs(l)) {
+      ATTN_RETURN_IF_ERROR(FindActKeySets(l, m, steps[i], m.first_row[i]));
+      found.push_back(sets);
+    }
+    if (std::find(found.begin(), found.end(), sets) != found.end()) {
+      ATTN_RETURN_IF_ERROR(RerunWithKeySets(l, m, steps[i], m.first_row[i]));
+    }
   }
   if (lm.n_linear_rows > 0) {
     LinearReadArgs la;

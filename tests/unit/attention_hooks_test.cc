@@ -1,0 +1,60 @@
+// HiddenKeys, the band of keys the GPU prefill kernel skips: no key in it is
+// visible to any head of the group at the query or after, and it covers the
+// band a streaming sequence or a group of duo streaming heads hides.
+#include "kernels/common/attention_hooks.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+namespace attnserve {
+namespace {
+
+TEST(AttentionHooksTest, HiddenKeysAreVisibleToNoLaterQuery) {
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int32_t> small(0, 40);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int group = 1 + trial % 4;
+    std::vector<AttentionHeadParams> heads(group);
+    for (AttentionHeadParams& h : heads) {
+      h.sink_tokens = small(rng) % 8;
+      h.window_tokens = small(rng) % 3 == 0 ? 0 : 1 + small(rng);
+    }
+    SequenceAttentionParams p;
+    p.heads = heads.data();
+    p.sink_tokens = small(rng) % 6;
+    p.window_tokens = small(rng) % 2 == 0 ? 0 : 1 + small(rng);
+    const int32_t pos = small(rng) * 3;
+    const KeyRange band = HiddenKeys(p, 0, group, pos);
+    ASSERT_LE(band.begin, band.end);
+    for (int32_t j = band.begin; j < band.end; ++j) {
+      for (int32_t later = pos; later < pos + 64; ++later) {
+        for (const AttentionHeadParams& h : heads) ASSERT_FALSE(HeadKeyVisible(p, h, later, j)) << trial;
+      }
+    }
+  }
+}
+
+TEST(AttentionHooksTest, HiddenKeysCoverAStreamingWindowAndAStreamingGroup) {
+  std::vector<AttentionHeadParams> heads(2);
+  SequenceAttentionParams p;
+  p.heads = heads.data();
+  p.sink_tokens = 4;
+  p.window_tokens = 100;
+  KeyRange band = HiddenKeys(p, 0, 2, 1000);
+  EXPECT_EQ(band.begin, 4);
+  EXPECT_EQ(band.end, 901);
+  p.window_tokens = 0;
+  heads[0] = {0.1f, 0, 0, -INFINITY, 1.0f, 0, 0, 16, 64};
+  heads[1] = {0.1f, 0, 0, -INFINITY, 1.0f, 0, 0, 8, 128};
+  band = HiddenKeys(p, 0, 2, 1000);
+  EXPECT_EQ(band.begin, 16);
+  EXPECT_EQ(band.end, 873);
+  heads[1].window_tokens = 0;  // a retrieval head sees everything
+  band = HiddenKeys(p, 0, 2, 1000);
+  EXPECT_EQ(band.begin, band.end);
+}
+
+}  // namespace
+}  // namespace attnserve
