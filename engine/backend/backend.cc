@@ -1,5 +1,7 @@
 #include "engine/backend/backend.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,54 @@ int32_t LargestLogit(std::span<const float> row) {
     }
   }
   return best < 0 ? 0 : best;
+}
+
+int32_t PickToken(std::span<const float> row, const TokenPick& pick) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (float l : row) max = l > max ? l : max;
+  if (pick.temperature <= 0.0f || !std::isfinite(max)) return LargestLogit(row);
+  const float inv_t = 1.0f / pick.temperature;
+  const auto x = [&](size_t i) { return ScaledLogit(row[i], max, inv_t); };
+  const auto count_from = [&](float cut) {
+    int64_t n = 0;
+    for (size_t i = 0; i < row.size(); ++i) n += x(i) >= cut;
+    return n;
+  };
+  const auto mass_from = [&](float cut) {
+    float m = 0.0f;
+    for (size_t i = 0; i < row.size(); ++i) m += x(i) >= cut ? PickWeight(x(i)) : 0.0f;
+    return m;
+  };
+  // Each cut is the largest x keeping enough: the k tokens, the mass.
+  float cut = kPickMinX;
+  if (pick.top_k > 0 && static_cast<size_t>(pick.top_k) < row.size()) {
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      (count_from(mid) >= pick.top_k ? lo : hi) = mid;
+    }
+    cut = lo;
+  }
+  if (pick.top_p < 1.0f) {
+    const float target = pick.top_p * mass_from(cut);
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      (mass_from(mid) >= target ? lo : hi) = mid;
+    }
+    cut = lo;
+  }
+  if (pick.min_p > 0.0f) cut = std::max(cut, std::log(pick.min_p));
+  const float target = static_cast<float>(pick.uniform) * mass_from(cut);
+  float acc = 0.0f;
+  int32_t last = -1;
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (!(x(i) >= cut)) continue;
+    acc += PickWeight(x(i));
+    last = static_cast<int32_t>(i);
+    if (acc > target) return last;
+  }
+  return last >= 0 ? last : LargestLogit(row);
 }
 
 absl::Status CheckSteps(const ModelConfig& c, int32_t page_size, std::span<const SequenceStep> steps) {
@@ -38,8 +88,8 @@ absl::Status CheckSteps(const ModelConfig& c, int32_t page_size, std::span<const
     if (st.linear != nullptr && (st.attention == nullptr || !st.attention->linear())) {
       return absl::InvalidArgumentError("a sequence has linear attention state but no linear plan");
     }
-    if (st.logits == LogitsWanted::kLastArgMax && st.argmax == nullptr) {
-      return absl::InvalidArgumentError("a sequence step wants its argmax but gives no place for it");
+    if (st.logits == LogitsWanted::kLastPick && st.pick == nullptr) {
+      return absl::InvalidArgumentError("a sequence step wants its token picked but says not how");
     }
     for (int32_t t : st.tokens) {
       if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is out of vocabulary"));

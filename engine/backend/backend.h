@@ -15,13 +15,14 @@
 #include "engine/backend/linear_attention_state.h"
 #include "engine/policy/act_key_sets.h"
 #include "engine/policy/attention_plan.h"
+#include "kernels/common/token_pick.h"
 
 namespace attnserve {
 
-// kLastArgMax: only the id of the last row's largest logit (the lowest id
-// on a tie, as ArgMax), written to SequenceStep::argmax: greedy decoding
-// without logit processing, where a GPU sends back 4 bytes, not a row.
-enum class LogitsWanted { kNone, kLast, kAll, kLastArgMax };
+// kLastPick: the backend draws the last row's token itself, as
+// SequenceStep::pick says (kernels/common/token_pick.h; greedy is ArgMax's
+// choice), and returns no row: a GPU sends back 4 bytes, not a vocabulary.
+enum class LogitsWanted { kNone, kLast, kAll, kLastPick };
 
 // One sequence's share of an engine step.
 struct SequenceStep {
@@ -39,7 +40,7 @@ struct SequenceStep {
   // The linear mode's folded keys (attention->linear()); a step from
   // position 0 starts them afresh.
   LinearAttentionState* linear = nullptr;
-  int32_t* argmax = nullptr;  // kLastArgMax: receives the token id
+  TokenPick* pick = nullptr;  // kLastPick: how to draw; receives the token
 };
 
 class Backend {
@@ -48,19 +49,23 @@ class Backend {
   virtual const ModelConfig& config() const = 0;
   virtual std::string name() const = 0;  // "cpu", "cuda"
   virtual std::string device() const = 0;  // the processor's name, e.g. the CPU model or the GPU's
+  // Whether the engine should hand it samplings too (kLastPick at
+  // temperature > 0): where the row would cross PCIe. Greedy picks go to
+  // every backend.
+  virtual bool picks_tokens() const { return false; }
   // Runs one step. `logits` receives vocab_size floats per wanted row, in the
-  // order of `steps` (kLast: one row, kAll: one per token, kLastArgMax none).
+  // order of `steps` (kLast: one row, kAll: one per token, kLastPick none).
   virtual absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) = 0;
 };
 
-// Rows of logits a step computes: kAll one per token, kLast and kLastArgMax
+// Rows of logits a step computes: kAll one per token, kLast and kLastPick
 // one, kNone none.
 inline int64_t RowsOfLogits(const SequenceStep& st) {
   switch (st.logits) {
     case LogitsWanted::kAll:
       return static_cast<int64_t>(st.tokens.size());
     case LogitsWanted::kLast:
-    case LogitsWanted::kLastArgMax:
+    case LogitsWanted::kLastPick:
       return 1;
     case LogitsWanted::kNone:
       break;
@@ -69,8 +74,12 @@ inline int64_t RowsOfLogits(const SequenceStep& st) {
 }
 
 // The id of the largest logit, the lowest on a tie, NaN skipped (0 for a
-// row of NaN): what kLastArgMax returns, ArgMax's choice (engine/sampling).
+// row of NaN): ArgMax's choice (engine/sampling), kLastPick's greedy one.
 int32_t LargestLogit(std::span<const float> row);
+
+// kLastPick's token on the host (the CPU backend, and the GPU kernel's
+// reference): token_pick.h's rules, sums in id order.
+int32_t PickToken(std::span<const float> row, const TokenPick& pick);
 
 // The checks every backend makes of a step before running it: tokens in
 // the vocabulary, positions reserved in the page tables, plans made for

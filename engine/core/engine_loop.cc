@@ -155,10 +155,13 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     step.first_pos = seq.num_computed;
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
-    // Greedy without logit processing needs the pick alone, not the row.
-    if (step.logits == LogitsWanted::kLast && seq.sampler->PicksLargestLogit()) {
-      step.logits = LogitsWanted::kLastArgMax;
-      step.argmax = &seq.argmax;
+    // A token drawn from the row as it is needs the pick alone, not the row:
+    // greedy on any backend, sampling where the backend draws as the host.
+    if (step.logits == LogitsWanted::kLast && seq.sampler->NeedsNoRow() &&
+        (seq.sampler->greedy() || backend->picks_tokens())) {
+      step.logits = LogitsWanted::kLastPick;
+      seq.pick = seq.sampler->NextPick();
+      step.pick = &seq.pick;
     }
     step.attention = PlanOf(seq);
     step.act_sets = seq.request->act_sets.get();
@@ -213,8 +216,8 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
       row += n;
       continue;
     }
-    if (steps[i].logits != LogitsWanted::kLast && steps[i].logits != LogitsWanted::kLastArgMax) continue;
-    const bool picked = steps[i].logits == LogitsWanted::kLastArgMax;
+    if (steps[i].logits != LogitsWanted::kLast && steps[i].logits != LogitsWanted::kLastPick) continue;
+    const bool picked = steps[i].logits == LogitsWanted::kLastPick;
     std::span<float> last = picked ? std::span<float>() : std::span<float>(&logits[row * vocab], vocab);
     if (!picked) ++row;
     // The prompt is now cached: the other completions can start and share it.
@@ -225,7 +228,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     }
     SampledToken sampled;
     if (picked) {
-      sampled.token = seq.argmax;
+      sampled.token = seq.pick.token;
     } else {
       sampled = seq.sampler->Sample(last);
     }

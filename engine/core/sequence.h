@@ -27,7 +27,7 @@ struct Sequence : SchedSeq {
   int32_t index = 0;
   int32_t num_prompt = 0;
   std::optional<SequenceSampler> sampler;  // absent for scoring
-  int32_t argmax = 0;                      // the backend's greedy pick (LogitsWanted::kLastArgMax)
+  TokenPick pick;                          // the backend's draw (LogitsWanted::kLastPick)
   std::unique_ptr<LinearAttentionState> linear;  // the linear mode's folded keys
   std::optional<StopChecker> stop;
   GenerationDelta pending;                  // produced this step, not yet pushed

@@ -57,10 +57,14 @@ class SequenceSampler {
 
   // Processes `logits_row` in place (it is overwritten) and draws a token.
   SampledToken Sample(std::span<float> logits_row);
-  // Sample would return the row's largest logit and nothing else (greedy,
-  // no logprobs, no logit processing): the engine can ask the backend for
-  // that token alone (LargestLogit's choice, which is ArgMax's).
-  bool PicksLargestLogit() const { return sampler_.greedy() && !sampler_.logprobs() && !processor_.ChangesLogits(); }
+  // Sample would draw from the row as the model gave it and return the
+  // token alone (no logprobs, no logit processing): a backend can pick it
+  // (LogitsWanted::kLastPick) without sending the row back.
+  bool NeedsNoRow() const { return !sampler_.logprobs() && !processor_.ChangesLogits(); }
+  bool greedy() const { return sampler_.greedy(); }
+  // The pick to hand the backend instead of calling Sample; at temperature
+  // > 0 it takes the stream's next uniform, as Sample would.
+  TokenPick NextPick() { return sampler_.NextPick(); }
   void Accept(int32_t token) { processor_.Accept(token); }
 
  private:

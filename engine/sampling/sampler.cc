@@ -282,6 +282,16 @@ SampledToken Sampler::Sample(std::span<const float> logits) {
   return out;
 }
 
+TokenPick Sampler::NextPick() {
+  TokenPick p;
+  p.temperature = temperature_;
+  p.top_k = top_k_;
+  p.top_p = top_p_;
+  p.min_p = min_p_;
+  if (!greedy()) p.uniform = Uniform();
+  return p;
+}
+
 double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
 int32_t Sampler::Draw(std::span<const float> logits) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/sampling/sampling_options.h"
+#include "kernels/common/token_pick.h"
 
 namespace attnserve {
 
@@ -46,6 +47,9 @@ class Sampler {
   SampledToken Sample(std::span<const float> logits);
   bool greedy() const { return temperature_ <= 0.0f; }
   bool logprobs() const { return logprobs_; }
+  // This sampler's settings as a TokenPick, with the stream's next uniform
+  // at temperature > 0 (one draw per token, as Sample).
+  TokenPick NextPick();
 
  private:
   // The token drawn at temperature > 0.

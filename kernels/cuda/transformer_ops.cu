@@ -93,37 +93,128 @@ __global__ void FillRandomBf16Kernel(uint16_t* out, int64_t n, uint64_t seed, fl
   out[i] = FloatToBf16((2.0f * u - 1.0f) * scale);
 }
 
-// Block per row: each thread keeps its first largest value, then a tree
-// merge that prefers the larger value, then the lower id.
-__global__ void ArgMaxRowsKernel(const float* x, int32_t width, int32_t* out) {
-  __shared__ float best_v[kThreads];
-  __shared__ int32_t best_i[kThreads];
-  const float* row = x + static_cast<int64_t>(blockIdx.x) * width;
+constexpr int kPickThreads = 512;
+
+// Sum over the block in a fixed tree order (the same bits every run).
+__device__ float BlockSum(float v, float* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const float total = scratch[0];
+  __syncthreads();  // scratch is free again
+  return total;
+}
+
+// Block per row. The largest value first (each thread its first largest,
+// then a tree merge preferring the larger value, then the lower id), then,
+// at temperature > 0, the cuts by bisection and the draw in id order.
+__global__ void PickTokensKernel(const float* logits, int32_t vocab, const TokenPick* picks, int32_t* out) {
+  __shared__ float scratch[kPickThreads];
+  __shared__ int32_t ids[kPickThreads];
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const TokenPick p = picks[blockIdx.x];
   float v = -INFINITY;
   int32_t id = -1;
-  for (int32_t i = threadIdx.x; i < width; i += blockDim.x) {
+  for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     if (row[i] > v || (id < 0 && row[i] == v)) {
       v = row[i];
       id = i;
     }
   }
-  best_v[threadIdx.x] = v;
-  best_i[threadIdx.x] = id;
+  scratch[threadIdx.x] = v;
+  ids[threadIdx.x] = id;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
     if (threadIdx.x < stride) {
-      const float ov = best_v[threadIdx.x + stride];
-      const int32_t oi = best_i[threadIdx.x + stride];
-      const float mv = best_v[threadIdx.x];
-      const int32_t mi = best_i[threadIdx.x];
+      const float ov = scratch[threadIdx.x + stride], mv = scratch[threadIdx.x];
+      const int32_t oi = ids[threadIdx.x + stride], mi = ids[threadIdx.x];
       if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
-        best_v[threadIdx.x] = ov;
-        best_i[threadIdx.x] = oi;
+        scratch[threadIdx.x] = ov;
+        ids[threadIdx.x] = oi;
       }
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] < 0 ? 0 : best_i[0];
+  const float max = scratch[0];
+  const int32_t largest = ids[0] < 0 ? 0 : ids[0];
+  __syncthreads();
+  if (p.temperature <= 0.0f || !isfinite(max)) {
+    if (threadIdx.x == 0) out[blockIdx.x] = largest;
+    return;
+  }
+  const float inv_t = 1.0f / p.temperature;
+  auto count_from = [&](float cut) {
+    float n = 0.0f;
+    for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) n += ScaledLogit(row[i], max, inv_t) >= cut ? 1.0f : 0.0f;
+    return BlockSum(n, scratch);
+  };
+  auto mass_from = [&](float cut) {
+    float m = 0.0f;
+    for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float x = ScaledLogit(row[i], max, inv_t);
+      m += x >= cut ? PickWeight(x) : 0.0f;
+    }
+    return BlockSum(m, scratch);
+  };
+  float cut = kPickMinX;
+  if (p.top_k > 0 && p.top_k < vocab) {
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      if (count_from(mid) >= static_cast<float>(p.top_k)) lo = mid; else hi = mid;
+    }
+    cut = lo;
+  }
+  if (p.top_p < 1.0f) {
+    const float target = p.top_p * mass_from(cut);
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      if (mass_from(mid) >= target) lo = mid; else hi = mid;
+    }
+    cut = lo;
+  }
+  if (p.min_p > 0.0f) cut = fmaxf(cut, logf(p.min_p));
+  // The draw: each thread's contiguous chunk of ids, chunks in order.
+  const int32_t chunk = (vocab + blockDim.x - 1) / blockDim.x;
+  const int32_t begin = threadIdx.x * chunk, end = min(vocab, begin + chunk);
+  float mine = 0.0f;
+  for (int32_t i = begin; i < end; ++i) {
+    const float x = ScaledLogit(row[i], max, inv_t);
+    mine += x >= cut ? PickWeight(x) : 0.0f;
+  }
+  scratch[threadIdx.x] = mine;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  float total = 0.0f;
+  for (int t = 0; t < static_cast<int>(blockDim.x); ++t) total += scratch[t];
+  const float target = static_cast<float>(p.uniform) * total;
+  float acc = 0.0f;
+  int32_t last = -1;
+  for (int t = 0; t < static_cast<int>(blockDim.x); ++t) {
+    if (scratch[t] == 0.0f) continue;
+    if (acc + scratch[t] <= target) {
+      acc += scratch[t];
+      continue;
+    }
+    for (int32_t i = t * chunk; i < min(vocab, (t + 1) * chunk); ++i) {
+      const float x = ScaledLogit(row[i], max, inv_t);
+      if (!(x >= cut)) continue;
+      acc += PickWeight(x);
+      last = i;
+      if (acc > target) break;
+    }
+    break;
+  }
+  if (last < 0) {  // rounding left the target past every chunk: the last kept token
+    for (int32_t i = vocab - 1; i >= 0 && last < 0; --i) {
+      if (ScaledLogit(row[i], max, inv_t) >= cut) last = i;
+    }
+  }
+  out[blockIdx.x] = last >= 0 ? last : largest;
 }
 
 absl::Status Launched(const char* name) { return CudaErrorToStatus(cudaGetLastError(), name); }
@@ -174,13 +265,15 @@ absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float s
   return Launched("FillRandomBf16Kernel");
 }
 
-absl::Status ArgMaxRowsCuda(const float* x, int64_t rows, int32_t width, int32_t* out, void* stream) {
-  if (rows < 0 || rows > 2147483647 || width < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("ArgMaxRowsCuda: rows=", rows, " width=", width));
+absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks, int32_t* out,
+                            void* stream) {
+  if (rows < 0 || rows > 2147483647 || vocab < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("PickTokensCuda: rows=", rows, " vocab=", vocab));
   }
   if (rows == 0) return absl::OkStatus();
-  ArgMaxRowsKernel<<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, width, out);
-  return Launched("ArgMaxRowsKernel");
+  PickTokensKernel<<<static_cast<unsigned>(rows), kPickThreads, 0, static_cast<cudaStream_t>(stream)>>>(logits, vocab,
+                                                                                                       picks, out);
+  return Launched("PickTokensKernel");
 }
 
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream) {

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "engine/backend/backend.h"
 #include "kernels/common/half.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
@@ -177,9 +178,9 @@ TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
   }
 }
 
-// The largest value's id, lowest on ties, NaN skipped, 0 for rows of NaN
-// (LargestLogit's rule), over rows longer and shorter than a block.
-TEST_F(TransformerOpsCudaTest, ArgMaxRowsTakesTheFirstLargest) {
+// Greedy picks: the largest value's id, lowest on ties, NaN skipped, 0 for
+// rows of NaN (LargestLogit's rule), over rows longer than a block.
+TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
   const float nan = NAN, inf = INFINITY;
   const int32_t width = 1000;
   std::vector<std::vector<float>> rows(6, std::vector<float>(width, 0.0f));
@@ -197,15 +198,50 @@ TEST_F(TransformerOpsCudaTest, ArgMaxRowsTakesTheFirstLargest) {
   std::vector<int32_t> want;
   for (const auto& row : rows) {
     flat.insert(flat.end(), row.begin(), row.end());
-    int32_t best = -1;
-    for (int32_t i = 0; i < width; ++i) {
-      if (row[i] > (best < 0 ? -inf : row[best]) || (best < 0 && row[i] == -inf)) best = i;
-    }
-    want.push_back(best < 0 ? 0 : best);
+    want.push_back(LargestLogit(row));
   }
-  DeviceBuffer x = Upload(flat), out = DeviceBuffer::Allocate(rows.size() * sizeof(int32_t)).value();
-  ASSERT_TRUE(ArgMaxRowsCuda(x.as<float>(), static_cast<int64_t>(rows.size()), width, out.as<int32_t>(), nullptr).ok());
+  DeviceBuffer x = Upload(flat), picks = Upload(std::vector<TokenPick>(rows.size()));
+  DeviceBuffer out = DeviceBuffer::Allocate(rows.size() * sizeof(int32_t)).value();
+  ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(rows.size()), width, picks.as<TokenPick>(),
+                             out.as<int32_t>(), nullptr)
+                  .ok());
   EXPECT_EQ(Download<int32_t>(out, rows.size()), want);
+}
+
+// Sampled picks against the host's PickToken: the same token, but where
+// the two sums' rounding moves the draw across a boundary (the host's pick
+// at uniform +- 1e-5 then).
+TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
+  const int32_t vocab = 49152;
+  std::mt19937 rng(8);
+  std::vector<float> flat;
+  std::vector<TokenPick> picks;
+  for (int r = 0; r < 24; ++r) {
+    const std::vector<float> row = Random(vocab, 100 + r, 1.0f + r % 4);
+    flat.insert(flat.end(), row.begin(), row.end());
+    TokenPick p;
+    p.temperature = 0.3f + 0.2f * (r % 5);
+    p.top_k = r % 3 == 0 ? 0 : 1 + static_cast<int32_t>(rng() % 200);
+    p.top_p = r % 4 == 0 ? 1.0f : 0.5f + 0.1f * (r % 5);
+    p.min_p = r % 5 == 0 ? 0.05f : 0.0f;
+    p.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    picks.push_back(p);
+  }
+  DeviceBuffer x = Upload(flat), d_picks = Upload(picks);
+  DeviceBuffer out = DeviceBuffer::Allocate(picks.size() * sizeof(int32_t)).value();
+  ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(picks.size()), vocab, d_picks.as<TokenPick>(),
+                             out.as<int32_t>(), nullptr)
+                  .ok());
+  const std::vector<int32_t> got = Download<int32_t>(out, picks.size());
+  for (size_t r = 0; r < picks.size(); ++r) {
+    const std::span<const float> row(&flat[r * vocab], vocab);
+    TokenPick lo = picks[r], hi = picks[r];
+    lo.uniform = std::max(0.0, lo.uniform - 1e-5);
+    hi.uniform = std::min(0.999999, hi.uniform + 1e-5);
+    const int32_t want = PickToken(row, picks[r]);
+    EXPECT_TRUE(got[r] == want || got[r] == PickToken(row, lo) || got[r] == PickToken(row, hi))
+        << "row " << r << ": " << got[r] << " vs " << want;
+  }
 }
 
 TEST(TransformerOpsCudaArgsTest, BadShapesAreRejected) {

@@ -1,6 +1,6 @@
-// CpuBackend's step outputs: rows of logits in step order, and greedy picks
-// (kLastArgMax) that are the largest logit of the row the step would have
-// returned, with that row left out.
+// CpuBackend's step outputs: rows of logits in step order, and picks
+// (kLastPick) drawn from the row the step would have returned, with that row
+// left out.
 #include "engine/backend/cpu/cpu_backend.h"
 
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@
 namespace attnserve {
 namespace {
 
-TEST(CpuBackendTest, ArgMaxStepsReturnThePickInsteadOfTheRow) {
+TEST(CpuBackendTest, PickStepsReturnTheTokenInsteadOfTheRow) {
   if (!std::filesystem::exists(ModelPath())) GTEST_SKIP() << "model missing: run scripts/setup.sh";
   const std::unique_ptr<Model> model = LoadModel(ModelPath()).value();
   const ModelConfig& c = model->config;
@@ -36,28 +36,33 @@ TEST(CpuBackendTest, ArgMaxStepsReturnThePickInsteadOfTheRow) {
     ASSERT_TRUE(backend->Forward({&st, 1}, logits).ok());
     rows.push_back(logits);
   }
-  // Together: all rows of the first, the pick of the second, the row of the third.
+  // Together: all rows of the first, the greedy pick of the second, a
+  // sampled pick of the third.
   std::vector<SequenceStep> steps(3);
-  int32_t pick = -1;
+  TokenPick greedy, sampled;
+  sampled.temperature = 0.8f;
+  sampled.top_k = 40;
+  sampled.uniform = 0.37;
   for (size_t i = 0; i < prompts.size(); ++i) {
     steps[i].pages = &tables[i];
     steps[i].tokens = prompts[i];
   }
   steps[0].logits = LogitsWanted::kAll;
-  steps[1].logits = LogitsWanted::kLastArgMax;
-  steps[1].argmax = &pick;
+  steps[1].logits = LogitsWanted::kLastPick;
+  steps[1].pick = &greedy;
+  steps[2].logits = LogitsWanted::kLastPick;
+  steps[2].pick = &sampled;
   std::vector<float> logits;
   ASSERT_TRUE(backend->Forward(steps, logits).ok());
   const size_t vocab = c.vocab_size;
-  ASSERT_EQ(logits.size(), (prompts[0].size() + 1) * vocab);
-  EXPECT_EQ(pick, ArgMax(rows[1]));
-  // The batch rounds as the single sequences do: the same argmax, near logits.
-  const std::span<const float> third(&logits[prompts[0].size() * vocab], vocab);
-  EXPECT_EQ(ArgMax(third), ArgMax(rows[2]));
+  ASSERT_EQ(logits.size(), prompts[0].size() * vocab);
+  EXPECT_EQ(greedy.token, ArgMax(rows[1]));
+  EXPECT_EQ(sampled.token, PickToken(rows[2], sampled));
+  // The batch rounds as the single sequences do.
   const std::span<const float> first_last(&logits[(prompts[0].size() - 1) * vocab], vocab);
   EXPECT_EQ(ArgMax(first_last), ArgMax(rows[0]));
 
-  steps[1].argmax = nullptr;
+  steps[1].pick = nullptr;
   EXPECT_EQ(backend->Forward(steps, logits).code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -91,31 +91,53 @@ TEST(LogitsProcessorTest, MinTokensMasksEogAndStopTokensUntilReached) {
   EXPECT_THAT(Applied(q, row), ElementsAre(1.0f, 1.0f, 1.0f, -kInf, 1.0f, 1.0f));
 }
 
-// The engine asks the backend for the argmax alone exactly when Sample
-// would return the row's largest logit and nothing else.
-TEST(SequenceSamplerTest, PicksLargestLogitOnlyWhenNothingShapesTheRow) {
+// The engine hands the backend the pick exactly when Sample would draw
+// from the row as it is and return the token alone.
+TEST(SequenceSamplerTest, NeedsNoRowOnlyWhenNothingShapesTheRowOrAsksForLogprobs) {
   const std::vector<int32_t> eog = {3};
-  EXPECT_TRUE(SequenceSampler(SamplingOptions{}, {}, eog).PicksLargestLogit());
+  EXPECT_TRUE(SequenceSampler(SamplingOptions{}, {}, eog).NeedsNoRow());
   SamplingOptions o;
   o.temperature = 0.7f;
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  EXPECT_TRUE(SequenceSampler(o, {}, eog).NeedsNoRow());
   o = {};
   o.logprobs = true;
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
   o = {};
   o.logit_bias = {{2, 1.0f}};
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
   o = {};
   o.repetition_penalty = 1.1f;
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
   o = {};
   o.min_tokens = 1;
   SequenceSampler s(o, {}, eog);
-  EXPECT_FALSE(s.PicksLargestLogit());  // EOG masked until one token is out
+  EXPECT_FALSE(s.NeedsNoRow());  // EOG masked until one token is out
   s.Accept(0);
-  EXPECT_TRUE(s.PicksLargestLogit());
+  EXPECT_TRUE(s.NeedsNoRow());
   o.ignore_eos = true;  // nothing to mask
-  EXPECT_TRUE(SequenceSampler(o, {}, eog).PicksLargestLogit());
+  EXPECT_TRUE(SequenceSampler(o, {}, eog).NeedsNoRow());
+}
+
+// A pick carries the sampler's settings and takes the stream's uniform as
+// Sample would: the same seed gives the same uniforms, greedy takes none.
+TEST(SequenceSamplerTest, NextPickDrawsTheStreamsUniformAtTemperature) {
+  SamplingOptions o;
+  o.temperature = 0.9f;
+  o.top_k = 7;
+  o.top_p = 0.8f;
+  o.min_p = 0.05f;
+  o.seed = 11;
+  SequenceSampler a(o, {}, {}), b(o, {}, {});
+  const TokenPick first = a.NextPick();
+  EXPECT_EQ(first.temperature, 0.9f);
+  EXPECT_EQ(first.top_k, 7);
+  EXPECT_EQ(first.top_p, 0.8f);
+  EXPECT_EQ(first.min_p, 0.05f);
+  EXPECT_GE(first.uniform, 0.0);
+  EXPECT_LT(first.uniform, 1.0);
+  EXPECT_EQ(b.NextPick().uniform, first.uniform);
+  EXPECT_NE(a.NextPick().uniform, first.uniform);
+  EXPECT_EQ(SequenceSampler(SamplingOptions{}, {}, {}).NextPick().uniform, 0.0);
 }
 
 TEST(SequenceSamplerTest, GreedyWaitsForMinTokensAndFeelsPenalties) {

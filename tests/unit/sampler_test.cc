@@ -70,7 +70,7 @@ TEST(SamplerTest, GreedyPicksTheLargestLogitAndTheLowestIndexOnTies) {
   EXPECT_EQ(ArgMax(std::vector<float>{-5.0f}), 0);
 }
 
-// The backends' greedy pick (LogitsWanted::kLastArgMax) is ArgMax's: ties,
+// The backends' greedy pick (LogitsWanted::kLastPick) is ArgMax's: ties,
 // NaN and -inf rows included.
 TEST(SamplerTest, LargestLogitIsArgMax) {
   const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
@@ -84,6 +84,48 @@ TEST(SamplerTest, LargestLogitIsArgMax) {
     rows.push_back(row);
   }
   for (const std::vector<float>& row : rows) EXPECT_EQ(LargestLogit(row), ArgMax(row));
+}
+
+// PickToken (the backends' draw, the GPU kernel's reference): the Sampler's
+// cuts, the draw walking the kept tokens in id order.
+TEST(SamplerTest, PickTokenDrawsWithinTheSamplersCuts) {
+  // Probabilities 0.05, 0.5, 0.15, 0.3 at temperature 1.
+  const std::vector<float> row = {std::log(0.05f), std::log(0.5f), std::log(0.15f), std::log(0.3f)};
+  const auto draws = [&](TokenPick p) {
+    std::map<int32_t, int> n;
+    for (int i = 0; i < 1000; ++i) {
+      p.uniform = (i + 0.5) / 1000.0;
+      ++n[PickToken(row, p)];
+    }
+    return n;
+  };
+  TokenPick p;
+  p.temperature = 1.0f;
+  std::map<int32_t, int> n = draws(p);
+  EXPECT_EQ(n[0], 50);
+  EXPECT_EQ(n[1], 500);
+  EXPECT_EQ(n[2], 150);
+  EXPECT_EQ(n[3], 300);
+  p.top_k = 2;  // 0.5 and 0.3, renormalised
+  n = draws(p);
+  EXPECT_EQ(n.size(), 2u);
+  EXPECT_EQ(n[1], 625);
+  EXPECT_EQ(n[3], 375);
+  p.top_k = 0;
+  p.top_p = 0.7f;  // the smallest set reaching 0.7: 0.5 + 0.3
+  n = draws(p);
+  EXPECT_EQ(n.size(), 2u);
+  EXPECT_EQ(n[1] + n[3], 1000);
+  p.top_p = 1.0f;
+  p.min_p = 0.2f;  // p >= 0.1 stays
+  n = draws(p);
+  EXPECT_EQ(n.size(), 3u);
+  EXPECT_EQ(n.count(0), 0u);
+  p.min_p = 0.0f;
+  p.uniform = 0.0;  // the first kept token in id order
+  EXPECT_EQ(PickToken(row, p), 0);
+  p.temperature = 0.0f;  // greedy
+  EXPECT_EQ(PickToken(row, p), 1);
 }
 
 TEST(SamplerTest, SameSeedSameTokensOtherSeedOtherTokens) {

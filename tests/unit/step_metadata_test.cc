@@ -166,21 +166,26 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
   EXPECT_EQ(linear_state.folded_end, (std::vector<int32_t>{7, 5}));  // applied by the backend after the step
 }
 
-TEST_F(StepMetadataTest, ArgMaxRowsComeAfterTheRowsReturnedWhole) {
+TEST_F(StepMetadataTest, PickedRowsComeAfterTheRowsReturnedWhole) {
   const PageTable a = Table({0}, 4), b = Table({1}, 0), d = Table({2}, 7);
   const std::vector<int32_t> one = {5}, three = {1, 2, 3}, other = {9};
-  int32_t pick_a = 0, pick_d = 0;
-  std::vector<SequenceStep> steps = {{&a, one, 4, LogitsWanted::kLastArgMax},
+  TokenPick pick_a, pick_d;
+  pick_d.temperature = 0.5f;
+  pick_d.uniform = 0.25;
+  std::vector<SequenceStep> steps = {{&a, one, 4, LogitsWanted::kLastPick},
                                      {&b, three, 0, LogitsWanted::kAll},
-                                     {&d, other, 7, LogitsWanted::kLastArgMax}};
-  steps[0].argmax = &pick_a;
-  steps[2].argmax = &pick_d;
+                                     {&d, other, 7, LogitsWanted::kLastPick}};
+  steps[0].pick = &pick_a;
+  steps[2].pick = &pick_d;
   const std::vector<float*> no_linear(3, nullptr);
   const StepMetadata m = Build(steps, no_linear);
   ASSERT_EQ(m.n_logit_rows, 5);
-  EXPECT_EQ(m.n_argmax_rows, 2);
+  EXPECT_EQ(m.n_pick_rows, 2);
   EXPECT_EQ(std::vector<int32_t>(m.logit_rows, m.logit_rows + 5), (std::vector<int32_t>{1, 2, 3, 0, 4}));
-  EXPECT_EQ(m.argmax_steps, (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(m.pick_steps, (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(m.picks[0].temperature, 0.0f);
+  EXPECT_EQ(m.picks[1].temperature, 0.5f);
+  EXPECT_EQ(m.picks[1].uniform, 0.25);
 }
 
 TEST_F(StepMetadataTest, StreamingCachePositionsGiveSlotsToEveryRow) {

@@ -131,17 +131,17 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   }
   logits.resize(static_cast<size_t>(logit_rows) * c.vocab_size);
   if (logit_rows > 0) MatMul(model_.weights.output, s_.xn.data(), logit_rows, logits.data(), threads_);
-  // Argmax rows: their ids out, their rows dropped from `logits`.
+  // Picked rows: their tokens out, their rows dropped from `logits`.
   const size_t vocab = c.vocab_size;
   size_t kept = 0, at = 0;
   for (const SequenceStep& st : steps) {
     const size_t count = static_cast<size_t>(RowsOfLogits(st));
-    if (st.logits == LogitsWanted::kLastArgMax) {
-      *st.argmax = LargestLogit(std::span<const float>(&logits[at * vocab], vocab));
+    if (st.logits == LogitsWanted::kLastPick) {
+      st.pick->token = PickToken(std::span<const float>(&logits[at * vocab], vocab), *st.pick);
     } else if (kept != at) {
       std::copy_n(&logits[at * vocab], count * vocab, &logits[kept * vocab]);
     }
-    if (st.logits != LogitsWanted::kLastArgMax) kept += count;
+    if (st.logits != LogitsWanted::kLastPick) kept += count;
     at += count;
   }
   logits.resize(kept * vocab);

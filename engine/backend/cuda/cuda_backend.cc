@@ -74,8 +74,8 @@ struct CudaBackend::State {
   // Activations, [rows][width] each.
   int64_t rows = 0;
   DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
-  DeviceBuffer decode_ws, quest_q, quest_ws, step_meta, final_x, step_logits, argmax_ids;
-  std::vector<int32_t> argmax_host;
+  DeviceBuffer decode_ws, quest_q, quest_ws, step_meta, final_x, step_logits, picked;
+  std::vector<int32_t> picked_host;
   StagingArena arena;
   // ACT's prompt pass: column sums, and the entries re-staged with the sets.
   DeviceBuffer act_mass, act_meta;
@@ -537,13 +537,13 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
   ATTN_RETURN_IF_ERROR(EmbedRowsCuda(token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
   for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(Layer(l, m, steps));
 
-  // Rows returned whole, then rows reduced to their argmax on the device.
-  const int64_t returned = m.n_logit_rows - m.n_argmax_rows;
+  // Rows returned whole, then rows whose token is picked on the device.
+  const int64_t returned = m.n_logit_rows - m.n_pick_rows;
   logits.resize(static_cast<size_t>(returned) * c.vocab_size);
-  argmax_host.resize(m.n_argmax_rows);
+  picked_host.resize(m.n_pick_rows);
   if (m.n_logit_rows > 0) {
     ATTN_RETURN_IF_ERROR(Reserve(step_logits, static_cast<size_t>(m.n_logit_rows) * c.vocab_size * sizeof(float)));
-    ATTN_RETURN_IF_ERROR(Reserve(argmax_ids, static_cast<size_t>(m.n_argmax_rows) * sizeof(int32_t)));
+    ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(int32_t)));
     ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
     ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
                                          c.rms_eps, stream));
@@ -552,14 +552,14 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
     ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), step_logits.data(), logits.size() * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(logits)"));
-    ATTN_RETURN_IF_ERROR(ArgMaxRowsCuda(step_logits.as<float>() + returned * c.vocab_size, m.n_argmax_rows, c.vocab_size,
-                                        argmax_ids.as<int32_t>(), stream));
-    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(argmax_host.data(), argmax_ids.data(), argmax_host.size() * sizeof(int32_t),
+    ATTN_RETURN_IF_ERROR(PickTokensCuda(step_logits.as<float>() + returned * c.vocab_size, m.n_pick_rows, c.vocab_size,
+                                        m.picks, picked.as<int32_t>(), stream));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(picked_host.data(), picked.data(), picked_host.size() * sizeof(int32_t),
                                               cudaMemcpyDeviceToHost, stream),
-                              "cudaMemcpyAsync(argmax)"));
+                              "cudaMemcpyAsync(picked tokens)"));
   }
   ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
-  for (int64_t i = 0; i < m.n_argmax_rows; ++i) *steps[m.argmax_steps[i]].argmax = argmax_host[i];
+  for (int64_t i = 0; i < m.n_pick_rows; ++i) steps[m.pick_steps[i]].pick->token = picked_host[i];
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }

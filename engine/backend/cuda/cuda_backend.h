@@ -61,6 +61,7 @@ class CudaBackend : public Backend {
   const ModelConfig& config() const override;
   std::string name() const override { return "cuda"; }
   std::string device() const override;
+  bool picks_tokens() const override { return true; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
 
  private:

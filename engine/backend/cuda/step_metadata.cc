@@ -75,7 +75,8 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   m.n_seqs = n_seqs;
 
   // Rows, positions and the rows whose logits are wanted.
-  std::vector<int32_t> tokens, positions, slots, row_seq, logit_rows, argmax_rows, first_row(n_seqs);
+  std::vector<int32_t> tokens, positions, slots, row_seq, logit_rows, pick_rows, first_row(n_seqs);
+  std::vector<TokenPick> picks;
   bool any_slots = false;
   for (int32_t i = 0; i < n_seqs; ++i) {
     const SequenceStep& st = steps[i];
@@ -102,9 +103,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       if (st.logits == LogitsWanted::kAll || (st.logits == LogitsWanted::kLast && j == n - 1)) {
         logit_rows.push_back(first_row[i] + j);
       }
-      if (st.logits == LogitsWanted::kLastArgMax && j == n - 1) {
-        argmax_rows.push_back(first_row[i] + j);
-        m.argmax_steps.push_back(i);
+      if (st.logits == LogitsWanted::kLastPick && j == n - 1) {
+        pick_rows.push_back(first_row[i] + j);
+        m.pick_steps.push_back(i);
+        picks.push_back(*st.pick);
       }
     }
     any_slots |= cache_slots;
@@ -113,8 +115,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   }
   m.rows = static_cast<int64_t>(tokens.size());
   m.first_row = first_row;
-  m.n_argmax_rows = static_cast<int64_t>(argmax_rows.size());
-  logit_rows.insert(logit_rows.end(), argmax_rows.begin(), argmax_rows.end());
+  m.n_pick_rows = static_cast<int64_t>(pick_rows.size());
+  logit_rows.insert(logit_rows.end(), pick_rows.begin(), pick_rows.end());
+  m.picks = arena.Append(picks);
   m.n_logit_rows = static_cast<int64_t>(logit_rows.size());
   m.tokens = arena.Append(tokens);
   m.positions = arena.Append(positions);

@@ -49,11 +49,12 @@ struct StepMetadata {
   const int32_t* slots = nullptr;      // [rows]: RoPE positions for sink keys; null when no row needs them
   const int32_t* row_seq = nullptr;    // [rows]: the step index of each row
   // Rows whose logits are computed: those returned (kLast, kAll) in step
-  // order, then those reduced to their argmax (kLastArgMax, argmax_steps).
+  // order, then those whose token the device picks (kLastPick, pick_steps).
   const int32_t* logit_rows = nullptr;  // [n_logit_rows]
   int64_t n_logit_rows = 0;
-  int64_t n_argmax_rows = 0;            // the last of logit_rows
-  std::vector<int32_t> argmax_steps;    // [n_argmax_rows]: their steps
+  int64_t n_pick_rows = 0;              // the last of logit_rows
+  std::vector<int32_t> pick_steps;      // [n_pick_rows]: their steps
+  const TokenPick* picks = nullptr;     // [n_pick_rows]: how to draw each
   int32_t max_tokens = 0;          // keys any query of the step may read
   int32_t max_blocks_per_seq = 0;  // KV blocks any sequence writes to
   bool wants_lse = false;          // linear and ACT prompt sequences need the log denominators
