@@ -336,6 +336,11 @@ void Engine::Impl::FinishSequence(Sequence& seq, FinishReason reason, absl::Stat
   RequestState& r = *seq.request;
   seq.finished = true;
   if (seq.scheduled) scheduler.Remove(&seq);
+  {
+    // Whoever sees the stream close sees its pages back in the pool.
+    std::lock_guard<std::mutex> lock(mu);
+    stats.kv_pages_used = scheduler.pages_in_use();
+  }
   seq.pending.finish_reason = reason;
   seq.pending.error = std::move(error);
   seq.pending.prompt_tokens = seq.num_prompt;
