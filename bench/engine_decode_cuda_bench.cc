@@ -1,7 +1,7 @@
 // End-to-end decode steps of the CUDA backend on dummy bf16 weights at the
 // shapes of Llama-3-8B, Llama-3.2-1B and Qwen2.5-7B (DESIGN.md §7): each
 // step is a whole Backend::Forward (metadata staged and copied up, every
-// layer, logits copied back). Batch 1 is set against its roofline, the
+// layer, each sequence's greedy token picked on the device and copied back). Batch 1 is set against its roofline, the
 // weight bytes a step reads over the device's copy bandwidth measured in the
 // same run (target >= 0.85 of it); batches 16-256 report decode throughput,
 // every sequence at 1024 tokens of context. Run by scripts/gpu-check.sh;
@@ -85,6 +85,9 @@ void BM_Decode(benchmark::State& state, const ModelConfig* config) {
     tables[i].num_tokens = kContext;
   }
   const std::vector<int32_t> token(batch, 1);
+  // Greedy picks on the device, as the engine asks for them: no logits row
+  // crosses PCIe.
+  std::vector<TokenPick> picks(batch);
   std::vector<SequenceStep> steps(batch);
   std::vector<float> logits;
   int32_t pos = kContext;
@@ -93,6 +96,8 @@ void BM_Decode(benchmark::State& state, const ModelConfig* config) {
       steps[i].pages = &tables[i];
       steps[i].tokens = std::span<const int32_t>(&token[i], 1);
       steps[i].first_pos = pos;
+      steps[i].logits = LogitsWanted::kLastPick;
+      steps[i].pick = &picks[i];
     }
     ++pos;
     return (*backend)->Forward(steps, logits);
