@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/step_metadata.h"
 #include "engine/common/status_macros.h"
-#include "engine/model/bf16_weights.h"
+#include "engine/backend/cuda/device_weights.h"
 #include "kernels/cuda/column_mass.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
@@ -43,15 +43,6 @@ absl::Status Reserve(DeviceBuffer& b, size_t bytes) {
   return absl::OkStatus();
 }
 
-struct DeviceLayer {
-  const float* attn_norm = nullptr;   // [hidden]
-  const uint16_t* wqkv = nullptr;     // [q_dim + 2 * kv_dim][hidden]
-  const uint16_t* wo = nullptr;       // [hidden][q_dim]
-  const float* ffn_norm = nullptr;    // [hidden]
-  const uint16_t* w_gate_up = nullptr;  // [2 * ffn][hidden]
-  const uint16_t* w_down = nullptr;   // [hidden][ffn]
-};
-
 }  // namespace
 
 struct CudaBackend::State {
@@ -61,11 +52,7 @@ struct CudaBackend::State {
   cudaStream_t stream = nullptr;
   std::optional<CublasHandle> cublas;
 
-  std::vector<DeviceBuffer> weights;  // owns what the pointers below name
-  const uint16_t* token_embd = nullptr;  // [vocab][hidden]
-  const float* output_norm = nullptr;
-  const uint16_t* output = nullptr;      // [vocab][hidden]
-  std::vector<DeviceLayer> layers;
+  DeviceWeights weights;
   RopeAngles rope;
   std::vector<AttentionHeadParams> dense_heads;
 
@@ -91,27 +78,6 @@ struct CudaBackend::State {
     }
   }
 
-  absl::Status Upload(std::span<const uint16_t> bf16, const uint16_t** at) {
-    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bf16.size_bytes()));
-    ATTN_RETURN_IF_ERROR(b.CopyFromHost(bf16.data(), bf16.size_bytes()));
-    *at = b.as<uint16_t>();
-    weights.push_back(std::move(b));
-    return absl::OkStatus();
-  }
-  absl::Status Upload(std::span<const float> f32, const float** at) {
-    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(f32.size_bytes()));
-    ATTN_RETURN_IF_ERROR(b.CopyFromHost(f32.data(), f32.size_bytes()));
-    *at = b.as<float>();
-    weights.push_back(std::move(b));
-    return absl::OkStatus();
-  }
-  absl::Status UploadStacked(std::initializer_list<const WeightMatrix*> matrices, const uint16_t** at) {
-    ATTN_ASSIGN_OR_RETURN(std::vector<uint16_t> bf16, StackBf16(std::span<const WeightMatrix* const>(matrices.begin(), matrices.size())));
-    return Upload(bf16, at);
-  }
-
-  absl::Status UploadWeights();
-  absl::Status FillDummyWeights();
   absl::Status ReserveRows(int64_t rows);
   absl::Status Step(std::span<const SequenceStep> steps, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
@@ -121,59 +87,6 @@ struct CudaBackend::State {
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
   absl::Status RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
-
-absl::Status CudaBackend::State::UploadWeights() {
-  const ModelConfig& c = model.config;
-  const LlamaWeights& w = model.weights;
-  auto norm = [&](const float* host) { return std::span<const float>(host, static_cast<size_t>(c.hidden)); };
-  ATTN_RETURN_IF_ERROR(UploadStacked({&w.token_embd}, &token_embd));
-  if (w.output.data == w.token_embd.data) {
-    output = token_embd;
-  } else {
-    ATTN_RETURN_IF_ERROR(UploadStacked({&w.output}, &output));
-  }
-  ATTN_RETURN_IF_ERROR(Upload(norm(w.output_norm), &output_norm));
-  layers.resize(c.n_layers);
-  for (int32_t l = 0; l < c.n_layers; ++l) {
-    const LlamaLayerWeights& lw = w.layers[l];
-    DeviceLayer& d = layers[l];
-    ATTN_RETURN_IF_ERROR(Upload(norm(lw.attn_norm), &d.attn_norm));
-    ATTN_RETURN_IF_ERROR(Upload(norm(lw.ffn_norm), &d.ffn_norm));
-    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.wq, &lw.wk, &lw.wv}, &d.wqkv));
-    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.wo}, &d.wo));
-    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.w_gate, &lw.w_up}, &d.w_gate_up));
-    ATTN_RETURN_IF_ERROR(UploadStacked({&lw.w_down}, &d.w_down));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::State::FillDummyWeights() {
-  const ModelConfig& c = model.config;
-  uint64_t seed = 1;
-  // Uniform in ±sqrt(3 / fan_in): unit variance out of unit-variance inputs.
-  auto random = [&](int64_t rows, int64_t cols, const uint16_t** at) -> absl::Status {
-    ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(static_cast<size_t>(rows * cols) * sizeof(uint16_t)));
-    ATTN_RETURN_IF_ERROR(FillRandomBf16Cuda(b.as<uint16_t>(), rows * cols, seed++,
-                                            std::sqrt(3.0f / static_cast<float>(cols)), stream));
-    *at = b.as<uint16_t>();
-    weights.push_back(std::move(b));
-    return absl::OkStatus();
-  };
-  const std::vector<float> ones(c.hidden, 1.0f);
-  ATTN_RETURN_IF_ERROR(random(c.vocab_size, c.hidden, &token_embd));
-  ATTN_RETURN_IF_ERROR(random(c.vocab_size, c.hidden, &output));
-  ATTN_RETURN_IF_ERROR(Upload(ones, &output_norm));
-  layers.resize(c.n_layers);
-  for (DeviceLayer& d : layers) {
-    ATTN_RETURN_IF_ERROR(Upload(ones, &d.attn_norm));
-    ATTN_RETURN_IF_ERROR(Upload(ones, &d.ffn_norm));
-    ATTN_RETURN_IF_ERROR(random(c.q_dim() + 2 * c.kv_dim(), c.hidden, &d.wqkv));
-    ATTN_RETURN_IF_ERROR(random(c.hidden, c.q_dim(), &d.wo));
-    ATTN_RETURN_IF_ERROR(random(2 * c.ffn_hidden, c.hidden, &d.w_gate_up));
-    ATTN_RETURN_IF_ERROR(random(c.hidden, c.ffn_hidden, &d.w_down));
-  }
-  return CudaStreamSync(stream);
-}
 
 absl::Status CudaBackend::State::ReserveRows(int64_t n) {
   if (n <= rows) return absl::OkStatus();
@@ -221,7 +134,11 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   ATTN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
   ATTN_ASSIGN_OR_RETURN(CublasHandle cublas, CublasHandle::Create(s->stream));
   s->cublas = std::move(cublas);
-  ATTN_RETURN_IF_ERROR(options.dummy_weights ? s->FillDummyWeights() : s->UploadWeights());
+  if (options.dummy_weights) {
+    ATTN_ASSIGN_OR_RETURN(s->weights, RandomWeights(c, s->stream));
+  } else {
+    ATTN_ASSIGN_OR_RETURN(s->weights, UploadWeights(model));
+  }
   s->rope = {std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim)), c.rope_freq_scale, c.context_length};
   AttentionHeadParams dense;
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -239,14 +156,7 @@ CudaBackend::~CudaBackend() = default;
 
 const ModelConfig& CudaBackend::config() const { return s_->model.config; }
 
-int64_t CudaBackend::decode_weight_bytes() const {
-  const ModelConfig& c = s_->model.config;
-  int64_t bytes = 0;
-  for (const DeviceBuffer& b : s_->weights) bytes += static_cast<int64_t>(b.size());
-  // An untied embedding table is read a row per token, not whole.
-  if (s_->output != s_->token_embd) bytes -= static_cast<int64_t>(c.vocab_size) * c.hidden * sizeof(uint16_t);
-  return bytes;
-}
+int64_t CudaBackend::decode_weight_bytes() const { return s_->weights.DecodeBytes(s_->model.config); }
 std::string CudaBackend::device() const { return s_->device_name; }
 
 absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization) {
@@ -436,7 +346,7 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
 
 absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps) {
   const ModelConfig& c = model.config;
-  const DeviceLayer& w = layers[l];
+  const DeviceLayerWeights& w = weights.layers[l];
   const int64_t n = m.rows;
   ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(x.as<float>(), w.attn_norm, xn.as<uint16_t>(), n, c.hidden, c.rms_eps, stream));
   ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {w.wqkv, c.q_dim() + 2 * c.kv_dim(), c.hidden, xn.as<uint16_t>(), n,
@@ -534,7 +444,7 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
   ATTN_RETURN_IF_ERROR(Reserve(decode_ws, DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens)));
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_meta.data(), arena.data(), arena.size(), cudaMemcpyHostToDevice, stream),
                             "cudaMemcpyAsync(step metadata)"));
-  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
+  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(weights.token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
   for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(Layer(l, m, steps));
 
   // Rows returned whole, then rows whose token is picked on the device.
@@ -545,9 +455,9 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
     ATTN_RETURN_IF_ERROR(Reserve(step_logits, static_cast<size_t>(m.n_logit_rows) * c.vocab_size * sizeof(float)));
     ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(int32_t)));
     ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
-    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
+    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), weights.output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
                                          c.rms_eps, stream));
-    ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {output, c.vocab_size, c.hidden, xn.as<uint16_t>(), m.n_logit_rows,
+    ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {weights.output, c.vocab_size, c.hidden, xn.as<uint16_t>(), m.n_logit_rows,
                                               step_logits.as<float>(), false}));
     ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), step_logits.data(), logits.size() * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream),
