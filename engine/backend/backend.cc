@@ -20,6 +20,30 @@ int32_t LargestLogit(std::span<const float> row) {
   return best < 0 ? 0 : best;
 }
 
+void PickLogprobs(std::span<const float> row, TokenPick& pick) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (float l : row) max = l > max ? l : max;
+  double sum = 0.0;
+  for (float l : row) sum += l > -std::numeric_limits<float>::infinity() ? std::exp(static_cast<double>(l - max)) : 0.0;
+  const float log_sum = static_cast<float>(std::log(sum));
+  pick.logprob = (row[pick.token] - max) - log_sum;
+  pick.n_top = 0;
+  // Each next: the first in PickBefore's order after the last one taken.
+  for (int k = 0; k < std::min(pick.top_logprobs, kMaxPickTop); ++k) {
+    int32_t best = -1;
+    for (size_t i = 0; i < row.size(); ++i) {
+      const int32_t id = static_cast<int32_t>(i);
+      if (!(row[i] > -std::numeric_limits<float>::infinity())) continue;
+      if (k > 0 && !PickBefore(row[pick.top_tokens[k - 1]], pick.top_tokens[k - 1], row[i], id)) continue;
+      if (best < 0 || PickBefore(row[i], id, row[best], best)) best = id;
+    }
+    if (best < 0) break;
+    pick.top_tokens[k] = best;
+    pick.top_logprob_values[k] = (row[best] - max) - log_sum;
+    pick.n_top = k + 1;
+  }
+}
+
 int32_t PickToken(std::span<const float> row, const TokenPick& pick) {
   float max = -std::numeric_limits<float>::infinity();
   for (float l : row) max = l > max ? l : max;

@@ -80,6 +80,8 @@ int32_t LargestLogit(std::span<const float> row);
 // kLastPick's token on the host (the CPU backend, and the GPU kernel's
 // reference): token_pick.h's rules, sums in id order.
 int32_t PickToken(std::span<const float> row, const TokenPick& pick);
+// Fills pick's logprob (of pick.token) and top tokens on the host.
+void PickLogprobs(std::span<const float> row, TokenPick& pick);
 
 // The checks every backend makes of a step before running it: tokens in
 // the vocabulary, positions reserved in the page tables, plans made for

@@ -156,9 +156,10 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
     // A token drawn from the row as it is needs the pick alone, not the row:
-    // greedy on any backend, sampling where the backend draws as the host.
-    if (step.logits == LogitsWanted::kLast && seq.sampler->NeedsNoRow() &&
-        (seq.sampler->greedy() || backend->picks_tokens())) {
+    // greedy picks without logprobs on any backend (they are the host
+    // sampler's), every such draw where the backend would send the row over PCIe.
+    if (step.logits == LogitsWanted::kLast && seq.sampler->DrawsFromTheRowAsItIs() &&
+        ((seq.sampler->greedy() && !seq.sampler->logprobs()) || backend->picks_tokens())) {
       step.logits = LogitsWanted::kLastPick;
       seq.pick = seq.sampler->NextPick();
       step.pick = &seq.pick;
@@ -229,6 +230,10 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     SampledToken sampled;
     if (picked) {
       sampled.token = seq.pick.token;
+      sampled.logprob = seq.pick.logprob;
+      for (int32_t k = 0; k < seq.pick.n_top; ++k) {
+        sampled.top.push_back({seq.pick.top_tokens[k], seq.pick.top_logprob_values[k]});
+      }
     } else {
       sampled = seq.sampler->Sample(last);
     }

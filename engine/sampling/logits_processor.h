@@ -57,11 +57,12 @@ class SequenceSampler {
 
   // Processes `logits_row` in place (it is overwritten) and draws a token.
   SampledToken Sample(std::span<float> logits_row);
-  // Sample would draw from the row as the model gave it and return the
-  // token alone (no logprobs, no logit processing): a backend can pick it
+  // Sample would draw from the row as the model gave it (no logit bias,
+  // penalties or min_tokens mask): a backend can pick the token
   // (LogitsWanted::kLastPick) without sending the row back.
-  bool NeedsNoRow() const { return !sampler_.logprobs() && !processor_.ChangesLogits(); }
+  bool DrawsFromTheRowAsItIs() const { return !processor_.ChangesLogits(); }
   bool greedy() const { return sampler_.greedy(); }
+  bool logprobs() const { return sampler_.logprobs(); }
   // The pick to hand the backend instead of calling Sample; at temperature
   // > 0 it takes the stream's next uniform, as Sample would.
   TokenPick NextPick() { return sampler_.NextPick(); }

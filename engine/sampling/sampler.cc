@@ -288,6 +288,8 @@ TokenPick Sampler::NextPick() {
   p.top_k = top_k_;
   p.top_p = top_p_;
   p.min_p = min_p_;
+  p.logprobs = logprobs_;
+  p.top_logprobs = top_logprobs_;
   if (!greedy()) p.uniform = Uniform();
   return p;
 }

@@ -17,14 +17,31 @@
 
 namespace attnserve {
 
+inline constexpr int kMaxPickTop = 20;
+
 struct TokenPick {
   float temperature = 0.0f;  // 0: the largest logit
   int32_t top_k = 0;         // 0: no cut
   float top_p = 1.0f;
   float min_p = 0.0f;
   double uniform = 0.0;      // in [0, 1): the sequence's draw for this token
-  int32_t token = 0;         // out
+  // Also the token's log-probability under the row's log-softmax (before
+  // temperature and cuts, as the host Sampler reports it), and the
+  // top_logprobs most likely tokens' (most likely first, lower id on a tie;
+  // -inf logits never among them).
+  bool logprobs = false;
+  int32_t top_logprobs = 0;  // <= kMaxPickTop
+  // Out.
+  int32_t token = 0;
+  float logprob = 0.0f;
+  int32_t n_top = 0;
+  int32_t top_tokens[kMaxPickTop] = {};
+  float top_logprob_values[kMaxPickTop] = {};
 };
+
+// The order of the most likely tokens: the larger logit first, the lower id
+// on a tie.
+ATTN_HD bool PickBefore(float a, int32_t a_id, float b, int32_t b_id) { return a > b || (a == b && a_id < b_id); }
 
 inline constexpr float kPickMinX = -50.0f;
 inline constexpr int kPickBisections = 24;

@@ -111,11 +111,61 @@ __device__ float BlockSum(float v, float* scratch) {
 // Block per row. The largest value first (each thread its first largest,
 // then a tree merge preferring the larger value, then the lower id), then,
 // at temperature > 0, the cuts by bisection and the draw in id order.
-__global__ void PickTokensKernel(const float* logits, int32_t vocab, const TokenPick* picks, int32_t* out) {
+// The row's log-softmax denominator and its top_logprobs most likely
+// tokens (pass k takes the first in PickBefore's order after pass k - 1's),
+// into *r. Every thread calls it.
+__device__ void TopLogprobs(const float* row, int32_t vocab, float max, float* scratch, int32_t* ids, TokenPick* r,
+                            float* log_sum) {
+  float e = 0.0f;
+  for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) e += row[i] > -INFINITY ? expf(row[i] - max) : 0.0f;
+  *log_sum = logf(BlockSum(e, scratch));
+  const int top = min(r->top_logprobs, kMaxPickTop);
+  r->n_top = 0;
+  for (int k = 0; k < top; ++k) {
+    const int32_t prev = k > 0 ? r->top_tokens[k - 1] : -1;
+    const float prev_v = prev >= 0 ? row[prev] : 0.0f;
+    float v = 0.0f;
+    int32_t id = -1;
+    for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      if (!(row[i] > -INFINITY) || (prev >= 0 && !PickBefore(prev_v, prev, row[i], i))) continue;
+      if (id < 0 || PickBefore(row[i], i, v, id)) {
+        v = row[i];
+        id = i;
+      }
+    }
+    scratch[threadIdx.x] = v;
+    ids[threadIdx.x] = id;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+      if (threadIdx.x < stride) {
+        const int32_t oi = ids[threadIdx.x + stride], mi = ids[threadIdx.x];
+        if (oi >= 0 && (mi < 0 || PickBefore(scratch[threadIdx.x + stride], oi, scratch[threadIdx.x], mi))) {
+          scratch[threadIdx.x] = scratch[threadIdx.x + stride];
+          ids[threadIdx.x] = oi;
+        }
+      }
+      __syncthreads();
+    }
+    const int32_t best = ids[0];
+    __syncthreads();
+    if (best < 0) break;  // block-uniform
+    if (threadIdx.x == 0) {
+      r->top_tokens[k] = best;
+      r->top_logprob_values[k] = (row[best] - max) - *log_sum;
+      r->n_top = k + 1;
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void PickTokensKernel(const float* logits, int32_t vocab, const TokenPick* picks, TokenPick* results) {
   __shared__ float scratch[kPickThreads];
   __shared__ int32_t ids[kPickThreads];
+  __shared__ TokenPick r;
+  __shared__ float log_sum;
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   const TokenPick p = picks[blockIdx.x];
+  if (threadIdx.x == 0) r = p;
   float v = -INFINITY;
   int32_t id = -1;
   for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -141,8 +191,15 @@ __global__ void PickTokensKernel(const float* logits, int32_t vocab, const Token
   const float max = scratch[0];
   const int32_t largest = ids[0] < 0 ? 0 : ids[0];
   __syncthreads();
+  if (p.logprobs) TopLogprobs(row, vocab, max, scratch, ids, &r, &log_sum);
+  // Thread 0 writes the result once the token is known.
+  auto finish = [&](int32_t token) {
+    r.token = token;
+    if (p.logprobs) r.logprob = (row[token] - max) - log_sum;
+    results[blockIdx.x] = r;
+  };
   if (p.temperature <= 0.0f || !isfinite(max)) {
-    if (threadIdx.x == 0) out[blockIdx.x] = largest;
+    if (threadIdx.x == 0) finish(largest);
     return;
   }
   const float inv_t = 1.0f / p.temperature;
@@ -214,7 +271,7 @@ __global__ void PickTokensKernel(const float* logits, int32_t vocab, const Token
       if (ScaledLogit(row[i], max, inv_t) >= cut) last = i;
     }
   }
-  out[blockIdx.x] = last >= 0 ? last : largest;
+  finish(last >= 0 ? last : largest);
 }
 
 absl::Status Launched(const char* name) { return CudaErrorToStatus(cudaGetLastError(), name); }
@@ -265,14 +322,14 @@ absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float s
   return Launched("FillRandomBf16Kernel");
 }
 
-absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks, int32_t* out,
-                            void* stream) {
+absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks,
+                            TokenPick* results, void* stream) {
   if (rows < 0 || rows > 2147483647 || vocab < 1) {
     return absl::InvalidArgumentError(absl::StrCat("PickTokensCuda: rows=", rows, " vocab=", vocab));
   }
   if (rows == 0) return absl::OkStatus();
   PickTokensKernel<<<static_cast<unsigned>(rows), kPickThreads, 0, static_cast<cudaStream_t>(stream)>>>(logits, vocab,
-                                                                                                       picks, out);
+                                                                                                       picks, results);
   return Launched("PickTokensKernel");
 }
 

@@ -48,11 +48,12 @@ absl::Status ToBf16Cuda(const float* in, int64_t n, uint16_t* out, void* stream)
 // out[i] = x[rows[i]], `n` rows of `width` floats.
 absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int32_t width, float* out, void* stream);
 
-// out[r] = the token row r's pick draws (kernels/common/token_pick.h;
-// PickToken in engine/backend is the host's): at temperature 0 the id of
-// the largest value, the lowest on a tie, NaN skipped (0 for a row of NaN).
-absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks, int32_t* out,
-                            void* stream);
+// results[r] = picks[r] with the token row r's pick draws
+// (kernels/common/token_pick.h; PickToken in engine/backend is the host's)
+// and, when asked, its log-probabilities: at temperature 0 the id of the
+// largest value, the lowest on a tie, NaN skipped (0 for a row of NaN).
+absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks,
+                            TokenPick* results, void* stream);
 
 // out[i] = bf16 of a uniform value in [-scale, scale] hashed from (seed, i):
 // weights of the right shapes for benchmarks (--load-format dummy).

@@ -201,16 +201,18 @@ TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
     want.push_back(LargestLogit(row));
   }
   DeviceBuffer x = Upload(flat), picks = Upload(std::vector<TokenPick>(rows.size()));
-  DeviceBuffer out = DeviceBuffer::Allocate(rows.size() * sizeof(int32_t)).value();
+  DeviceBuffer out = DeviceBuffer::Allocate(rows.size() * sizeof(TokenPick)).value();
   ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(rows.size()), width, picks.as<TokenPick>(),
-                             out.as<int32_t>(), nullptr)
+                             out.as<TokenPick>(), nullptr)
                   .ok());
-  EXPECT_EQ(Download<int32_t>(out, rows.size()), want);
+  const std::vector<TokenPick> got = Download<TokenPick>(out, rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) EXPECT_EQ(got[r].token, want[r]) << "row " << r;
 }
 
 // Sampled picks against the host's PickToken: the same token, but where
 // the two sums' rounding moves the draw across a boundary (the host's pick
-// at uniform +- 1e-5 then).
+// at uniform +- 1e-5 then); and their log-probabilities against
+// PickLogprobs.
 TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
   const int32_t vocab = 49152;
   std::mt19937 rng(8);
@@ -225,22 +227,34 @@ TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
     p.top_p = r % 4 == 0 ? 1.0f : 0.5f + 0.1f * (r % 5);
     p.min_p = r % 5 == 0 ? 0.05f : 0.0f;
     p.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    p.logprobs = r % 2 == 0;
+    p.top_logprobs = p.logprobs ? r % kMaxPickTop : 0;
     picks.push_back(p);
   }
   DeviceBuffer x = Upload(flat), d_picks = Upload(picks);
-  DeviceBuffer out = DeviceBuffer::Allocate(picks.size() * sizeof(int32_t)).value();
+  DeviceBuffer out = DeviceBuffer::Allocate(picks.size() * sizeof(TokenPick)).value();
   ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(picks.size()), vocab, d_picks.as<TokenPick>(),
-                             out.as<int32_t>(), nullptr)
+                             out.as<TokenPick>(), nullptr)
                   .ok());
-  const std::vector<int32_t> got = Download<int32_t>(out, picks.size());
+  const std::vector<TokenPick> got = Download<TokenPick>(out, picks.size());
   for (size_t r = 0; r < picks.size(); ++r) {
     const std::span<const float> row(&flat[r * vocab], vocab);
     TokenPick lo = picks[r], hi = picks[r];
     lo.uniform = std::max(0.0, lo.uniform - 1e-5);
     hi.uniform = std::min(0.999999, hi.uniform + 1e-5);
     const int32_t want = PickToken(row, picks[r]);
-    EXPECT_TRUE(got[r] == want || got[r] == PickToken(row, lo) || got[r] == PickToken(row, hi))
-        << "row " << r << ": " << got[r] << " vs " << want;
+    EXPECT_TRUE(got[r].token == want || got[r].token == PickToken(row, lo) || got[r].token == PickToken(row, hi))
+        << "row " << r << ": " << got[r].token << " vs " << want;
+    if (!picks[r].logprobs) continue;
+    TokenPick host = picks[r];
+    host.token = got[r].token;
+    PickLogprobs(row, host);
+    EXPECT_NEAR(got[r].logprob, host.logprob, 1e-4f) << "row " << r;
+    ASSERT_EQ(got[r].n_top, host.n_top) << "row " << r;
+    for (int k = 0; k < host.n_top; ++k) {
+      EXPECT_EQ(got[r].top_tokens[k], host.top_tokens[k]) << "row " << r << " top " << k;
+      EXPECT_NEAR(got[r].top_logprob_values[k], host.top_logprob_values[k], 1e-4f) << "row " << r << " top " << k;
+    }
   }
 }
 

@@ -91,31 +91,29 @@ TEST(LogitsProcessorTest, MinTokensMasksEogAndStopTokensUntilReached) {
   EXPECT_THAT(Applied(q, row), ElementsAre(1.0f, 1.0f, 1.0f, -kInf, 1.0f, 1.0f));
 }
 
-// The engine hands the backend the pick exactly when Sample would draw
-// from the row as it is and return the token alone.
-TEST(SequenceSamplerTest, NeedsNoRowOnlyWhenNothingShapesTheRowOrAsksForLogprobs) {
+// The engine hands the backend the pick only when Sample would draw from
+// the row as the model gave it.
+TEST(SequenceSamplerTest, DrawsFromTheRowAsItIsOnlyWithoutLogitProcessing) {
   const std::vector<int32_t> eog = {3};
-  EXPECT_TRUE(SequenceSampler(SamplingOptions{}, {}, eog).NeedsNoRow());
+  EXPECT_TRUE(SequenceSampler(SamplingOptions{}, {}, eog).DrawsFromTheRowAsItIs());
   SamplingOptions o;
   o.temperature = 0.7f;
-  EXPECT_TRUE(SequenceSampler(o, {}, eog).NeedsNoRow());
-  o = {};
   o.logprobs = true;
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
+  EXPECT_TRUE(SequenceSampler(o, {}, eog).DrawsFromTheRowAsItIs());
   o = {};
   o.logit_bias = {{2, 1.0f}};
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).DrawsFromTheRowAsItIs());
   o = {};
   o.repetition_penalty = 1.1f;
-  EXPECT_FALSE(SequenceSampler(o, {}, eog).NeedsNoRow());
+  EXPECT_FALSE(SequenceSampler(o, {}, eog).DrawsFromTheRowAsItIs());
   o = {};
   o.min_tokens = 1;
   SequenceSampler s(o, {}, eog);
-  EXPECT_FALSE(s.NeedsNoRow());  // EOG masked until one token is out
+  EXPECT_FALSE(s.DrawsFromTheRowAsItIs());  // EOG masked until one token is out
   s.Accept(0);
-  EXPECT_TRUE(s.NeedsNoRow());
+  EXPECT_TRUE(s.DrawsFromTheRowAsItIs());
   o.ignore_eos = true;  // nothing to mask
-  EXPECT_TRUE(SequenceSampler(o, {}, eog).NeedsNoRow());
+  EXPECT_TRUE(SequenceSampler(o, {}, eog).DrawsFromTheRowAsItIs());
 }
 
 // A pick carries the sampler's settings and takes the stream's uniform as
@@ -126,6 +124,8 @@ TEST(SequenceSamplerTest, NextPickDrawsTheStreamsUniformAtTemperature) {
   o.top_k = 7;
   o.top_p = 0.8f;
   o.min_p = 0.05f;
+  o.logprobs = true;
+  o.top_logprobs = 3;
   o.seed = 11;
   SequenceSampler a(o, {}, {}), b(o, {}, {});
   const TokenPick first = a.NextPick();
@@ -133,6 +133,8 @@ TEST(SequenceSamplerTest, NextPickDrawsTheStreamsUniformAtTemperature) {
   EXPECT_EQ(first.top_k, 7);
   EXPECT_EQ(first.top_p, 0.8f);
   EXPECT_EQ(first.min_p, 0.05f);
+  EXPECT_TRUE(first.logprobs);
+  EXPECT_EQ(first.top_logprobs, 3);
   EXPECT_GE(first.uniform, 0.0);
   EXPECT_LT(first.uniform, 1.0);
   EXPECT_EQ(b.NextPick().uniform, first.uniform);

@@ -128,6 +128,34 @@ TEST(SamplerTest, PickTokenDrawsWithinTheSamplersCuts) {
   EXPECT_EQ(PickToken(row, p), 1);
 }
 
+// PickLogprobs (the backends' log-probabilities of a pick) reports what the
+// Sampler reports for the same row and token: its logprob and top tokens.
+TEST(SamplerTest, PickLogprobsAreTheSamplers) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int r = 0; r < 20; ++r) {
+    std::vector<float> row(1000 + 37 * r);
+    for (float& x : row) x = normal(rng);
+    row[5] = row[6];  // a tie
+    row[9] = -std::numeric_limits<float>::infinity();
+    SamplingOptions o;
+    o.logprobs = true;
+    o.top_logprobs = r % 21;
+    const SampledToken want = Sampler(o).Sample(row);
+    TokenPick pick;
+    pick.logprobs = true;
+    pick.top_logprobs = o.top_logprobs;
+    pick.token = want.token;
+    PickLogprobs(row, pick);
+    EXPECT_NEAR(pick.logprob, want.logprob, 1e-5f);
+    ASSERT_EQ(pick.n_top, static_cast<int32_t>(want.top.size()));
+    for (int k = 0; k < pick.n_top; ++k) {
+      EXPECT_EQ(pick.top_tokens[k], want.top[k].token);
+      EXPECT_NEAR(pick.top_logprob_values[k], want.top[k].logprob, 1e-5f);
+    }
+  }
+}
+
 TEST(SamplerTest, SameSeedSameTokensOtherSeedOtherTokens) {
   std::vector<float> logits(100);
   for (int i = 0; i < 100; ++i) logits[i] = std::sin(i * 0.37f);

@@ -137,7 +137,9 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   for (const SequenceStep& st : steps) {
     const size_t count = static_cast<size_t>(RowsOfLogits(st));
     if (st.logits == LogitsWanted::kLastPick) {
-      st.pick->token = PickToken(std::span<const float>(&logits[at * vocab], vocab), *st.pick);
+      const std::span<const float> row(&logits[at * vocab], vocab);
+      st.pick->token = PickToken(row, *st.pick);
+      if (st.pick->logprobs) PickLogprobs(row, *st.pick);
     } else if (kept != at) {
       std::copy_n(&logits[at * vocab], count * vocab, &logits[kept * vocab]);
     }

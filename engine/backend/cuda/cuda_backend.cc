@@ -62,7 +62,7 @@ struct CudaBackend::State {
   int64_t rows = 0;
   DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
   DeviceBuffer decode_ws, quest_q, quest_ws, step_meta, final_x, step_logits, picked;
-  std::vector<int32_t> picked_host;
+  std::vector<TokenPick> picked_host;
   StagingArena arena;
   // ACT's prompt pass: column sums, and the entries re-staged with the sets.
   DeviceBuffer act_mass, act_meta;
@@ -453,7 +453,7 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
   picked_host.resize(m.n_pick_rows);
   if (m.n_logit_rows > 0) {
     ATTN_RETURN_IF_ERROR(Reserve(step_logits, static_cast<size_t>(m.n_logit_rows) * c.vocab_size * sizeof(float)));
-    ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(int32_t)));
+    ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(TokenPick)));
     ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
     ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), weights.output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
                                          c.rms_eps, stream));
@@ -463,13 +463,13 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
                                               cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(logits)"));
     ATTN_RETURN_IF_ERROR(PickTokensCuda(step_logits.as<float>() + returned * c.vocab_size, m.n_pick_rows, c.vocab_size,
-                                        m.picks, picked.as<int32_t>(), stream));
-    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(picked_host.data(), picked.data(), picked_host.size() * sizeof(int32_t),
+                                        m.picks, picked.as<TokenPick>(), stream));
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(picked_host.data(), picked.data(), picked_host.size() * sizeof(TokenPick),
                                               cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(picked tokens)"));
   }
   ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
-  for (int64_t i = 0; i < m.n_pick_rows; ++i) steps[m.pick_steps[i]].pick->token = picked_host[i];
+  for (int64_t i = 0; i < m.n_pick_rows; ++i) *steps[m.pick_steps[i]].pick = picked_host[i];
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }
