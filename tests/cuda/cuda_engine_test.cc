@@ -1,15 +1,17 @@
-// The CUDA backend against the CPU backend on the default model, through
-// the engine: per-token log-probabilities of a text (bf16 weights and
+// The CUDA backend against the CPU backend on the default model (or, where
+// it is missing, the synthetic one), through the engine: per-token log-probabilities of a text (bf16 weights and
 // activations against the CPU's quantized ones), and greedy output of every
 // policy alone and all of them in one batch (ACT's prompt pass among other
 // sequences' steps), equal up to a near-tie. Skips
 // without a GPU (fails under ATTNSERVE_REQUIRE_GPU).
 #include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/unit/engine_policy_fixture.h"
+#include "tests/unit/synthetic_model.h"
 
 namespace attnserve {
 namespace {
@@ -48,7 +50,8 @@ std::vector<PolicyCase> Policies(const ModelConfig& config) {
   cases.push_back({"temperature", s});
   s = {};
   DuoSpec duo;
-  duo.retrieval_heads = {{0, 0}, {3, 4}, {10, 8}, {20, 1}};
+  const uint32_t layers = config.n_layers, heads = config.n_heads;
+  duo.retrieval_heads = {{0, 0}, {layers / 2, heads - 1}, {layers - 1, 1 % heads}};
   duo.sink_tokens = 4;
   duo.recent_tokens = 16;
   s.mode = duo;
@@ -67,6 +70,17 @@ std::vector<PolicyCase> Policies(const ModelConfig& config) {
 
 class CudaEngineTest : public EnginePolicyTest {
  protected:
+  // Without the default model (a GPU machine has no network to fetch it, nor
+  // room to carry it): the synthetic one.
+  static void SetUpTestSuite() {
+    EnginePolicyTest::SetUpTestSuite();
+    if (model_ != nullptr) return;
+    const std::string path = (std::filesystem::temp_directory_path() / "attnserve_cuda_engine_test.gguf").string();
+    if (!WriteSyntheticLlama(path)) return;
+    absl::StatusOr<std::unique_ptr<Model>> synthetic = LoadModel(path);
+    if (synthetic.ok()) model_ = *std::move(synthetic);
+  }
+
   void SetUp() override {
     ATTNSERVE_SKIP_WITHOUT_GPU();
     EnginePolicyTest::SetUp();
