@@ -111,6 +111,28 @@ __device__ float BlockSum(float v, float* scratch) {
 // Block per row. The largest value first (each thread its first largest,
 // then a tree merge preferring the larger value, then the lower id), then,
 // at temperature > 0, the cuts by bisection and the draw in id order.
+// The block's first (value, id) in PickBefore's order, -1 for none: each
+// thread brings its own; *value (if given) gets the winner's value.
+__device__ int32_t BlockFirst(float v, int32_t id, float* scratch, int32_t* ids, float* value) {
+  scratch[threadIdx.x] = v;
+  ids[threadIdx.x] = id;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const int32_t oi = ids[threadIdx.x + stride], mi = ids[threadIdx.x];
+      if (oi >= 0 && (mi < 0 || PickBefore(scratch[threadIdx.x + stride], oi, scratch[threadIdx.x], mi))) {
+        scratch[threadIdx.x] = scratch[threadIdx.x + stride];
+        ids[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  const int32_t best = ids[0];
+  if (value != nullptr) *value = scratch[0];
+  __syncthreads();  // scratch is free again
+  return best;
+}
+
 // The row's log-softmax denominator and its top_logprobs most likely
 // tokens (pass k takes the first in PickBefore's order after pass k - 1's),
 // into *r. Every thread calls it.
@@ -133,21 +155,7 @@ __device__ void TopLogprobs(const float* row, int32_t vocab, float max, float* s
         id = i;
       }
     }
-    scratch[threadIdx.x] = v;
-    ids[threadIdx.x] = id;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-      if (threadIdx.x < stride) {
-        const int32_t oi = ids[threadIdx.x + stride], mi = ids[threadIdx.x];
-        if (oi >= 0 && (mi < 0 || PickBefore(scratch[threadIdx.x + stride], oi, scratch[threadIdx.x], mi))) {
-          scratch[threadIdx.x] = scratch[threadIdx.x + stride];
-          ids[threadIdx.x] = oi;
-        }
-      }
-      __syncthreads();
-    }
-    const int32_t best = ids[0];
-    __syncthreads();
+    const int32_t best = BlockFirst(v, id, scratch, ids, nullptr);
     if (best < 0) break;  // block-uniform
     if (threadIdx.x == 0) {
       r->top_tokens[k] = best;
@@ -174,23 +182,9 @@ __global__ void PickTokensKernel(const float* logits, int32_t vocab, const Token
       id = i;
     }
   }
-  scratch[threadIdx.x] = v;
-  ids[threadIdx.x] = id;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) {
-      const float ov = scratch[threadIdx.x + stride], mv = scratch[threadIdx.x];
-      const int32_t oi = ids[threadIdx.x + stride], mi = ids[threadIdx.x];
-      if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
-        scratch[threadIdx.x] = ov;
-        ids[threadIdx.x] = oi;
-      }
-    }
-    __syncthreads();
-  }
-  const float max = scratch[0];
-  const int32_t largest = ids[0] < 0 ? 0 : ids[0];
-  __syncthreads();
+  float max;
+  const int32_t first = BlockFirst(v, id, scratch, ids, &max);
+  const int32_t largest = first < 0 ? 0 : first;
   if (p.logprobs) TopLogprobs(row, vocab, max, scratch, ids, &r, &log_sum);
   // Thread 0 writes the result once the token is known.
   auto finish = [&](int32_t token) {
