@@ -49,9 +49,9 @@ class Backend {
   virtual const ModelConfig& config() const = 0;
   virtual std::string name() const = 0;  // "cpu", "cuda"
   virtual std::string device() const = 0;  // the processor's name, e.g. the CPU model or the GPU's
-  // Whether the engine should hand it samplings too (kLastPick at
-  // temperature > 0): where the row would cross PCIe. Greedy picks go to
-  // every backend.
+  // Whether the engine should hand it every token draw (kLastPick with the
+  // sequence's sampling and logit processing): where the row would cross
+  // PCIe. Greedy picks of unprocessed rows go to every backend.
   virtual bool picks_tokens() const { return false; }
   // Runs one step. `logits` receives vocab_size floats per wanted row, in the
   // order of `steps` (kLast: one row, kAll: one per token, kLastPick none).

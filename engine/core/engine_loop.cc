@@ -155,13 +155,17 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     step.first_pos = seq.num_computed;
     const bool reaches_end = seq.num_computed + c.num_tokens == static_cast<int32_t>(seq.tokens.size());
     step.logits = seq.request->score ? LogitsWanted::kAll : (reaches_end ? LogitsWanted::kLast : LogitsWanted::kNone);
-    // A token drawn from the row as it is needs the pick alone, not the row:
-    // greedy picks without logprobs on any backend (they are the host
-    // sampler's), every such draw where the backend would send the row over PCIe.
-    if (step.logits == LogitsWanted::kLast && seq.sampler->DrawsFromTheRowAsItIs() &&
-        ((seq.sampler->greedy() && !seq.sampler->logprobs()) || backend->picks_tokens())) {
+    // The backend picks the token, and the row stays where it is: every
+    // draw where the row would cross PCIe, greedy picks of rows as they are
+    // (the host sampler's own choice) on any backend.
+    if (step.logits == LogitsWanted::kLast &&
+        (backend->picks_tokens() ||
+         (seq.sampler->greedy() && !seq.sampler->logprobs() && seq.sampler->DrawsFromTheRowAsItIs()))) {
       step.logits = LogitsWanted::kLastPick;
       seq.pick = seq.sampler->NextPick();
+      seq.sampler->Edits(seq.pick_edits);
+      seq.pick.edits = seq.pick_edits.data();
+      seq.pick.n_edits = static_cast<int32_t>(seq.pick_edits.size());
       step.pick = &seq.pick;
     }
     step.attention = PlanOf(seq);

@@ -28,6 +28,7 @@ struct Sequence : SchedSeq {
   int32_t num_prompt = 0;
   std::optional<SequenceSampler> sampler;  // absent for scoring
   TokenPick pick;                          // the backend's draw (LogitsWanted::kLastPick)
+  std::vector<LogitEdit> pick_edits;       // its logit processing
   std::unique_ptr<LinearAttentionState> linear;  // the linear mode's folded keys
   std::optional<StopChecker> stop;
   GenerationDelta pending;                  // produced this step, not yet pushed

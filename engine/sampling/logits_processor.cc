@@ -46,6 +46,30 @@ void LogitsProcessor::Apply(std::span<float> logits) const {
   }
 }
 
+void LogitsProcessor::Edits(std::vector<LogitEdit>& edits) const {
+  edits.clear();
+  absl::flat_hash_map<int32_t, size_t> at;
+  const auto edit = [&](int32_t token) -> LogitEdit& {
+    auto [it, inserted] = at.try_emplace(token, edits.size());
+    if (inserted) edits.push_back(LogitEdit{token});
+    return edits[it->second];
+  };
+  for (const auto& [token, bias] : logit_bias_) edit(token).bias += bias;
+  if (penalized_) {
+    for (const auto& [token, count] : counts_) {
+      LogitEdit& e = edit(token);
+      e.repetition = repetition_penalty_;
+      if (count > 0) {
+        e.frequency = frequency_penalty_ * static_cast<float>(count);
+        e.presence = presence_penalty_;
+      }
+    }
+  }
+  if (generated_ < min_tokens_) {
+    for (int32_t t : masked_before_min_tokens_) edit(t).mask = true;
+  }
+}
+
 bool LogitsProcessor::ChangesLogits() const {
   return !logit_bias_.empty() || penalized_ || (generated_ < min_tokens_ && !masked_before_min_tokens_.empty());
 }

@@ -11,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "engine/sampling/sampler.h"
 #include "engine/sampling/sampling_options.h"
+#include "kernels/common/token_pick.h"
 
 namespace attnserve {
 
@@ -30,6 +31,10 @@ class LogitsProcessor {
                   std::span<const int32_t> eog_ids);
 
   void Apply(std::span<float> logits) const;
+  // What Apply would do to the next row, one edit per token it touches
+  // (EditLogit applies one): for a backend that processes the row itself.
+  // Biases of a repeated token are summed before they are added.
+  void Edits(std::vector<LogitEdit>& edits) const;
   // Apply would change the next row (a bias, a penalty, min_tokens' mask).
   bool ChangesLogits() const;
   // A token was appended to the output.
@@ -61,6 +66,7 @@ class SequenceSampler {
   // penalties or min_tokens mask): a backend can pick the token
   // (LogitsWanted::kLastPick) without sending the row back.
   bool DrawsFromTheRowAsItIs() const { return !processor_.ChangesLogits(); }
+  void Edits(std::vector<LogitEdit>& edits) const { processor_.Edits(edits); }
   bool greedy() const { return sampler_.greedy(); }
   bool logprobs() const { return sampler_.logprobs(); }
   // The pick to hand the backend instead of calling Sample; at temperature

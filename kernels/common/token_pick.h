@@ -1,5 +1,6 @@
 // The backend-side token draw (LogitsWanted::kLastPick), shared by the CPU
-// reference and the GPU kernel: greedy at temperature 0; else the scaled
+// reference and the GPU kernel: the sequence's logit edits first, then
+// greedy at temperature 0; else the scaled
 // logits x = (logit - max) / temperature, weights e^x (0 below -50, as the
 // host sampler), then top_k, top_p and min_p as cuts on x, and the draw at
 // `uniform` of the kept mass walked in token-id order.
@@ -19,6 +20,28 @@ namespace attnserve {
 
 inline constexpr int kMaxPickTop = 20;
 
+// A sequence's logit processing of one token, applied before the pick as
+// LogitsProcessor::Apply does: l = rep(l + bias) - frequency - presence,
+// rep dividing a positive logit by `repetition` and multiplying a negative
+// one; `mask` makes it -inf (min_tokens).
+struct LogitEdit {
+  int32_t token = 0;
+  float bias = 0.0f;
+  float repetition = 1.0f;
+  float frequency = 0.0f;
+  float presence = 0.0f;
+  bool mask = false;
+};
+
+ATTN_HD float EditLogit(float l, const LogitEdit& e) {
+  if (e.mask) return -INFINITY;
+  l += e.bias;
+  if (e.repetition != 1.0f) l = l > 0.0f ? l / e.repetition : l * e.repetition;
+  l -= e.frequency;
+  l -= e.presence;
+  return l;
+}
+
 struct TokenPick {
   float temperature = 0.0f;  // 0: the largest logit
   int32_t top_k = 0;         // 0: no cut
@@ -31,6 +54,9 @@ struct TokenPick {
   // -inf logits never among them).
   bool logprobs = false;
   int32_t top_logprobs = 0;  // <= kMaxPickTop
+  // The logit processing to apply first; one edit per token.
+  const LogitEdit* edits = nullptr;
+  int32_t n_edits = 0;
   // Out.
   int32_t token = 0;
   float logprob = 0.0f;
@@ -38,6 +64,17 @@ struct TokenPick {
   int32_t top_tokens[kMaxPickTop] = {};
   float top_logprob_values[kMaxPickTop] = {};
 };
+
+// A pick's results (token, logprob, top tokens) into `to`, its settings kept.
+inline void CopyPickResults(const TokenPick& from, TokenPick& to) {
+  to.token = from.token;
+  to.logprob = from.logprob;
+  to.n_top = from.n_top;
+  for (int k = 0; k < kMaxPickTop; ++k) {
+    to.top_tokens[k] = from.top_tokens[k];
+    to.top_logprob_values[k] = from.top_logprob_values[k];
+  }
+}
 
 // The order of the most likely tokens: the larger logit first, the lower id
 // on a tie.

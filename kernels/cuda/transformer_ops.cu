@@ -166,14 +166,19 @@ __device__ void TopLogprobs(const float* row, int32_t vocab, float max, float* s
   }
 }
 
-__global__ void PickTokensKernel(const float* logits, int32_t vocab, const TokenPick* picks, TokenPick* results) {
+__global__ void PickTokensKernel(float* logits, int32_t vocab, const TokenPick* picks, TokenPick* results) {
   __shared__ float scratch[kPickThreads];
   __shared__ int32_t ids[kPickThreads];
   __shared__ TokenPick r;
   __shared__ float log_sum;
-  const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   const TokenPick p = picks[blockIdx.x];
   if (threadIdx.x == 0) r = p;
+  for (int32_t e = threadIdx.x; e < p.n_edits; e += blockDim.x) {
+    const LogitEdit& edit = p.edits[e];
+    if (edit.token >= 0 && edit.token < vocab) row[edit.token] = EditLogit(row[edit.token], edit);
+  }
+  __syncthreads();
   float v = -INFINITY;
   int32_t id = -1;
   for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -316,8 +321,8 @@ absl::Status FillRandomBf16Cuda(uint16_t* out, int64_t n, uint64_t seed, float s
   return Launched("FillRandomBf16Kernel");
 }
 
-absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks,
-                            TokenPick* results, void* stream) {
+absl::Status PickTokensCuda(float* logits, int64_t rows, int32_t vocab, const TokenPick* picks, TokenPick* results,
+                            void* stream) {
   if (rows < 0 || rows > 2147483647 || vocab < 1) {
     return absl::InvalidArgumentError(absl::StrCat("PickTokensCuda: rows=", rows, " vocab=", vocab));
   }

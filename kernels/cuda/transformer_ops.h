@@ -52,8 +52,9 @@ absl::Status GatherRowsCuda(const float* x, const int32_t* rows, int64_t n, int3
 // (kernels/common/token_pick.h; PickToken in engine/backend is the host's)
 // and, when asked, its log-probabilities: at temperature 0 the id of the
 // largest value, the lowest on a tie, NaN skipped (0 for a row of NaN).
-absl::Status PickTokensCuda(const float* logits, int64_t rows, int32_t vocab, const TokenPick* picks,
-                            TokenPick* results, void* stream);
+// The picks' logit edits are applied to the rows in place first.
+absl::Status PickTokensCuda(float* logits, int64_t rows, int32_t vocab, const TokenPick* picks, TokenPick* results,
+                            void* stream);
 
 // out[i] = bf16 of a uniform value in [-scale, scale] hashed from (seed, i):
 // weights of the right shapes for benchmarks (--load-format dummy).

@@ -157,7 +157,7 @@ TEST_F(TransformerOpsCudaTest, SwiGluMatchesOpsThenRoundsToBf16) {
 TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
   absl::StatusOr<CublasHandle> handle = CublasHandle::Create(nullptr);
   ASSERT_TRUE(handle.ok()) << handle.status();
-  for (const auto [out, in, rows] : {std::tuple{67, 96, 1}, std::tuple{130, 64, 5}, std::tuple{576, 1536, 33}}) {
+  for (const auto& [out, in, rows] : {std::tuple{67, 96, 1}, std::tuple{130, 64, 5}, std::tuple{576, 1536, 33}}) {
     std::vector<float> w_f = Random(out * in, out), x_f = Random(rows * in, in), y0 = Random(rows * out, rows);
     std::vector<uint16_t> w(w_f.size()), x(x_f.size());
     for (size_t i = 0; i < w.size(); ++i) w_f[i] = Bf16ToFloat(w[i] = FloatToBf16(w_f[i]));
@@ -231,6 +231,13 @@ TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
     p.top_logprobs = p.logprobs ? r % kMaxPickTop : 0;
     picks.push_back(p);
   }
+  // Logit processing on every third row: token 0 masked, a bias, penalties.
+  const std::vector<LogitEdit> edits = {{0, 0.0f, 1.0f, 0.0f, 0.0f, true}, {11, 3.0f}, {12, 0.0f, 1.3f, 0.8f, 0.4f, false}};
+  DeviceBuffer d_edits = Upload(edits);
+  for (size_t r = 0; r < picks.size(); r += 3) {
+    picks[r].edits = d_edits.as<LogitEdit>();
+    picks[r].n_edits = static_cast<int32_t>(edits.size());
+  }
   DeviceBuffer x = Upload(flat), d_picks = Upload(picks);
   DeviceBuffer out = DeviceBuffer::Allocate(picks.size() * sizeof(TokenPick)).value();
   ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(picks.size()), vocab, d_picks.as<TokenPick>(),
@@ -238,7 +245,11 @@ TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
                   .ok());
   const std::vector<TokenPick> got = Download<TokenPick>(out, picks.size());
   for (size_t r = 0; r < picks.size(); ++r) {
-    const std::span<const float> row(&flat[r * vocab], vocab);
+    std::vector<float> edited(&flat[r * vocab], &flat[(r + 1) * vocab]);
+    if (picks[r].n_edits > 0) {
+      for (const LogitEdit& e : edits) edited[e.token] = EditLogit(edited[e.token], e);
+    }
+    const std::span<const float> row(edited);
     TokenPick lo = picks[r], hi = picks[r];
     lo.uniform = std::max(0.0, lo.uniform - 1e-5);
     hi.uniform = std::min(0.999999, hi.uniform + 1e-5);

@@ -43,6 +43,13 @@ TEST(CpuBackendTest, PickStepsReturnTheTokenInsteadOfTheRow) {
   sampled.temperature = 0.8f;
   sampled.top_k = 40;
   sampled.uniform = 0.37;
+  sampled.logprobs = true;
+  sampled.top_logprobs = 3;
+  // The greedy pick with its largest logit masked and a bias elsewhere.
+  const int32_t top = ArgMax(rows[1]);
+  const std::vector<LogitEdit> edits = {{top, 0.0f, 1.0f, 0.0f, 0.0f, true}, {7, 0.5f}};
+  greedy.edits = edits.data();
+  greedy.n_edits = 2;
   for (size_t i = 0; i < prompts.size(); ++i) {
     steps[i].pages = &tables[i];
     steps[i].tokens = prompts[i];
@@ -56,8 +63,15 @@ TEST(CpuBackendTest, PickStepsReturnTheTokenInsteadOfTheRow) {
   ASSERT_TRUE(backend->Forward(steps, logits).ok());
   const size_t vocab = c.vocab_size;
   ASSERT_EQ(logits.size(), prompts[0].size() * vocab);
-  EXPECT_EQ(greedy.token, ArgMax(rows[1]));
+  std::vector<float> edited = rows[1];
+  for (const LogitEdit& e : edits) edited[e.token] = EditLogit(edited[e.token], e);
+  EXPECT_EQ(greedy.token, ArgMax(edited));
+  EXPECT_NE(greedy.token, top);
   EXPECT_EQ(sampled.token, PickToken(rows[2], sampled));
+  TokenPick want = sampled;
+  PickLogprobs(rows[2], want);
+  EXPECT_NEAR(sampled.logprob, want.logprob, 1e-4f);
+  EXPECT_EQ(sampled.n_top, 3);
   // The batch rounds as the single sequences do.
   const std::span<const float> first_last(&logits[(prompts[0].size() - 1) * vocab], vocab);
   EXPECT_EQ(ArgMax(first_last), ArgMax(rows[0]));

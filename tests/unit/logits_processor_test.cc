@@ -4,6 +4,8 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <set>
+#include <random>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -114,6 +116,41 @@ TEST(SequenceSamplerTest, DrawsFromTheRowAsItIsOnlyWithoutLogitProcessing) {
   EXPECT_TRUE(s.DrawsFromTheRowAsItIs());
   o.ignore_eos = true;  // nothing to mask
   EXPECT_TRUE(SequenceSampler(o, {}, eog).DrawsFromTheRowAsItIs());
+}
+
+// Edits, applied token by token with EditLogit, do what Apply does.
+TEST(LogitsProcessorTest, EditsDoWhatApplyDoes) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int trial = 0; trial < 50; ++trial) {
+    SamplingOptions o;
+    if (trial % 2) o.logit_bias = {{3, 2.5f}, {17, -1.0f}, {40, 0.25f}};
+    if (trial % 3) o.repetition_penalty = 1.3f;
+    if (trial % 5) o.frequency_penalty = 0.4f;
+    if (trial % 7) o.presence_penalty = 0.6f;
+    o.min_tokens = trial % 4;
+    o.stop_token_ids = {41};
+    const std::vector<int32_t> prompt = {3, 5, 5, 60};
+    const std::vector<int32_t> eog = {62};
+    LogitsProcessor p(o, prompt, eog);
+    for (int32_t t = 0; t < trial % 6; ++t) p.Accept(static_cast<int32_t>(rng() % 64));
+    std::vector<float> row(64);
+    for (float& x : row) x = normal(rng);
+    std::vector<float> want = row;
+    p.Apply(want);
+    std::vector<LogitEdit> edits;
+    p.Edits(edits);
+    std::vector<float> got = row;
+    std::set<int32_t> seen;
+    for (const LogitEdit& e : edits) {
+      EXPECT_TRUE(seen.insert(e.token).second) << "token " << e.token << " edited twice";
+      got[e.token] = EditLogit(got[e.token], e);
+    }
+    EXPECT_EQ(got, want) << "trial " << trial;
+    if (!edits.empty()) {
+      EXPECT_TRUE(p.ChangesLogits()) << "trial " << trial;
+    }
+  }
 }
 
 // A pick carries the sampler's settings and takes the stream's uniform as

@@ -172,6 +172,9 @@ TEST_F(StepMetadataTest, PickedRowsComeAfterTheRowsReturnedWhole) {
   TokenPick pick_a, pick_d;
   pick_d.temperature = 0.5f;
   pick_d.uniform = 0.25;
+  const std::vector<LogitEdit> edits = {{7, 1.5f}, {9, 0.0f, 1.2f, 0.5f, 0.25f, false}};
+  pick_d.edits = edits.data();
+  pick_d.n_edits = 2;
   std::vector<SequenceStep> steps = {{&a, one, 4, LogitsWanted::kLastPick},
                                      {&b, three, 0, LogitsWanted::kAll},
                                      {&d, other, 7, LogitsWanted::kLastPick}};
@@ -186,6 +189,12 @@ TEST_F(StepMetadataTest, PickedRowsComeAfterTheRowsReturnedWhole) {
   EXPECT_EQ(m.picks[0].temperature, 0.0f);
   EXPECT_EQ(m.picks[1].temperature, 0.5f);
   EXPECT_EQ(m.picks[1].uniform, 0.25);
+  // The edits are staged beside the picks: device addresses, same values.
+  ASSERT_EQ(m.picks[1].n_edits, 2);
+  EXPECT_NE(m.picks[1].edits, edits.data());
+  EXPECT_EQ(m.picks[1].edits[1].token, 9);
+  EXPECT_EQ(m.picks[1].edits[1].presence, 0.25f);
+  EXPECT_EQ(m.picks[0].edits, nullptr);
 }
 
 TEST_F(StepMetadataTest, StreamingCachePositionsGiveSlotsToEveryRow) {

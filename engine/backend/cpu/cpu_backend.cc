@@ -137,7 +137,11 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   for (const SequenceStep& st : steps) {
     const size_t count = static_cast<size_t>(RowsOfLogits(st));
     if (st.logits == LogitsWanted::kLastPick) {
-      const std::span<const float> row(&logits[at * vocab], vocab);
+      const std::span<float> row(&logits[at * vocab], vocab);
+      for (int32_t e = 0; e < st.pick->n_edits; ++e) {
+        const LogitEdit& edit = st.pick->edits[e];
+        if (edit.token >= 0 && edit.token < c.vocab_size) row[edit.token] = EditLogit(row[edit.token], edit);
+      }
       st.pick->token = PickToken(row, *st.pick);
       if (st.pick->logprobs) PickLogprobs(row, *st.pick);
     } else if (kept != at) {

@@ -469,7 +469,7 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
                               "cudaMemcpyAsync(picked tokens)"));
   }
   ATTN_RETURN_IF_ERROR(CudaStreamSync(stream));
-  for (int64_t i = 0; i < m.n_pick_rows; ++i) *steps[m.pick_steps[i]].pick = picked_host[i];
+  for (int64_t i = 0; i < m.n_pick_rows; ++i) CopyPickResults(picked_host[i], *steps[m.pick_steps[i]].pick);
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }

@@ -106,7 +106,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       if (st.logits == LogitsWanted::kLastPick && j == n - 1) {
         pick_rows.push_back(first_row[i] + j);
         m.pick_steps.push_back(i);
-        picks.push_back(*st.pick);
+        TokenPick staged = *st.pick;
+        staged.edits = staged.n_edits > 0 ? arena.Append(Span(st.pick->edits, st.pick->n_edits)) : nullptr;
+        picks.push_back(staged);
       }
     }
     any_slots |= cache_slots;
