@@ -83,7 +83,8 @@ struct CudaBackend::State {
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m);
-  absl::Status PrefillRows(const LayerMetadata& lm, const StepMetadata& m);
+  absl::Status PrefillRows(const DecodeSequence* entries, const PrefillTile* tiles, int32_t n_tiles,
+                           const StepMetadata& m);
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
   absl::Status RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
@@ -215,12 +216,13 @@ absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::State::PrefillRows(const LayerMetadata& lm, const StepMetadata& m) {
+absl::Status CudaBackend::State::PrefillRows(const DecodeSequence* entries, const PrefillTile* tiles, int32_t n_tiles,
+                                             const StepMetadata& m) {
   const ModelConfig& c = model.config;
   PrefillAttentionArgs a;
-  a.entries = lm.entries;
-  a.tiles = lm.tiles;
-  a.n_tiles = lm.n_tiles;
+  a.entries = entries;
+  a.tiles = tiles;
+  a.n_tiles = n_tiles;
   a.q = q.as<float>();
   a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
   a.out = attn.as<float>();
@@ -270,31 +272,26 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
   const int32_t n = static_cast<int32_t>(st.tokens.size());
   const int32_t per_tile = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
   const DecodeSequence* staged = arena.HostView(m.layers[l].entries + first_row);
-  PrefillAttentionArgs a;
+  const DecodeSequence* entries = nullptr;
+  const PrefillTile* tiles = nullptr;
+  int32_t n_tiles = 0;
   for (int attempt = 0; attempt < 2; ++attempt) {
     act_arena.Reset(act_meta.data());
     const SequenceAttentionParams params = StageParams(st.act_sets->layer(l), c.n_heads, act_arena);
     std::vector<DecodeSequence> rows(staged, staged + n);
     for (DecodeSequence& d : rows) d.params = params;
-    std::vector<PrefillTile> tiles;
-    for (int32_t i = 0; i < n; i += per_tile) tiles.push_back({i, std::min(per_tile, n - i)});
-    a.entries = act_arena.Append(rows);
-    a.tiles = act_arena.Append(tiles);
-    a.n_tiles = static_cast<int32_t>(tiles.size());
+    std::vector<PrefillTile> tile_list;
+    for (int32_t i = 0; i < n; i += per_tile) tile_list.push_back({i, std::min(per_tile, n - i)});
+    entries = act_arena.Append(rows);
+    tiles = act_arena.Append(tile_list);
+    n_tiles = static_cast<int32_t>(tile_list.size());
     if (act_arena.size() <= act_meta.size()) break;
     ATTN_RETURN_IF_ERROR(Reserve(act_meta, act_arena.size() + act_arena.size() / 2));
   }
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
                                             stream),
                             "cudaMemcpyAsync(act entries)"));
-  a.q = q.as<float>();
-  a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
-  a.out = attn.as<float>();
-  a.lse = m.wants_lse ? lse.as<float>() : nullptr;
-  a.n_q_heads = c.n_heads;
-  a.n_kv_heads = c.n_kv_heads;
-  a.head_dim = c.head_dim;
-  ATTN_RETURN_IF_ERROR(PrefillAttentionCuda(a, stream));
+  ATTN_RETURN_IF_ERROR(PrefillRows(entries, tiles, n_tiles, m));
   // The staging buffer is reused by the next rerun: wait for this copy.
   return CudaStreamSync(stream);
 }
@@ -315,7 +312,7 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
     ATTN_RETURN_IF_ERROR(QuestSelectCuda(qa, quest_ws.data(), quest_ws.size(), stream));
   }
   ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, lm.n_decode, m));
-  ATTN_RETURN_IF_ERROR(PrefillRows(lm, m));
+  ATTN_RETURN_IF_ERROR(PrefillRows(lm.entries, lm.tiles, lm.n_tiles, m));
   // Steps sharing key sets (a request's completions) run again with the
   // sets their first step found.
   std::vector<const ActKeySets*> found;
