@@ -5,49 +5,25 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/sampling/sampler.h"
 
 namespace attnserve {
 
-int32_t LargestLogit(std::span<const float> row) {
-  int32_t best = -1;
-  float max = -std::numeric_limits<float>::infinity();
-  for (size_t i = 0; i < row.size(); ++i) {
-    if (row[i] > max || (best < 0 && row[i] == max)) {
-      max = row[i];
-      best = static_cast<int32_t>(i);
-    }
-  }
-  return best < 0 ? 0 : best;
-}
-
 void PickLogprobs(std::span<const float> row, TokenPick& pick) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (float l : row) max = l > max ? l : max;
-  double sum = 0.0;
-  for (float l : row) sum += l > -std::numeric_limits<float>::infinity() ? std::exp(static_cast<double>(l - max)) : 0.0;
-  const float log_sum = static_cast<float>(std::log(sum));
-  pick.logprob = (row[pick.token] - max) - log_sum;
-  pick.n_top = 0;
-  // Each next: the first in PickBefore's order after the last one taken.
-  for (int k = 0; k < std::min(pick.top_logprobs, kMaxPickTop); ++k) {
-    int32_t best = -1;
-    for (size_t i = 0; i < row.size(); ++i) {
-      const int32_t id = static_cast<int32_t>(i);
-      if (!(row[i] > -std::numeric_limits<float>::infinity())) continue;
-      if (k > 0 && !PickBefore(row[pick.top_tokens[k - 1]], pick.top_tokens[k - 1], row[i], id)) continue;
-      if (best < 0 || PickBefore(row[i], id, row[best], best)) best = id;
-    }
-    if (best < 0) break;
-    pick.top_tokens[k] = best;
-    pick.top_logprob_values[k] = (row[best] - max) - log_sum;
-    pick.n_top = k + 1;
+  SampledToken sampled;
+  TokenLogprobs(row, pick.token, std::min(pick.top_logprobs, kMaxPickTop), sampled);
+  pick.logprob = sampled.logprob;
+  pick.n_top = static_cast<int32_t>(sampled.top.size());
+  for (int32_t k = 0; k < pick.n_top; ++k) {
+    pick.top_tokens[k] = sampled.top[k].token;
+    pick.top_logprob_values[k] = sampled.top[k].logprob;
   }
 }
 
 int32_t PickToken(std::span<const float> row, const TokenPick& pick) {
   float max = -std::numeric_limits<float>::infinity();
   for (float l : row) max = l > max ? l : max;
-  if (pick.temperature <= 0.0f || !std::isfinite(max)) return LargestLogit(row);
+  if (pick.temperature <= 0.0f || !std::isfinite(max)) return ArgMax(row);
   const float inv_t = 1.0f / pick.temperature;
   const auto x = [&](size_t i) { return ScaledLogit(row[i], max, inv_t); };
   const auto count_from = [&](float cut) {
@@ -89,7 +65,7 @@ int32_t PickToken(std::span<const float> row, const TokenPick& pick) {
     last = static_cast<int32_t>(i);
     if (acc > target) return last;
   }
-  return last >= 0 ? last : LargestLogit(row);
+  return last >= 0 ? last : ArgMax(row);
 }
 
 absl::Status CheckSteps(const ModelConfig& c, int32_t page_size, std::span<const SequenceStep> steps) {

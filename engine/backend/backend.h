@@ -21,7 +21,7 @@ namespace attnserve {
 
 // kLastPick: the backend draws the last row's token itself, as
 // SequenceStep::pick says (kernels/common/token_pick.h; greedy is ArgMax's
-// choice), and returns no row: a GPU sends back 4 bytes, not a vocabulary.
+// choice, engine/sampling), and returns no row: a GPU sends back 4 bytes, not a vocabulary.
 enum class LogitsWanted { kNone, kLast, kAll, kLastPick };
 
 // One sequence's share of an engine step.
@@ -73,14 +73,11 @@ inline int64_t RowsOfLogits(const SequenceStep& st) {
   return 0;
 }
 
-// The id of the largest logit, the lowest on a tie, NaN skipped (0 for a
-// row of NaN): ArgMax's choice (engine/sampling), kLastPick's greedy one.
-int32_t LargestLogit(std::span<const float> row);
-
 // kLastPick's token on the host (the CPU backend, and the GPU kernel's
-// reference): token_pick.h's rules, sums in id order.
+// reference): token_pick.h's rules, sums in id order; greedy is ArgMax.
 int32_t PickToken(std::span<const float> row, const TokenPick& pick);
-// Fills pick's logprob (of pick.token) and top tokens on the host.
+// Fills pick's logprob (of pick.token) and top tokens on the host, as the
+// Sampler reports them (TokenLogprobs).
 void PickLogprobs(std::span<const float> row, TokenPick& pick);
 
 // The checks every backend makes of a step before running it: tokens in

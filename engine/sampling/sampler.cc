@@ -14,7 +14,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // Tokens whose weight is below e^-50 of the top token's are left out of the
 // draw: even the whole vocabulary of them (49152 * e^-50 < 1e-17) holds less
 // mass than the 2^-53 resolution of the uniform draw.
-constexpr float kMinLogWeight = -50.0f;
+constexpr float kMinLogWeight = kPickMinX;  // the device picks drop the same tail
 
 // top_k / top_p find their cut with a histogram of the scaled logits
 // x = (logit - max) / temperature in [-50, 0], buckets 0.05 wide (bucket 0
@@ -50,9 +50,7 @@ struct Scored {
   int32_t token;
 };
 
-bool Before(const Scored& a, const Scored& b) {
-  return a.logit > b.logit || (a.logit == b.logit && a.token < b.token);
-}
+bool Before(const Scored& a, const Scored& b) { return PickBefore(a.logit, a.token, b.logit, b.token); }
 
 inline float Scaled(float logit, float max, float inv_t) { return (logit - max) * inv_t; }
 
@@ -266,19 +264,22 @@ Sampler::Sampler(const SamplingOptions& options)
       top_logprobs_(options.logprobs ? options.top_logprobs : 0),
       rng_(SeedFor(options)) {}
 
+void TokenLogprobs(std::span<const float> logits, int32_t token, int32_t top_n, SampledToken& out) {
+  const float max = MaxOf(logits);
+  const float log_sum = static_cast<float>(std::log(SumExp(logits, max)));
+  out.logprob = (logits[token] - max) - log_sum;
+  out.top.clear();
+  if (top_n <= 0) return;
+  std::vector<Scored>& top = ThreadScratch().top;
+  FindTop(logits, static_cast<size_t>(top_n), top);
+  out.top.reserve(top.size());
+  for (const Scored& s : top) out.top.push_back({s.token, (s.logit - max) - log_sum});
+}
+
 SampledToken Sampler::Sample(std::span<const float> logits) {
   SampledToken out;
   out.token = temperature_ > 0.0f ? Draw(logits) : ArgMax(logits);
-  if (!logprobs_) return out;
-  const float max = MaxOf(logits);
-  const float log_sum = static_cast<float>(std::log(SumExp(logits, max)));
-  out.logprob = (logits[out.token] - max) - log_sum;
-  if (top_logprobs_ > 0) {
-    std::vector<Scored>& top = ThreadScratch().top;
-    FindTop(logits, static_cast<size_t>(top_logprobs_), top);
-    out.top.reserve(top.size());
-    for (const Scored& s : top) out.top.push_back({s.token, (s.logit - max) - log_sum});
-  }
+  if (logprobs_) TokenLogprobs(logits, out.token, top_logprobs_, out);
   return out;
 }
 

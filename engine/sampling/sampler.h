@@ -32,6 +32,10 @@ struct SampledToken {
   std::vector<TopLogprob> top;
 };
 
+// out.logprob and out.top for `token` of this row, as Sample reports them
+// (the row's log-softmax; top_n most likely, lower id first on a tie).
+void TokenLogprobs(std::span<const float> logits, int32_t token, int32_t top_n, SampledToken& out);
+
 // Reproducible: the same seed and the same sequence of logits rows give the
 // same tokens, whatever else runs in the batch (one std::mt19937_64 per
 // sequence, one draw per sampled token, a portable uniform from its bits).

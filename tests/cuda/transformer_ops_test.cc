@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/backend/backend.h"
+#include "engine/sampling/sampler.h"
 #include "kernels/common/half.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
@@ -179,7 +180,7 @@ TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
 }
 
 // Greedy picks: the largest value's id, lowest on ties, NaN skipped, 0 for
-// rows of NaN (LargestLogit's rule), over rows longer than a block.
+// rows of NaN (ArgMax's rule), over rows longer than a block.
 TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
   const float nan = NAN, inf = INFINITY;
   const int32_t width = 1000;
@@ -198,7 +199,7 @@ TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
   std::vector<int32_t> want;
   for (const auto& row : rows) {
     flat.insert(flat.end(), row.begin(), row.end());
-    want.push_back(LargestLogit(row));
+    want.push_back(ArgMax(row));
   }
   DeviceBuffer x = Upload(flat), picks = Upload(std::vector<TokenPick>(rows.size()));
   DeviceBuffer out = DeviceBuffer::Allocate(rows.size() * sizeof(TokenPick)).value();
