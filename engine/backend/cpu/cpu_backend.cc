@@ -25,9 +25,8 @@ namespace {
 // threads and the key pages stay busy.
 constexpr int32_t kQueriesPerTask = 32;
 
-}  // namespace
-
-std::string CpuBackend::device() const {
+// The processor's name, from /proc/cpuinfo; "cpu" where it has none.
+std::string CpuModelName() {
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line;
   while (std::getline(cpuinfo, line)) {
@@ -37,6 +36,8 @@ std::string CpuBackend::device() const {
   }
   return "cpu";
 }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& model, KvCachePool& pool,
                                                                const CpuBackendOptions& options) {
@@ -55,7 +56,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& mode
 }
 
 CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options)
-    : model_(model), pool_(pool), options_(options), threads_(options.num_threads) {
+    : model_(model), pool_(pool), options_(options), threads_(options.num_threads), device_(CpuModelName()) {
   const ModelConfig& c = model.config;
   ReserveRows(options.max_step_tokens);
   rope_.theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));

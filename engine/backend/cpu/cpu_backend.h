@@ -56,7 +56,7 @@ class CpuBackend : public Backend {
 
   const ModelConfig& config() const override { return model_.config; }
   std::string name() const override { return "cpu"; }
-  std::string device() const override;
+  std::string device() const override { return device_; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
 
   // Called after each layer's attention, once per sequence of the step, on
@@ -105,6 +105,7 @@ class CpuBackend : public Backend {
   std::vector<AttentionHeadParams> dense_heads_;
   RopeAngles rope_;
   AttentionObserver observer_;
+  std::string device_;  // read once: GetModelInfo asks on every call
 };
 
 }  // namespace attnserve
