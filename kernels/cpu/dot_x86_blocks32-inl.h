@@ -27,23 +27,25 @@ struct Q4_1Kernel {
   static constexpr int kBias = 0;
   static __m256i Quants(const Block& b) { return Nibbles(b.qs); }
 };
+// Q5_0 and Q5_1: the low nibbles with each quant's fifth bit from qh.
+template <typename Block>
+HWY_INLINE __m256i FiveBitQuants(const Block& b) {
+  return _mm256_or_si256(Nibbles(b.qs), _mm256_and_si256(BitsToBytes(b.qh), _mm256_set1_epi8(16)));
+}
+
 struct Q5_0Kernel {
   using Block = BlockQ5_0;
   using Act = BlockQ8_0;
   static constexpr bool kSigned = true;
   static constexpr int kBias = 16;
-  static __m256i Quants(const Block& b) {
-    return _mm256_or_si256(Nibbles(b.qs), _mm256_and_si256(BitsToBytes(b.qh), _mm256_set1_epi8(16)));
-  }
+  static __m256i Quants(const Block& b) { return FiveBitQuants(b); }
 };
 struct Q5_1Kernel {
   using Block = BlockQ5_1;
   using Act = BlockQ8_1;
   static constexpr bool kSigned = false;
   static constexpr int kBias = 0;
-  static __m256i Quants(const Block& b) {
-    return _mm256_or_si256(Nibbles(b.qs), _mm256_and_si256(BitsToBytes(b.qh), _mm256_set1_epi8(16)));
-  }
+  static __m256i Quants(const Block& b) { return FiveBitQuants(b); }
 };
 struct Q8_0Kernel {
   using Block = BlockQ8_0;
