@@ -1,11 +1,13 @@
 // End-to-end decode steps of the CUDA backend on dummy bf16 weights at the
 // shapes of Llama-3-8B, Llama-3.2-1B and Qwen2.5-7B (DESIGN.md §7): each
 // step is a whole Backend::Forward (metadata staged and copied up, every
-// layer, each sequence's greedy token picked on the device and copied back). Batch 1 is set against its roofline, the
-// weight bytes a step reads over the device's copy bandwidth measured in the
-// same run (target >= 0.85 of it); batches 16-256 report decode throughput,
-// every sequence at 1024 tokens of context. Run by scripts/gpu-check.sh;
-// without a GPU every case reports the skip reason.
+// layer, each sequence's greedy token picked on the device and copied
+// back). Batch 1 is set against its roofline, the weight bytes a step reads
+// over the device's copy bandwidth measured in the same run (target >= 0.85
+// of it); batches 16-256 report decode throughput, every sequence at 1024
+// tokens of context. Each runs with its steps replayed from CUDA graphs and
+// launched kernel by kernel. Run by scripts/gpu-check.sh; without a GPU
+// every case reports the skip reason.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -55,6 +57,7 @@ const ModelConfig& Qwen25_7B() {
 
 void BM_Decode(benchmark::State& state, const ModelConfig* config) {
   const int32_t batch = static_cast<int32_t>(state.range(0));
+  const bool cuda_graphs = state.range(1) != 0;
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
     state.SkipWithError(why.c_str());
@@ -64,6 +67,7 @@ void BM_Decode(benchmark::State& state, const ModelConfig* config) {
   model.config = *config;
   CudaBackendOptions options;
   options.dummy_weights = true;
+  options.cuda_graphs = cuda_graphs;
   options.max_step_tokens = std::max(batch, 512);
   absl::StatusOr<std::unique_ptr<CudaBackend>> backend = CudaBackend::Create(model, options);
   if (!backend.ok()) {
@@ -102,6 +106,7 @@ void BM_Decode(benchmark::State& state, const ModelConfig* config) {
     ++pos;
     return (*backend)->Forward(steps, logits);
   };
+  // Two steps first: one runs the kernels, the next captures the graph.
   for (int warm = 0; warm < 2; ++warm) {
     if (absl::Status s = step(); !s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());
@@ -127,11 +132,14 @@ void BM_Decode(benchmark::State& state, const ModelConfig* config) {
   state.counters["copy_GBps"] = CopyBandwidth();
   state.counters["roofline_ms"] = roofline * 1e3;
   state.counters["ratio_to_roofline"] = roofline / per_step;
+  state.counters["graph_replays"] = static_cast<double>((*backend)->graph_counts().replayed);
 }
 
 void Batches(benchmark::internal::Benchmark* b) {
-  for (int batch : {1, 16, 64, 256}) b->Arg(batch);
-  b->ArgName("batch")->UseManualTime()->Iterations(kSteps)->Unit(benchmark::kMillisecond);
+  for (int graphs : {1, 0}) {
+    for (int batch : {1, 16, 64, 256}) b->Args({batch, graphs});
+  }
+  b->ArgNames({"batch", "graphs"})->UseManualTime()->Iterations(kSteps)->Unit(benchmark::kMillisecond);
 }
 
 BENCHMARK_CAPTURE(BM_Decode, llama3_8b, &Llama3_8B())->Apply(Batches);

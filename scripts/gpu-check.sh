@@ -69,9 +69,10 @@ for tool in memcheck racecheck; do
   [[ $tool == memcheck ]] && extra=(--leak-check full)
   for t in "${CUDA_TESTS[@]}"; do
     # The engine test runs the whole model: under the sanitizer, one text's
-    # forward passes (prefill and decode steps through every kernel) suffice.
+    # forward passes (prefill steps through every kernel) and the decode
+    # steps of the graph test (eager, then captured and replayed) suffice.
     filter='*'
-    [[ $t == cuda_engine_test ]] && filter='*TokenLogprobs*'
+    [[ $t == cuda_engine_test ]] && filter='*TokenLogprobs*:*GraphReplays*'
     run timeout 240 "$SANITIZER" --tool "$tool" "${extra[@]}" --error-exitcode 1 \
       "$BUILD_DIR/tests/$t" --gtest_brief=1 --gtest_filter="$filter" || die "compute-sanitizer ${tool} on ${t}"
   done
@@ -92,6 +93,17 @@ else
     run timeout 300 "$bin" --benchmark_out="bench/results/${b}-${GPU_NAME}.json" \
       --benchmark_out_format=json || die "benchmark ${b}"
   done
+  # torch's SDPA on the decode kernel's shapes: the baseline that
+  # bench/cuda_report.py sets the kernel against, where python3 has torch.
+  if python3 -c 'import torch' 2>/dev/null; then
+    run timeout 300 python3 bench/torch_decode_attention.py \
+      --out "bench/results/torch_decode_attention-${GPU_NAME}.json" || die "torch_decode_attention"
+  else
+    echo "python3 has no torch: torch_decode_attention skipped"
+  fi
+  if [[ -x .venv/bin/python ]]; then
+    run .venv/bin/python bench/cuda_report.py --gpu "$GPU_NAME" || die "cuda_report"
+  fi
 fi
 
 step "gpu-check passed (${SECONDS}s)"

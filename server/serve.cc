@@ -36,6 +36,9 @@ ABSL_FLAG(std::string, backend, "auto",
 ABSL_FLAG(double, gpu_memory_utilization, 0.9,
           "cuda: the share of the GPU's memory for weights, activations and the KV cache, which gets the rest "
           "(--kv-cache-memory is for the CPU).");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "cuda: decode steps replay CUDA graphs, one launch for all their kernels; --nocuda-graphs launches each "
+          "kernel (for profilers and debuggers).");
 ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, default_attention, "",
           "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
@@ -116,6 +119,7 @@ int RunServe() {
   options.num_threads = absl::GetFlag(FLAGS_threads);
   options.backend = absl::GetFlag(FLAGS_backend);
   options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(**model, options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
   LogLine(absl::StrFormat("backend %s on %s, %d KV pages of %d tokens", (*engine)->backend_name(), (*engine)->device(),

@@ -56,6 +56,20 @@ class Backend {
   // Runs one step. `logits` receives vocab_size floats per wanted row, in the
   // order of `steps` (kLast: one row, kAll: one per token, kLastPick none).
   virtual absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) = 0;
+
+  // A linear sequence's state (LinearAttentionState), allocated where the
+  // backend keeps it before the sequence's first step: a shortfall then
+  // fails that request alone (RESOURCE_EXHAUSTED), not a step of many.
+  // Forward allocates what is still missing.
+  virtual absl::Status AllocateLinearState(LinearAttentionState& state) = 0;
+
+  // Steps run from CUDA graphs since the start: replayed from a graph
+  // captured before, and captured (then run). Read on the engine thread.
+  struct GraphCounts {
+    int64_t replayed = 0;
+    int64_t captured = 0;
+  };
+  virtual GraphCounts graph_counts() const { return {}; }
 };
 
 // Rows of logits a step computes: kAll one per token, kLast and kLastPick

@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
 #ifdef ATTNSERVE_WITH_CUDA
     CudaBackendOptions cuda_options;
     cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    cuda_options.cuda_graphs = options.cuda_graphs;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
     ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(shape, options.gpu_memory_utilization));
     impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));

@@ -34,6 +34,8 @@ struct EngineOptions {
   // activations, KV cache); the KV cache gets what is left of it, and
   // kv_cache_bytes does not apply.
   double gpu_memory_utilization = 0.9;
+  // cuda: decode steps replay CUDA graphs (false: each kernel launched).
+  bool cuda_graphs = true;
 };
 
 struct EngineStats {

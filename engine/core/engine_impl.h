@@ -52,6 +52,7 @@ struct Engine::Impl {
   PrefixCache prefix_cache;
   Scheduler scheduler;
   std::unique_ptr<Backend> backend;
+  Backend::GraphCounts graph_counts_counted;  // what metrics have of backend->graph_counts()
   std::vector<int32_t> eog_ids;
 
   // Shared with callers (mu).

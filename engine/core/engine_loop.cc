@@ -129,6 +129,16 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
     r->unfinished = n;
     RequestState* raw = r.get();
     requests.emplace(r->handle, std::move(r));
+    // The linear states are allocated now, so that a shortfall fails this
+    // request alone.
+    absl::Status states = absl::OkStatus();
+    for (auto& seq : raw->seqs) {
+      if (seq->linear && states.ok()) states = backend->AllocateLinearState(*seq->linear);
+    }
+    if (!states.ok()) {
+      FailRequest(*raw, std::move(states));
+      continue;
+    }
     // Siblings start once the first completion's prompt is in the cache.
     StartSequence(*raw->seqs[0]);
   }
@@ -186,7 +196,12 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     for (RequestState* r : failed) FailRequest(*r, absl::InternalError(absl::StrCat("engine step failed: ", s.message())));
     return;
   }
-  if (metrics) CountAttentionPages(schedule);
+  if (metrics) {
+    CountAttentionPages(schedule);
+    const Backend::GraphCounts g = backend->graph_counts();
+    metrics->AddGraphSteps(g.replayed - graph_counts_counted.replayed, g.captured - graph_counts_counted.captured);
+    graph_counts_counted = g;
+  }
   const size_t vocab = model.config.vocab_size;
   size_t row = 0;
   for (size_t i = 0; i < schedule.chunks.size(); ++i) {

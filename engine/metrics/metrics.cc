@@ -88,6 +88,10 @@ struct Metrics::Impl {
       CounterFamily(r, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.").Add({});
   Counter& prefix_hits =
       CounterFamily(r, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache.").Add({});
+  Family<Counter>& graph_steps =
+      CounterFamily(r, "cuda_graph_steps_total", "Engine steps run from CUDA graphs, replayed or captured then run.");
+  Counter& graph_replayed = graph_steps.Add({{"how", "replayed"}});
+  Counter& graph_captured = graph_steps.Add({{"how", "captured"}});
   Family<Counter>& requests = CounterFamily(r, "requests_total", "Requests, by attention policy kind.");
   Counter& pages_read =
       CounterFamily(r, "attention_pages_read_total", "KV pages read by attention (per layer and KV head).").Add({});
@@ -138,6 +142,10 @@ void Metrics::CountError(absl::StatusCode code) {
   impl_->error_by_code[i < kCodes.size() ? i : static_cast<size_t>(absl::StatusCode::kUnknown)]->Increment();
 }
 void Metrics::AddPreemptions(int64_t n) { impl_->preemptions.Increment(static_cast<double>(n)); }
+void Metrics::AddGraphSteps(int64_t replayed, int64_t captured) {
+  impl_->graph_replayed.Increment(static_cast<double>(replayed));
+  impl_->graph_captured.Increment(static_cast<double>(captured));
+}
 void Metrics::AddPrefixCacheTokens(int64_t queried, int64_t hit) {
   impl_->prefix_queries.Increment(static_cast<double>(queried));
   impl_->prefix_hits.Increment(static_cast<double>(hit));

@@ -6,8 +6,10 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/device.h"
 
 namespace attnserve {
 namespace {
@@ -19,6 +21,7 @@ struct Cublas {
   decltype(&cublasCreate_v2) create = nullptr;
   decltype(&cublasDestroy_v2) destroy = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
   // The C symbol (the header overloads the name in C++).
   cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
                             const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
@@ -49,6 +52,7 @@ const Cublas& Library() {
     }
     Resolve(handle, "cublasCreate_v2", &c->create, c->error) && Resolve(handle, "cublasDestroy_v2", &c->destroy, c->error) &&
         Resolve(handle, "cublasSetStream_v2", &c->set_stream, c->error) &&
+        Resolve(handle, "cublasSetWorkspace_v2", &c->set_workspace, c->error) &&
         Resolve(handle, "cublasGemmEx", &c->gemm_ex, c->error) &&
         Resolve(handle, "cublasGetStatusName", &c->status_name, c->error) &&
         Resolve(handle, "cublasGetStatusString", &c->status_string, c->error);
@@ -65,18 +69,34 @@ absl::Status CublasToStatus(cublasStatus_t status, const char* what) {
   return absl::InternalError(msg);
 }
 
+// Hopper's recommended cuBLAS workspace; smaller GPUs use part of it.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
 }  // namespace
 
-CublasHandle::CublasHandle(void* handle)
-    : handle_(handle, [](void* h) { Library().destroy(static_cast<cublasHandle_t>(h)); }) {}
+CublasHandle::CublasHandle(void* handle, std::shared_ptr<DeviceBuffer> workspace)
+    : workspace_(std::move(workspace)),
+      handle_(handle, [](void* h) { Library().destroy(static_cast<cublasHandle_t>(h)); }) {}
 
 absl::StatusOr<CublasHandle> CublasHandle::Create(void* stream) {
   const Cublas& lib = Library();
   if (!lib.error.empty()) return absl::UnavailableError(lib.error);
   cublasHandle_t handle = nullptr;
   if (absl::Status s = CublasToStatus(lib.create(&handle), "cublasCreate"); !s.ok()) return s;
-  CublasHandle owned(handle);
+  absl::StatusOr<DeviceBuffer> workspace = DeviceBuffer::Allocate(kWorkspaceBytes);
+  if (!workspace.ok()) {
+    lib.destroy(handle);
+    return workspace.status();
+  }
+  CublasHandle owned(handle, std::make_shared<DeviceBuffer>(*std::move(workspace)));
   if (absl::Status s = CublasToStatus(lib.set_stream(handle, static_cast<cudaStream_t>(stream)), "cublasSetStream");
+      !s.ok()) {
+    return s;
+  }
+  // A workspace of its own, set after the stream (which resets it): cuBLAS
+  // then allocates nothing while a CUDA graph captures its GEMMs.
+  if (absl::Status s = CublasToStatus(lib.set_workspace(handle, owned.workspace_->data(), owned.workspace_->size()),
+                                      "cublasSetWorkspace");
       !s.ok()) {
     return s;
   }

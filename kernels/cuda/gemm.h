@@ -11,16 +11,20 @@
 
 namespace attnserve {
 
+class DeviceBuffer;
+
 class CublasHandle {
  public:
-  // Bound to `stream` (a cudaStream_t; nullptr = default stream).
+  // Bound to `stream` (a cudaStream_t; nullptr = default stream), with a
+  // workspace of its own.
   static absl::StatusOr<CublasHandle> Create(void* stream);
 
   void* get() const { return handle_.get(); }
 
  private:
-  explicit CublasHandle(void* handle);
-  std::shared_ptr<void> handle_;  // cublasHandle_t
+  CublasHandle(void* handle, std::shared_ptr<DeviceBuffer> workspace);
+  std::shared_ptr<DeviceBuffer> workspace_;  // outlives the handle
+  std::shared_ptr<void> handle_;             // cublasHandle_t
 };
 
 struct GemmBf16Args {

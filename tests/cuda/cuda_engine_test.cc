@@ -2,7 +2,9 @@
 // it is missing, the synthetic one), through the engine: per-token log-probabilities of a text (bf16 weights and
 // activations against the CPU's quantized ones), and greedy output of every
 // policy alone and all of them in one batch (ACT's prompt pass among other
-// sequences' steps), equal up to a near-tie. Skips
+// sequences' steps), equal up to a near-tie; and decode steps replayed from
+// CUDA graphs against the same steps launched kernel by kernel; a linear
+// sequence whose state finds no device memory fails alone. Skips
 // without a GPU (fails under ATTNSERVE_REQUIRE_GPU).
 #include <cmath>
 #include <filesystem>
@@ -86,11 +88,12 @@ class CudaEngineTest : public EnginePolicyTest {
     EnginePolicyTest::SetUp();
   }
 
-  std::unique_ptr<Engine> MakeCudaEngine() {
+  std::unique_ptr<Engine> MakeCudaEngine(bool cuda_graphs = true, Metrics* metrics = nullptr) {
     EngineOptions options;
     options.backend = "cuda";
     options.gpu_memory_utilization = 0.5;
-    std::unique_ptr<Engine> engine = MakeEngine(options);
+    options.cuda_graphs = cuda_graphs;
+    std::unique_ptr<Engine> engine = MakeEngine(options, metrics);
     if (engine != nullptr) {
       EXPECT_EQ(engine->backend_name(), "cuda");
     }
@@ -148,6 +151,93 @@ TEST_F(CudaEngineTest, EveryPolicyAloneAndInOneBatchGreedyAsTheCpu) {
   for (size_t i = 0; i < cases.size(); ++i) {
     ExpectSameOrNearTie(batch[i]->Wait()[0].token_ids, want[i], kNearTie, cases[i].name + " in the mixed batch");
   }
+  EXPECT_EQ(gpu->stats().kv_pages_used, 0);
+}
+
+// Graphs replay the same kernels on the same data: the tokens and
+// log-probabilities are equal bit for bit, while the batch shrinks as
+// requests of different lengths finish and sequences of different policies
+// and samplings share the steps.
+TEST_F(CudaEngineTest, GraphReplaysGiveWhatKernelByKernelStepsGive) {
+  const std::vector<PolicyCase> cases = Policies(model_->config);
+  std::vector<GenerationRequest> requests;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    // The policies without graphs (Quest, linear) finish first, the batch
+    // then decodes from graphs as it shrinks.
+    GenerationRequest r = Greedy(kPrompt, 12 + 6 * static_cast<int32_t>(cases.size() - 1 - i), &cases[i].spec);
+    r.sampling.logprobs = true;
+    if (i % 2 == 1) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.top_p = 0.9f;
+      r.sampling.seed = 7 + i;
+      r.sampling.presence_penalty = 0.5f;
+    }
+    requests.push_back(r);
+  }
+  // One engine at a time: each takes its share of the device's memory.
+  const auto run = [&](bool cuda_graphs, Metrics* metrics) {
+    std::unique_ptr<Engine> engine = MakeCudaEngine(cuda_graphs, metrics);
+    std::vector<GenerationDelta> out;
+    if (engine == nullptr) return out;
+    std::vector<std::unique_ptr<Collector>> runs;
+    for (const GenerationRequest& r : requests) {
+      runs.push_back(std::make_unique<Collector>());
+      EXPECT_TRUE(engine->Submit(r, runs.back()->stream).ok());
+    }
+    for (auto& c : runs) out.push_back(c->Wait()[0]);
+    return out;
+  };
+  Metrics metrics;
+  const std::vector<GenerationDelta> want = run(false, nullptr), got = run(true, &metrics);
+  ASSERT_EQ(want.size(), cases.size());
+  ASSERT_EQ(got.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_EQ(got[i].token_ids, want[i].token_ids) << cases[i].name;
+    ASSERT_EQ(got[i].logprobs.size(), want[i].logprobs.size()) << cases[i].name;
+    for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
+      EXPECT_EQ(got[i].logprobs[t].logprob, want[i].logprobs[t].logprob) << cases[i].name << " token " << t;
+    }
+  }
+  const double replayed = CounterValue(metrics, "attnserve_cuda_graph_steps_total", {{"how", "replayed"}});
+  const double captured = CounterValue(metrics, "attnserve_cuda_graph_steps_total", {{"how", "captured"}});
+  std::printf("graph steps: %.0f replayed, %.0f captured\n", replayed, captured);
+  EXPECT_GT(captured, 0.0);
+  EXPECT_GT(replayed, captured);
+}
+
+TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {
+  std::unique_ptr<Engine> gpu = MakeCudaEngine();
+  ASSERT_NE(gpu, nullptr);
+  // A first request loads the kernels and grows the step's buffers: the
+  // next dense step then needs no new device memory.
+  Collector warm;
+  ASSERT_TRUE(gpu->Submit(Greedy(kPrompt, 4), warm.stream).ok());
+  ASSERT_TRUE(warm.Wait()[0].error.ok());
+  const ModelConfig& c = model_->config;
+  const int64_t state = LinearAttentionState(c.n_layers, c.n_kv_heads, c.head_dim).bytes();
+  // What the engine left of the device, taken in smaller and smaller
+  // pieces until less than a quarter of a state is free.
+  std::vector<DeviceBuffer> taken;
+  for (size_t piece = size_t{1} << 30; piece >= static_cast<size_t>(state / 4);) {
+    absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(piece);
+    if (b.ok()) {
+      taken.push_back(*std::move(b));
+    } else {
+      piece /= 2;
+    }
+  }
+  PolicySpec linear;
+  linear.mode = LinearSpec{16, 4};
+  Collector dense, short_of_memory;
+  ASSERT_TRUE(gpu->Submit(Greedy(kPrompt, 8), dense.stream).ok());
+  ASSERT_TRUE(gpu->Submit(Greedy(kPrompt, 8, &linear), short_of_memory.stream).ok());
+  const GenerationDelta failed = short_of_memory.Wait()[0];
+  EXPECT_EQ(failed.error.code(), absl::StatusCode::kResourceExhausted) << failed.error;
+  EXPECT_NE(failed.error.message().find("attention.linear"), std::string_view::npos) << failed.error;
+  const GenerationDelta done = dense.Wait()[0];
+  EXPECT_TRUE(done.error.ok()) << done.error;
+  EXPECT_EQ(done.token_ids.size(), 8u);
+  taken.clear();
   EXPECT_EQ(gpu->stats().kv_pages_used, 0);
 }
 

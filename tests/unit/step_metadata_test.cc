@@ -1,7 +1,7 @@
 // BuildStepMetadata, the host half of a GPU step, on a host KV pool: the
-// arena's structs, copied to their "device" buffer (here host memory), name
+// arenas' structs, copied to their "device" buffers (here host memory), name
 // each row's query, keys, policy and Quest / linear work as the CPU backend
-// would run them.
+// would run them; decode steps of one batch size launch alike (CUDA graphs).
 #include "engine/backend/cuda/step_metadata.h"
 
 #include <gtest/gtest.h>
@@ -55,20 +55,25 @@ class StepMetadataTest : public ::testing::Test {
     dense_heads_.assign(c_.n_heads, dense);
   }
 
-  // Builds, then copies the staged bytes to the buffer they were laid out for.
+  // Builds, then copies the staged bytes to the buffers they were laid out for.
   StepMetadata Build(std::span<const SequenceStep> steps, std::span<float* const> linear_states) {
-    absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, device_.data(), arena_);
+    staging_.index.Reset(index_.data());
+    staging_.data.Reset(data_.data());
+    absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, staging_);
     EXPECT_TRUE(m.ok()) << m.status();
-    EXPECT_LE(arena_.size(), device_.size());
-    std::memcpy(device_.data(), arena_.data(), arena_.size());
+    EXPECT_LE(staging_.index.size(), index_.size());
+    EXPECT_LE(staging_.data.size(), data_.size());
+    std::memcpy(index_.data(), staging_.index.data(), staging_.index.size());
+    std::memcpy(data_.data(), staging_.data.data(), staging_.data.size());
     return m.ok() ? *std::move(m) : StepMetadata{};
   }
 
   ModelConfig c_;
   KvCachePool pool_;
   std::vector<AttentionHeadParams> dense_heads_;
-  StagingArena arena_;
-  alignas(64) std::array<uint8_t, 1 << 20> device_{};
+  StepStaging staging_;
+  alignas(64) std::array<uint8_t, 1 << 20> index_{};
+  alignas(64) std::array<uint8_t, 1 << 20> data_{};
 };
 
 TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
@@ -236,6 +241,82 @@ TEST_F(StepMetadataTest, ActsPromptStepIsMarkedForItsKeySetPass) {
       EXPECT_EQ(m.layers[l].entries[1].params.heads[h].reweight_keys_size, 0);
     }
   }
+}
+
+TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
+  PolicySpec streaming;
+  streaming.sink = StreamingSpec{4, 8, StreamingPositions::kOriginal};
+  const auto plan = Plan(streaming, c_, 4);
+  const std::vector<int32_t> a = {1}, b = {2}, d = {3};
+  TokenPick greedy, sampled;
+  const std::vector<LogitEdit> edits = {{7, 1.5f}, {9, -1.0f}};
+  sampled.temperature = 0.7f;
+  sampled.edits = edits.data();
+  sampled.n_edits = 2;
+  const auto decode = [&](std::vector<SequenceStep> steps) {
+    for (size_t i = 0; i < steps.size(); ++i) steps[i].pick = i % 2 == 0 ? &greedy : &sampled;
+    return Build(steps, std::vector<float*>(steps.size(), nullptr));
+  };
+  // Three sequences, then other ones (more pages, a policy, edits) a few
+  // hundred tokens on: the same launches, only the staged data differs.
+  const PageTable t1 = Table({0}, 5), t2 = Table({1, 2}, 20), t3 = Table({3, 4, 5}, 40);
+  const StepMetadata first = decode({{&t1, a, 5, LogitsWanted::kLastPick},
+                                     {&t2, b, 20, LogitsWanted::kLastPick},
+                                     {&t3, d, 40, LogitsWanted::kLastPick}});
+  const std::vector<uintptr_t> signature = LaunchSignature(first);
+  EXPECT_TRUE(GraphReplayable(first));
+  EXPECT_EQ(first.decode_max_tokens, 256);
+  const PageTable u1 = Table({6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 150), u2 = Table({0, 1}, 30);
+  const StepMetadata later = decode({{&u1, a, 150, LogitsWanted::kLastPick, plan.get()},
+                                     {&u2, b, 30, LogitsWanted::kLastPick},
+                                     {&t1, d, 5, LogitsWanted::kLastPick}});
+  EXPECT_TRUE(GraphReplayable(later));
+  EXPECT_EQ(LaunchSignature(later), signature);
+  EXPECT_EQ(later.layers[1].decode[0].kv.page_table[9], 15);
+  EXPECT_EQ(later.layers[1].decode[0].params.window_tokens, 8);
+
+  // Another batch size, or a context past the split grid's bound, launches otherwise.
+  const StepMetadata two = decode({{&t1, a, 5, LogitsWanted::kLastPick}, {&t2, b, 20, LogitsWanted::kLastPick}});
+  EXPECT_NE(LaunchSignature(two), signature);
+  const PageTable long_table = Table(std::vector<int32_t>(17, 0), 256);
+  const StepMetadata longer = decode({{&long_table, a, 256, LogitsWanted::kLastPick},
+                                      {&t2, b, 20, LogitsWanted::kLastPick},
+                                      {&t3, d, 40, LogitsWanted::kLastPick}});
+  EXPECT_EQ(longer.decode_max_tokens, 512);
+  EXPECT_NE(LaunchSignature(longer), signature);
+}
+
+TEST_F(StepMetadataTest, OnlyPlainDecodeStepsReplayGraphs) {
+  const PageTable t = Table({0}, 5), empty = Table({1}, 0);
+  const std::vector<int32_t> one = {1}, three = {1, 2, 3};
+  TokenPick pick;
+  const auto replayable = [&](SequenceStep step) {
+    if (step.logits == LogitsWanted::kLastPick) step.pick = &pick;
+    LinearAttentionState* linear = step.linear;
+    std::vector<float> states(1);
+    const std::vector<float*> linear_states = {linear != nullptr ? states.data() : nullptr};
+    return GraphReplayable(Build(std::span<const SequenceStep>(&step, 1), linear_states));
+  };
+  EXPECT_TRUE(replayable({&t, one, 5, LogitsWanted::kLastPick}));
+  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLast}));        // its row comes back whole
+  EXPECT_FALSE(replayable({&empty, three, 0, LogitsWanted::kLastPick}));  // prefill tiles
+  PolicySpec quest;
+  quest.mode = SparseSpec{16, 1};
+  const auto quest_plan = Plan(quest, c_, 3);
+  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLastPick, quest_plan.get()}));
+  PolicySpec linear;
+  linear.mode = LinearSpec{4, 2};
+  const auto linear_plan = Plan(linear, c_, 3);
+  LinearAttentionState linear_state(c_.n_layers, c_.n_kv_heads, c_.head_dim);
+  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLastPick, linear_plan.get(), nullptr, &linear_state}));
+}
+
+TEST(DecodeTokensBoundTest, PowersOfTwoFromOneSplit) {
+  EXPECT_EQ(DecodeTokensBound(1), kDecodeSplitKeys);
+  EXPECT_EQ(DecodeTokensBound(256), 256);
+  EXPECT_EQ(DecodeTokensBound(257), 512);
+  EXPECT_EQ(DecodeTokensBound(5000), 8192);
+  EXPECT_EQ(DecodeTokensBound(131072), 131072);
 }
 
 }  // namespace

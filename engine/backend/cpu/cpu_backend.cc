@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <new>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -85,6 +86,16 @@ void CpuBackend::ReserveRows(int64_t rows) {
   s_.rope_positions.resize(n);
   s_.lse.resize(n * c.n_heads);
   s_.rows = rows;
+}
+
+absl::Status CpuBackend::AllocateLinearState(LinearAttentionState& state) {
+  try {
+    state.AllocateHostStates();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("attention.linear: the sequence's state needs ", state.bytes(), " bytes of memory"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) {

@@ -58,6 +58,7 @@ class CpuBackend : public Backend {
   std::string name() const override { return "cpu"; }
   std::string device() const override { return device_; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
+  absl::Status AllocateLinearState(LinearAttentionState& state) override;
 
   // Called after each layer's attention, once per sequence of the step, on
   // the thread that runs Forward; empty (the default) for none.

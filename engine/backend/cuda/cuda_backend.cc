@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/step_graphs.h"
 #include "engine/backend/cuda/step_metadata.h"
 #include "engine/common/status_macros.h"
 #include "engine/backend/cuda/device_weights.h"
@@ -35,14 +36,6 @@ constexpr size_t kStepReserveBytes = size_t{512} << 20;
 
 absl::Status Cuda(cudaError_t err, std::string_view what) { return CudaErrorToStatus(err, what); }
 
-// Grows `b` to at least `bytes` (contents not kept).
-absl::Status Reserve(DeviceBuffer& b, size_t bytes) {
-  if (b.size() >= bytes) return absl::OkStatus();
-  b = DeviceBuffer();
-  ATTN_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(bytes));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 struct CudaBackend::State {
@@ -61,9 +54,16 @@ struct CudaBackend::State {
   // Activations, [rows][width] each.
   int64_t rows = 0;
   DeviceBuffer x, xn, qkv, q, k, v, sink_q, attn, lse, gate_up, h;
-  DeviceBuffer decode_ws, quest_q, quest_ws, step_meta, final_x, step_logits, picked;
+  DeviceBuffer decode_ws, quest_q, quest_ws, final_x, step_logits, picked;
+  // Bumped whenever Reserve moves a buffer: kernel arguments changed, so
+  // captured graphs are stale.
+  uint64_t buffers_moved = 0;
   std::vector<TokenPick> picked_host;
-  StagingArena arena;
+  // A step's metadata: the arrays kernel arguments point to, the data they
+  // point to (StepStaging).
+  DeviceBuffer step_index, step_data;
+  StepStaging staging;
+  std::optional<StepGraphs> graphs;
   // ACT's prompt pass: column sums, and the entries re-staged with the sets.
   DeviceBuffer act_mass, act_meta;
   std::vector<double> act_mass_host;
@@ -78,7 +78,13 @@ struct CudaBackend::State {
     }
   }
 
+  // Grows `b` to at least `bytes` (contents not kept).
+  absl::Status Reserve(DeviceBuffer& b, size_t bytes);
   absl::Status ReserveRows(int64_t rows);
+  absl::Status AllocateLinearState(LinearAttentionState& state);
+  absl::Status StageStep(std::span<const SequenceStep> steps, std::span<float* const> linear_states,
+                         StepMetadata& m);
+  absl::Status EnqueueStep(const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Step(std::span<const SequenceStep> steps, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
@@ -88,6 +94,14 @@ struct CudaBackend::State {
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
   absl::Status RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
 };
+
+absl::Status CudaBackend::State::Reserve(DeviceBuffer& b, size_t bytes) {
+  if (b.size() >= bytes) return absl::OkStatus();
+  ++buffers_moved;
+  b = DeviceBuffer();
+  ATTN_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(bytes));
+  return absl::OkStatus();
+}
 
 absl::Status CudaBackend::State::ReserveRows(int64_t n) {
   if (n <= rows) return absl::OkStatus();
@@ -145,7 +159,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   s->dense_heads.assign(c.n_heads, dense);
   ATTN_RETURN_IF_ERROR(s->ReserveRows(options.max_step_tokens));
-  ATTN_RETURN_IF_ERROR(Reserve(s->decode_ws, kDecodeWorkspaceBytes));
+  ATTN_RETURN_IF_ERROR(s->Reserve(s->decode_ws, kDecodeWorkspaceBytes));
+  if (options.cuda_graphs) s->graphs.emplace(s->stream);
   // The uploads from pageable memory may still be in flight on the legacy
   // stream, which the backend's non-blocking stream does not wait for.
   ATTN_RETURN_IF_ERROR(Cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"));
@@ -159,6 +174,32 @@ const ModelConfig& CudaBackend::config() const { return s_->model.config; }
 
 int64_t CudaBackend::decode_weight_bytes() const { return s_->weights.DecodeBytes(s_->model.config); }
 std::string CudaBackend::device() const { return s_->device_name; }
+
+absl::Status CudaBackend::AllocateLinearState(LinearAttentionState& state) {
+  ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s_->options.device), "cudaSetDevice"));
+  return s_->AllocateLinearState(state);
+}
+
+absl::Status CudaBackend::State::AllocateLinearState(LinearAttentionState& state) {
+  if (state.device_states != nullptr) return absl::OkStatus();
+  const size_t bytes = static_cast<size_t>(state.bytes());
+  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(bytes);
+  if (!b.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("attention.linear: the sequence's state needs ", bytes,
+                                                     " bytes of device memory beside the KV cache (",
+                                                     b.status().message(),
+                                                     "); a lower --gpu-memory-utilization leaves more"));
+  }
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(b->data(), 0, bytes, stream), "cudaMemsetAsync(linear states)"));
+  auto owner = std::make_shared<DeviceBuffer>(*std::move(b));
+  state.device_states = std::shared_ptr<void>(owner, owner->data());
+  return absl::OkStatus();
+}
+
+Backend::GraphCounts CudaBackend::graph_counts() const {
+  if (!s_->graphs.has_value()) return {};
+  return {s_->graphs->replays(), s_->graphs->captures()};
+}
 
 absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization) {
   if (!(utilization > 0.0 && utilization <= 1.0)) {
@@ -197,13 +238,13 @@ absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64
   const ModelConfig& c = model.config;
   // Entries in launches whose split partials fit the workspace; each entry
   // names its own row of q and out.
-  const size_t per_entry = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens);
+  const size_t per_entry = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.decode_max_tokens);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_entry));
   for (int64_t i = 0; i < n; i += chunk) {
     DecodeAttentionArgs a;
     a.seqs = entries + i;
     a.n_seqs = static_cast<int32_t>(std::min(chunk, n - i));
-    a.max_tokens = m.max_tokens;
+    a.max_tokens = m.decode_max_tokens;
     a.q = q.as<float>();
     a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
     a.n_q_heads = c.n_heads;
@@ -271,7 +312,7 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
   const ModelConfig& c = model.config;
   const int32_t n = static_cast<int32_t>(st.tokens.size());
   const int32_t per_tile = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
-  const DecodeSequence* staged = arena.HostView(m.layers[l].entries + first_row);
+  const DecodeSequence* staged = staging.index.HostView(m.layers[l].entries + first_row);
   const DecodeSequence* entries = nullptr;
   const PrefillTile* tiles = nullptr;
   int32_t n_tiles = 0;
@@ -401,34 +442,21 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
 absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::vector<float>& logits) {
   const ModelConfig& c = model.config;
   // The linear mode's states live on the device with their sequence; a step
-  // from position 0 (and a fresh allocation) starts them afresh.
+  // from position 0 starts them afresh.
   std::vector<float*> linear_states(steps.size(), nullptr);
-  const size_t state_bytes = static_cast<size_t>(c.n_layers) * c.n_kv_heads * LinearStateFloats(c.head_dim) * sizeof(float);
   for (size_t i = 0; i < steps.size(); ++i) {
     LinearAttentionState* st = steps[i].linear;
     if (st == nullptr) continue;
-    const bool fresh = st->device_states == nullptr;
-    if (fresh) {
-      ATTN_ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(state_bytes));
-      auto owner = std::make_shared<DeviceBuffer>(std::move(b));
-      st->device_states = std::shared_ptr<void>(owner, owner->data());
-    }
+    ATTN_RETURN_IF_ERROR(AllocateLinearState(*st));
     linear_states[i] = static_cast<float*>(st->device_states.get());
-    if (fresh || steps[i].first_pos == 0) {
-      ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(linear_states[i], 0, state_bytes, stream), "cudaMemsetAsync(linear states)"));
+    if (steps[i].first_pos == 0) {
+      ATTN_RETURN_IF_ERROR(
+          Cuda(cudaMemsetAsync(linear_states[i], 0, st->bytes(), stream), "cudaMemsetAsync(linear states)"));
     }
   }
 
-  // The metadata is staged at the device buffer's address; a buffer too
-  // small is grown and the metadata staged again at the new one.
-  absl::StatusOr<StepMetadata> built;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    built = BuildStepMetadata(c, *pool, steps, linear_states, dense_heads, step_meta.data(), arena);
-    if (!built.ok()) return built.status();
-    if (arena.size() <= step_meta.size()) break;
-    ATTN_RETURN_IF_ERROR(Reserve(step_meta, arena.size() + arena.size() / 2));
-  }
-  const StepMetadata& m = *built;
+  StepMetadata m;
+  ATTN_RETURN_IF_ERROR(StageStep(steps, linear_states, m));
   ATTN_RETURN_IF_ERROR(ReserveRows(m.rows));
   // Grown here, not between layers: freeing a buffer a queued kernel reads
   // would need a sync.
@@ -438,29 +466,35 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
   }
   ATTN_RETURN_IF_ERROR(Reserve(quest_ws, quest_bytes));
   // Past ~2M tokens (streaming) one row's partials outgrow the workspace.
-  ATTN_RETURN_IF_ERROR(Reserve(decode_ws, DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.max_tokens)));
-  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_meta.data(), arena.data(), arena.size(), cudaMemcpyHostToDevice, stream),
-                            "cudaMemcpyAsync(step metadata)"));
-  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(weights.token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
-  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(Layer(l, m, steps));
+  ATTN_RETURN_IF_ERROR(
+      Reserve(decode_ws, DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.decode_max_tokens)));
+  ATTN_RETURN_IF_ERROR(Reserve(step_logits, static_cast<size_t>(m.n_logit_rows) * c.vocab_size * sizeof(float)));
+  ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(TokenPick)));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_index.data(), staging.index.data(), staging.index.size(),
+                                            cudaMemcpyHostToDevice, stream),
+                            "cudaMemcpyAsync(step index)"));
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_data.data(), staging.data.data(), staging.data.size(),
+                                            cudaMemcpyHostToDevice, stream),
+                            "cudaMemcpyAsync(step data)"));
+  const auto enqueue = [&] { return EnqueueStep(m, steps); };
+  if (graphs.has_value() && GraphReplayable(m)) {
+    std::vector<uintptr_t> signature = LaunchSignature(m);
+    signature.push_back(buffers_moved);
+    ATTN_RETURN_IF_ERROR(graphs->Run(m.n_seqs, std::move(signature), enqueue));
+  } else {
+    ATTN_RETURN_IF_ERROR(enqueue());
+  }
 
-  // Rows returned whole, then rows whose token is picked on the device.
+  // Rows returned whole, then rows whose token was picked on the device.
   const int64_t returned = m.n_logit_rows - m.n_pick_rows;
   logits.resize(static_cast<size_t>(returned) * c.vocab_size);
   picked_host.resize(m.n_pick_rows);
-  if (m.n_logit_rows > 0) {
-    ATTN_RETURN_IF_ERROR(Reserve(step_logits, static_cast<size_t>(m.n_logit_rows) * c.vocab_size * sizeof(float)));
-    ATTN_RETURN_IF_ERROR(Reserve(picked, static_cast<size_t>(m.n_pick_rows) * sizeof(TokenPick)));
-    ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
-    ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), weights.output_norm, xn.as<uint16_t>(), m.n_logit_rows, c.hidden,
-                                         c.rms_eps, stream));
-    ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {weights.output, c.vocab_size, c.hidden, xn.as<uint16_t>(), m.n_logit_rows,
-                                              step_logits.as<float>(), false}));
+  if (!logits.empty()) {
     ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits.data(), step_logits.data(), logits.size() * sizeof(float),
                                               cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(logits)"));
-    ATTN_RETURN_IF_ERROR(PickTokensCuda(step_logits.as<float>() + returned * c.vocab_size, m.n_pick_rows, c.vocab_size,
-                                        m.picks, picked.as<TokenPick>(), stream));
+  }
+  if (!picked_host.empty()) {
     ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(picked_host.data(), picked.data(), picked_host.size() * sizeof(TokenPick),
                                               cudaMemcpyDeviceToHost, stream),
                               "cudaMemcpyAsync(picked tokens)"));
@@ -471,6 +505,40 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }
   return absl::OkStatus();
+}
+
+// The metadata is staged at the device buffers' addresses; a buffer too
+// small is grown and the step staged again at the new one.
+absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, std::span<float* const> linear_states,
+                                           StepMetadata& m) {
+  for (int attempt = 0;; ++attempt) {
+    staging.index.Reset(step_index.data());
+    staging.data.Reset(step_data.data());
+    ATTN_ASSIGN_OR_RETURN(m, BuildStepMetadata(model.config, *pool, steps, linear_states, dense_heads, staging));
+    const bool fits = staging.index.size() <= step_index.size() && staging.data.size() <= step_data.size();
+    if (fits) return absl::OkStatus();
+    if (attempt > 0) return absl::InternalError("step metadata: its size changed when staged again");
+    ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size() + staging.index.size() / 2));
+    ATTN_RETURN_IF_ERROR(Reserve(step_data, staging.data.size() + staging.data.size() / 2));
+  }
+}
+
+// Every kernel of the step, and nothing else (no copy, no allocation): a
+// decode step is captured from here into a CUDA graph. The picks are left
+// in `picked`, the returned rows first in `step_logits`.
+absl::Status CudaBackend::State::EnqueueStep(const StepMetadata& m, std::span<const SequenceStep> steps) {
+  const ModelConfig& c = model.config;
+  ATTN_RETURN_IF_ERROR(EmbedRowsCuda(weights.token_embd, m.tokens, m.rows, c.hidden, x.as<float>(), stream));
+  for (int32_t l = 0; l < c.n_layers; ++l) ATTN_RETURN_IF_ERROR(Layer(l, m, steps));
+  if (m.n_logit_rows == 0) return absl::OkStatus();
+  ATTN_RETURN_IF_ERROR(GatherRowsCuda(x.as<float>(), m.logit_rows, m.n_logit_rows, c.hidden, final_x.as<float>(), stream));
+  ATTN_RETURN_IF_ERROR(RmsNormCudaBf16(final_x.as<float>(), weights.output_norm, xn.as<uint16_t>(), m.n_logit_rows,
+                                       c.hidden, c.rms_eps, stream));
+  ATTN_RETURN_IF_ERROR(GemmBf16(*cublas, {weights.output, c.vocab_size, c.hidden, xn.as<uint16_t>(), m.n_logit_rows,
+                                          step_logits.as<float>(), false}));
+  const int64_t returned = m.n_logit_rows - m.n_pick_rows;
+  return PickTokensCuda(step_logits.as<float>() + returned * c.vocab_size, m.n_pick_rows, c.vocab_size, m.picks,
+                        picked.as<TokenPick>(), stream);
 }
 
 }  // namespace attnserve

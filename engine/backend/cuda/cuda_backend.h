@@ -10,8 +10,9 @@
 // each sequence's own parameters, the linear mode's state, SwiGLU.
 //
 // A step's metadata (page tables, policy parameters, the kernels' per-row
-// structs for every layer) is staged on the host and copied up once; the
-// layers then run on one stream, and only the logits come back.
+// structs for every layer) is staged on the host and copied up; the layers
+// then run on one stream, from a CUDA graph for decode steps (StepGraphs),
+// and only the picked tokens (or the logits asked for) come back.
 //
 // A step's single-token sequences (and Quest's queries) run through the
 // split-K decode kernel; the queries of prefill chunks through the tiled
@@ -38,6 +39,9 @@ struct CudaBackendOptions {
   // Random bf16 weights of the config's shapes instead of the model's
   // (benchmarks at shapes without a file: the model needs only its config).
   bool dummy_weights = false;
+  // Decode steps replay CUDA graphs (StepGraphs); false: every kernel is
+  // launched on its own (what a debugger or profiler reads most easily).
+  bool cuda_graphs = true;
 };
 
 class CudaBackend : public Backend {
@@ -63,6 +67,9 @@ class CudaBackend : public Backend {
   std::string device() const override;
   bool picks_tokens() const override { return true; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
+  GraphCounts graph_counts() const override;
+  // Device memory beside the KV cache, zeroed.
+  absl::Status AllocateLinearState(LinearAttentionState& state) override;
 
  private:
   struct State;

@@ -65,12 +65,13 @@ SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_
 absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool& pool,
                                                std::span<const SequenceStep> steps,
                                                std::span<float* const> linear_states,
-                                               std::span<const AttentionHeadParams> dense_heads, void* arena_base,
-                                               StagingArena& arena) {
+                                               std::span<const AttentionHeadParams> dense_heads,
+                                               StepStaging& staging) {
   const int32_t page_size = pool.shape().page_size;
   const int32_t n_seqs = static_cast<int32_t>(steps.size());
   if (linear_states.size() != steps.size()) return absl::InternalError("BuildStepMetadata: linear states per step");
-  arena.Reset(arena_base);
+  StagingArena& index = staging.index;
+  StagingArena& data = staging.data;
   StepMetadata m;
   m.n_seqs = n_seqs;
 
@@ -107,7 +108,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         pick_rows.push_back(first_row[i] + j);
         m.pick_steps.push_back(i);
         TokenPick staged = *st.pick;
-        staged.edits = staged.n_edits > 0 ? arena.Append(Span(st.pick->edits, st.pick->n_edits)) : nullptr;
+        staged.edits = staged.n_edits > 0 ? data.Append(Span(st.pick->edits, st.pick->n_edits)) : nullptr;
         picks.push_back(staged);
       }
     }
@@ -119,13 +120,14 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   m.first_row = first_row;
   m.n_pick_rows = static_cast<int64_t>(pick_rows.size());
   logit_rows.insert(logit_rows.end(), pick_rows.begin(), pick_rows.end());
-  m.picks = arena.Append(picks);
+  m.picks = index.Append(picks);
   m.n_logit_rows = static_cast<int64_t>(logit_rows.size());
-  m.tokens = arena.Append(tokens);
-  m.positions = arena.Append(positions);
-  m.slots = any_slots ? arena.Append(slots) : nullptr;
-  m.row_seq = arena.Append(row_seq);
-  m.logit_rows = arena.Append(logit_rows);
+  m.tokens = index.Append(tokens);
+  m.positions = index.Append(positions);
+  m.slots = any_slots ? index.Append(slots) : nullptr;
+  m.row_seq = index.Append(row_seq);
+  m.logit_rows = index.Append(logit_rows);
+  m.decode_max_tokens = DecodeTokensBound(m.max_tokens);
 
   // Page tables, and the key ranges Quest writes for each of its rows (one
   // set for all layers: the layers run one after the other).
@@ -134,8 +136,8 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   int64_t n_ranges = 0, n_counts = 0;
   for (int32_t i = 0; i < n_seqs; ++i) {
     const SequenceStep& st = steps[i];
-    pages[i] = arena.Append(st.pages->pages);
-    if (st.pages->packed()) slices[i] = arena.Append(st.pages->slices.table);
+    pages[i] = data.Append(st.pages->pages);
+    if (st.pages->packed()) slices[i] = data.Append(st.pages->slices.table);
     if (st.attention == nullptr) continue;
     const int32_t budget_pages = st.attention->quest_token_budget() / page_size;
     for (int32_t j = 0; j < static_cast<int32_t>(st.tokens.size()); ++j) {
@@ -146,10 +148,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       n_counts += c.n_kv_heads;
     }
   }
-  KeyRange* ranges = n_ranges > 0 ? arena.Append(std::vector<KeyRange>(n_ranges)) : nullptr;
-  int32_t* range_counts = n_counts > 0 ? arena.Append(std::vector<int32_t>(n_counts)) : nullptr;
+  KeyRange* ranges = n_ranges > 0 ? data.Append(std::vector<KeyRange>(n_ranges)) : nullptr;
+  int32_t* range_counts = n_counts > 0 ? data.Append(std::vector<int32_t>(n_counts)) : nullptr;
 
-  ParamsStager params(c, dense_heads, arena);
+  ParamsStager params(c, dense_heads, data);
   m.folded_end.resize(n_seqs);
   for (int32_t i = 0; i < n_seqs; ++i) {
     if (steps[i].linear != nullptr) m.folded_end[i] = steps[i].linear->folded_end;
@@ -238,21 +240,59 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       m.folded_end[i][l] = std::max(folded, next_end);
       m.wants_lse = true;
     }
-    lm.append = arena.Append(append);
-    lm.entries = arena.Append(entries);
+    lm.append = index.Append(append);
+    lm.entries = index.Append(entries);
     lm.n_decode = static_cast<int32_t>(decode.size());
-    lm.decode = arena.Append(decode);
+    lm.decode = index.Append(decode);
     lm.n_tiles = static_cast<int32_t>(tiles.size());
-    lm.tiles = arena.Append(tiles);
+    lm.tiles = index.Append(tiles);
     lm.n_quest = static_cast<int32_t>(quest.size());
-    lm.quest = arena.Append(quest);
-    lm.quest_rows = arena.Append(quest_rows);
+    lm.quest = index.Append(quest);
+    lm.quest_rows = index.Append(quest_rows);
     lm.n_linear_rows = static_cast<int32_t>(linear_read.size());
-    lm.linear_read = arena.Append(linear_read);
+    lm.linear_read = index.Append(linear_read);
     lm.n_linear_folds = static_cast<int32_t>(linear_fold.size());
-    lm.linear_fold = arena.Append(linear_fold);
+    lm.linear_fold = index.Append(linear_fold);
   }
   return m;
+}
+
+int32_t DecodeTokensBound(int32_t max_tokens) {
+  int32_t bound = kDecodeSplitKeys;
+  while (bound < max_tokens && bound <= (1 << 30)) bound *= 2;
+  return std::max(bound, max_tokens);
+}
+
+bool GraphReplayable(const StepMetadata& m) {
+  if (m.rows != m.n_seqs || m.n_pick_rows != m.n_logit_rows || !m.act_prompt_steps.empty()) return false;
+  return std::all_of(m.layers.begin(), m.layers.end(), [](const LayerMetadata& lm) {
+    return lm.n_tiles == 0 && lm.n_quest == 0 && lm.n_linear_rows == 0 && lm.n_linear_folds == 0;
+  });
+}
+
+std::vector<uintptr_t> LaunchSignature(const StepMetadata& m) {
+  const auto a = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  std::vector<uintptr_t> s = {static_cast<uintptr_t>(m.rows),
+                              static_cast<uintptr_t>(m.n_seqs),
+                              a(m.tokens),
+                              a(m.positions),
+                              a(m.slots),
+                              a(m.row_seq),
+                              a(m.logit_rows),
+                              static_cast<uintptr_t>(m.n_logit_rows),
+                              static_cast<uintptr_t>(m.n_pick_rows),
+                              a(m.picks),
+                              static_cast<uintptr_t>(m.decode_max_tokens),
+                              static_cast<uintptr_t>(m.max_blocks_per_seq),
+                              static_cast<uintptr_t>(m.wants_lse)};
+  for (const LayerMetadata& lm : m.layers) {
+    s.insert(s.end(), {a(lm.append), a(lm.entries), a(lm.decode), static_cast<uintptr_t>(lm.n_decode), a(lm.tiles),
+                       static_cast<uintptr_t>(lm.n_tiles), a(lm.quest), a(lm.quest_rows),
+                       static_cast<uintptr_t>(lm.n_quest), static_cast<uintptr_t>(lm.quest_max_pages),
+                       a(lm.linear_read), static_cast<uintptr_t>(lm.n_linear_rows), a(lm.linear_fold),
+                       static_cast<uintptr_t>(lm.n_linear_folds)});
+  }
+  return s;
 }
 
 }  // namespace attnserve

@@ -1,8 +1,8 @@
 // The host half of a GPU engine step: from the engine's SequenceSteps, the
-// kernels' per-sequence and per-row structs of every layer, staged in a
-// StagingArena at the device addresses they will have. Plain C++: it reads
+// kernels' per-sequence and per-row structs of every layer, staged in two
+// StagingArenas at the device addresses they will have. Plain C++: it reads
 // the page tables and plans, computes device addresses into the KV pool and
-// the arena, and dereferences none of them, so CPU tests can check it.
+// the arenas, and dereferences none of them, so CPU tests can check it.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +56,10 @@ struct StepMetadata {
   std::vector<int32_t> pick_steps;      // [n_pick_rows]: their steps
   const TokenPick* picks = nullptr;     // [n_pick_rows]: how to draw each
   int32_t max_tokens = 0;          // keys any query of the step may read
+  // max_tokens rounded up to a power of two: the decode kernel's split grid
+  // is sized by it, so that steps hundreds of tokens apart launch the same
+  // grid (and replay one CUDA graph).
+  int32_t decode_max_tokens = 0;
   int32_t max_blocks_per_seq = 0;  // KV blocks any sequence writes to
   bool wants_lse = false;          // linear and ACT prompt sequences need the log denominators
   std::vector<int32_t> first_row;  // [n_seqs]: each step's first row
@@ -69,20 +73,47 @@ struct StepMetadata {
   std::vector<std::vector<int32_t>> folded_end;
 };
 
+// Where a step's metadata is staged. Kernel arguments point into `index`
+// only: arrays whose sizes follow from the step's counts (rows, sequences,
+// decode queries, ...), so that steps with the same counts put them at the
+// same addresses, which a captured CUDA graph can replay. What those arrays
+// point to (page tables, policy parameters, logit edits, Quest's ranges)
+// varies with the sequences and goes to `data`. The caller Resets both at
+// their device buffers' addresses before BuildStepMetadata and copies both
+// up after.
+struct StepStaging {
+  StagingArena index;
+  StagingArena data;
+};
+
 // Stages `p` (its per-head parameters, spans and ACT key sets) for an
 // SequenceAttentionParams with device pointers into `arena`.
 SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena);
 
 // `linear_states[i]`: the device states of steps[i]'s linear sequence (its
 // LinearAttentionState::device_states), null for the others. `pool` gives
-// device addresses (on_device) or host ones (tests). Resets `arena` to
-// `arena_base` and stages everything there; the caller copies
-// arena.data()[0, arena.size()) to arena_base, and applies folded_end once
+// device addresses (on_device) or host ones (tests). Appends to both of
+// `staging`'s arenas; the caller copies them up and applies folded_end once
 // the step has run.
 absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& config, KvCachePool& pool,
                                                std::span<const SequenceStep> steps,
                                                std::span<float* const> linear_states,
                                                std::span<const AttentionHeadParams> dense_heads,
-                                               void* arena_base, StagingArena& arena);
+                                               StepStaging& staging);
+
+// The power of two >= max(max_tokens, kDecodeSplitKeys) (max_tokens itself
+// past 2^30).
+int32_t DecodeTokensBound(int32_t max_tokens);
+
+// Whether a step may run from a CUDA graph: every sequence decodes one
+// token whose next token the device picks, and no kernel's grid follows the
+// step's data (prefill tiles, Quest's page counts, the linear mode's folds)
+// nor does the host wait mid-step (ACT's prompt).
+bool GraphReplayable(const StepMetadata& m);
+
+// Every count and index address the step's kernel launches take: two steps
+// with equal signatures (and equal activation buffers) launch the same
+// kernels with the same arguments, only the staged data differs.
+std::vector<uintptr_t> LaunchSignature(const StepMetadata& m);
 
 }  // namespace attnserve
