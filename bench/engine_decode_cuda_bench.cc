@@ -18,6 +18,7 @@
 
 #include "bench/cuda_bench_util.h"
 #include "engine/backend/cuda/cuda_backend.h"
+#include "engine/model/model_shapes.h"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
@@ -25,37 +26,12 @@ namespace {
 
 constexpr int32_t kContext = 1024, kPageSize = 16, kSteps = 32;
 
-ModelConfig Shape(int32_t layers, int32_t hidden, int32_t heads, int32_t kv_heads, int32_t head_dim, int32_t ffn,
-                  int32_t vocab, float rope_base) {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.n_layers = layers;
-  c.hidden = hidden;
-  c.n_heads = heads;
-  c.n_kv_heads = kv_heads;
-  c.head_dim = head_dim;
-  c.ffn_hidden = ffn;
-  c.vocab_size = vocab;
-  c.context_length = 8192;
-  c.rope_base = rope_base;
-  c.rope_dim = head_dim;
-  return c;
-}
-
-const ModelConfig& Llama3_8B() {
-  static const ModelConfig c = Shape(32, 4096, 32, 8, 128, 14336, 128256, 500000.0f);
-  return c;
-}
-const ModelConfig& Llama32_1B() {
-  static const ModelConfig c = Shape(16, 2048, 32, 8, 64, 8192, 128256, 500000.0f);
-  return c;
-}
-const ModelConfig& Qwen25_7B() {
-  static const ModelConfig c = Shape(28, 3584, 28, 4, 128, 18944, 152064, 1000000.0f);
-  return c;
-}
-
-void BM_Decode(benchmark::State& state, const ModelConfig* config) {
+void BM_Decode(benchmark::State& state, const char* shape) {
+  const absl::StatusOr<ModelConfig> config = ModelShape(shape);
+  if (!config.ok()) {
+    state.SkipWithError(std::string(config.status().message()).c_str());
+    return;
+  }
   const int32_t batch = static_cast<int32_t>(state.range(0));
   const bool cuda_graphs = state.range(1) != 0;
   std::string why;
@@ -142,9 +118,9 @@ void Batches(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "graphs"})->UseManualTime()->Iterations(kSteps)->Unit(benchmark::kMillisecond);
 }
 
-BENCHMARK_CAPTURE(BM_Decode, llama3_8b, &Llama3_8B())->Apply(Batches);
-BENCHMARK_CAPTURE(BM_Decode, llama3_2_1b, &Llama32_1B())->Apply(Batches);
-BENCHMARK_CAPTURE(BM_Decode, qwen2_5_7b, &Qwen25_7B())->Apply(Batches);
+BENCHMARK_CAPTURE(BM_Decode, llama3_8b, "llama-3-8b")->Apply(Batches);
+BENCHMARK_CAPTURE(BM_Decode, llama3_2_1b, "llama-3.2-1b")->Apply(Batches);
+BENCHMARK_CAPTURE(BM_Decode, qwen2_5_7b, "qwen2.5-7b")->Apply(Batches);
 
 }  // namespace
 }  // namespace attnserve

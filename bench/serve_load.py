@@ -11,10 +11,16 @@ should reach >= 4x the batch-1 aggregate on the CPU).
 
 Writes bench/results/serve_load.json and serve_load.png. Usage:
   .venv/bin/python bench/serve_load.py [--levels 1,4,16] [--threads 2]
+On a GPU, at Llama-3-8B's shape with random weights (DESIGN.md §7's 64-256
+streams of 1024 tokens in, 256 out):
+  ATTNSERVE_TEST_BACKEND=cuda .venv/bin/python bench/serve_load.py --levels 1,64,128,256 \
+      --prompt-words 700 --gen-tokens 256 --out bench/results/serve_load_llama3_8b_dummy \
+      --server-args "--load-format dummy --dummy-shape llama-3-8b --max-num-seqs 256 --max-num-batched-tokens 4096"
 """
 import argparse
 import json
 import platform
+import shlex
 import sys
 import threading
 import time
@@ -73,11 +79,13 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--requests-per-stream", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench/results/serve_load"))
+    ap.add_argument("--server-args", default="", help="more flags for `attnserve serve`, as one string")
     args = ap.parse_args()
 
     import tempfile
     stubs = grpc_stubs.generate(Path(tempfile.mkdtemp()))
-    server = ServerProcess(args.binary, args.model, Path(tempfile.mkdtemp()) / "server.log", "--threads", str(args.threads))
+    server = ServerProcess(args.binary, args.model, Path(tempfile.mkdtemp()) / "server.log", "--threads", str(args.threads),
+                           *shlex.split(args.server_args))
     levels = []
     try:
         run_level(stubs, server, 1, argparse.Namespace(**{**vars(args), "requests_per_stream": 1}))  # warm-up
@@ -92,7 +100,8 @@ def main():
     base = levels[0]["output_tok_s"]
     for level in levels:
         level["ratio_to_batch1"] = level["output_tok_s"] / base
-    result = {"benchmark": "serve_load", "model": Path(args.model).name, "threads": args.threads,
+    result = {"benchmark": "serve_load", "model": Path(args.model).name, "server_args": args.server_args,
+              "threads": args.threads,
               "prompt_words": args.prompt_words, "gen_tokens": args.gen_tokens,
               "machine": platform.processor() or platform.machine(), "levels": levels}
     out = Path(args.out)

@@ -39,6 +39,12 @@ ABSL_FLAG(double, gpu_memory_utilization, 0.9,
 ABSL_FLAG(bool, cuda_graphs, true,
           "cuda: decode steps replay CUDA graphs, one launch for all their kernels; --nocuda-graphs launches each "
           "kernel (for profilers and debuggers).");
+ABSL_FLAG(std::string, load_format, "auto",
+          "auto: the model file's weights. dummy: its config and tokenizer with random weights, for throughput "
+          "studies (cuda backend).");
+ABSL_FLAG(std::string, dummy_shape, "",
+          "With --load-format dummy: the transformer of a known model instead of the file's (with the file's "
+          "vocabulary): llama-3-8b, llama-3.2-1b or qwen2.5-7b.");
 ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, default_attention, "",
           "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
@@ -90,7 +96,16 @@ int RunServe() {
     }
     server_options.default_attention = *std::move(policy);
   }
-  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(absl::GetFlag(FLAGS_model));
+  const std::string load_format = absl::GetFlag(FLAGS_load_format), dummy_shape = absl::GetFlag(FLAGS_dummy_shape);
+  if (load_format != "auto" && load_format != "dummy") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--load-format: \"", load_format, "\" is none of auto, dummy")));
+  }
+  if (!dummy_shape.empty() && load_format != "dummy") {
+    return Fail(absl::InvalidArgumentError("--dummy-shape: needs --load-format dummy"));
+  }
+  absl::StatusOr<std::unique_ptr<Model>> model = load_format == "dummy"
+                                                     ? LoadModelWithoutWeights(absl::GetFlag(FLAGS_model), dummy_shape)
+                                                     : LoadModel(absl::GetFlag(FLAGS_model));
   if (!model.ok()) return Fail(model.status());
   if (const std::string dir = absl::GetFlag(FLAGS_profile_dir); !dir.empty()) {
     absl::StatusOr<HeadProfiles> profiles = LoadHeadProfiles(dir, (*model)->config);

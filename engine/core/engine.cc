@@ -66,12 +66,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
   }
   const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
   ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
+  if (model.dummy_weights && backend != "cuda") {
+    return absl::UnimplementedError(
+        "load_format dummy: random weights are drawn by the cuda backend; the cpu backend runs a file's weights");
+  }
   std::unique_ptr<Impl> impl;
   if (backend == "cuda") {
 #ifdef ATTNSERVE_WITH_CUDA
     CudaBackendOptions cuda_options;
     cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
     cuda_options.cuda_graphs = options.cuda_graphs;
+    cuda_options.dummy_weights = model.dummy_weights;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
     ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(shape, options.gpu_memory_utilization));
     impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/common/status_macros.h"
+#include "engine/model/model_shapes.h"
 
 namespace attnserve {
 namespace {
@@ -26,13 +27,11 @@ void Prefault(const GgufFile& gguf, const LoadProgress& progress) {
   }
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadProgress& progress) {
+// The file's config, tokenizer and chat template.
+absl::StatusOr<std::unique_ptr<Model>> OpenModel(const std::string& path) {
   auto model = std::make_unique<Model>();
   ATTN_ASSIGN_OR_RETURN(model->gguf, GgufFile::Open(path));
   ATTN_ASSIGN_OR_RETURN(model->config, ModelConfigFromGguf(*model->gguf));
-  ATTN_ASSIGN_OR_RETURN(model->weights, LoadLlamaWeights(*model->gguf, model->config));
   ATTN_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::FromGguf(*model->gguf));
   absl::StatusOr<std::string> source = model->gguf->GetString("tokenizer.chat_template");
   absl::StatusOr<ChatTemplate> chat = source.ok() ? ChatTemplate::FromSource(*source)
@@ -42,7 +41,28 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const 
   } else {
     model->chat_template_error = chat.status();
   }
+  return model;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadProgress& progress) {
+  ATTN_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, OpenModel(path));
+  ATTN_ASSIGN_OR_RETURN(model->weights, LoadLlamaWeights(*model->gguf, model->config));
   Prefault(*model->gguf, progress);
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelWithoutWeights(const std::string& path, std::string_view shape) {
+  ATTN_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, OpenModel(path));
+  model->dummy_weights = true;
+  if (!shape.empty()) {
+    ATTN_ASSIGN_OR_RETURN(ModelConfig body, ModelShape(shape));
+    body.vocab_size = model->config.vocab_size;
+    model->config = body;
+  }
+  // What GetModelInfo shows: these are not the model's outputs.
+  model->config.name += " (random weights)";
   return model;
 }
 

@@ -4,7 +4,8 @@
 // policy alone and all of them in one batch (ACT's prompt pass among other
 // sequences' steps), equal up to a near-tie; and decode steps replayed from
 // CUDA graphs against the same steps launched kernel by kernel; a linear
-// sequence whose state finds no device memory fails alone. Skips
+// sequence whose state finds no device memory fails alone; random weights
+// in a named model's shape generate. Skips
 // without a GPU (fails under ATTNSERVE_REQUIRE_GPU).
 #include <cmath>
 #include <filesystem>
@@ -239,6 +240,28 @@ TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {
   EXPECT_EQ(done.token_ids.size(), 8u);
   taken.clear();
   EXPECT_EQ(gpu->stats().kv_pages_used, 0);
+}
+
+TEST_F(CudaEngineTest, RandomWeightsInLlama32sShapeGenerate) {
+  const std::string path = (std::filesystem::temp_directory_path() / "attnserve_cuda_dummy_test.gguf").string();
+  ASSERT_TRUE(WriteSyntheticLlama(path));
+  const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(path, "llama-3.2-1b").value();
+  EngineOptions options;
+  options.backend = "cuda";
+  options.gpu_memory_utilization = 0.5;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(*dummy, options, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  GenerationRequest r;
+  r.prompt_ids = dummy->tokenizer->Encode(kPrompt, true, true);
+  r.sampling.max_tokens = 24;
+  r.sampling.ignore_eos = true;
+  r.arrival = absl::Now();
+  Collector out;
+  ASSERT_TRUE((*engine)->Submit(r, out.stream).ok());
+  const GenerationDelta done = out.Wait()[0];
+  ASSERT_TRUE(done.error.ok()) << done.error;
+  ASSERT_EQ(done.token_ids.size(), 24u);
+  for (const int32_t t : done.token_ids) EXPECT_LT(t, dummy->config.vocab_size);
 }
 
 }  // namespace

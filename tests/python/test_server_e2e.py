@@ -99,6 +99,18 @@ def test_default_attention_flag(stubs, attnserve_bin, model_path, tmp_path):
         assert "--default-attention: " in proc.stderr and field in proc.stderr, proc.stderr
 
 
+def test_load_format_flags_fail_at_start_with_the_reason(attnserve_bin, model_path):
+    # Random weights are drawn by the CUDA backend: the CPU refuses them at start.
+    for flags, reason in [(["--load-format", "dummy", "--backend", "cpu"], "random weights are drawn by the cuda backend"),
+                          (["--load-format", "dumy"], '--load-format: "dumy" is none of auto, dummy'),
+                          (["--dummy-shape", "llama-3-8b"], "--dummy-shape: needs --load-format dummy"),
+                          (["--load-format", "dummy", "--dummy-shape", "gpt-2"], "llama-3-8b, llama-3.2-1b, qwen2.5-7b")]:
+        proc = subprocess.run([str(attnserve_bin), "serve", "--model", str(model_path), "--port", "0",
+                               "--metrics-port", "-1", *flags], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert reason in proc.stderr, proc.stderr
+
+
 def test_32_concurrent_streams(stubs, server):
     stub = stubs.pb_grpc.GenerationStub(server.channel)
 
