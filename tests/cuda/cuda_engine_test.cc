@@ -163,8 +163,8 @@ TEST_F(CudaEngineTest, GraphReplaysGiveWhatKernelByKernelStepsGive) {
   const std::vector<PolicyCase> cases = Policies(model_->config);
   std::vector<GenerationRequest> requests;
   for (size_t i = 0; i < cases.size(); ++i) {
-    // The policies without graphs (Quest, linear) finish first, the batch
-    // then decodes from graphs as it shrinks.
+    // Each policy generates its own length: the batch shrinks, and its
+    // graphs change, as they finish (ACT last, its prompt pass eager).
     GenerationRequest r = Greedy(kPrompt, 12 + 6 * static_cast<int32_t>(cases.size() - 1 - i), &cases[i].spec);
     r.sampling.logprobs = true;
     if (i % 2 == 1) {

@@ -286,29 +286,47 @@ TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
   EXPECT_NE(LaunchSignature(longer), signature);
 }
 
-TEST_F(StepMetadataTest, OnlyPlainDecodeStepsReplayGraphs) {
+TEST_F(StepMetadataTest, DecodeStepsReplayGraphsWhateverTheirPolicies) {
   const PageTable t = Table({0}, 5), empty = Table({1}, 0);
   const std::vector<int32_t> one = {1}, three = {1, 2, 3};
   TokenPick pick;
-  const auto replayable = [&](SequenceStep step) {
+  const auto build = [&](SequenceStep step) {
     if (step.logits == LogitsWanted::kLastPick) step.pick = &pick;
-    LinearAttentionState* linear = step.linear;
     std::vector<float> states(1);
-    const std::vector<float*> linear_states = {linear != nullptr ? states.data() : nullptr};
-    return GraphReplayable(Build(std::span<const SequenceStep>(&step, 1), linear_states));
+    const std::vector<float*> linear_states = {step.linear != nullptr ? states.data() : nullptr};
+    return Build(std::span<const SequenceStep>(&step, 1), linear_states);
   };
-  EXPECT_TRUE(replayable({&t, one, 5, LogitsWanted::kLastPick}));
-  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLast}));        // its row comes back whole
-  EXPECT_FALSE(replayable({&empty, three, 0, LogitsWanted::kLastPick}));  // prefill tiles
+  EXPECT_TRUE(GraphReplayable(build({&t, one, 5, LogitsWanted::kLastPick})));
+  EXPECT_FALSE(GraphReplayable(build({&t, one, 5, LogitsWanted::kLast})));          // its row comes back whole
+  EXPECT_FALSE(GraphReplayable(build({&empty, three, 0, LogitsWanted::kLastPick})));  // prefill tiles
+  PolicySpec act;
+  act.act = ActSpec{0.4f, 0.1f, {1}, {0, 2}};
+  const auto act_plan = Plan(act, c_, 1);  // a one-token prompt: its pass is a single-token step
+  ActKeySets sets(*act_plan);
+  const StepMetadata act_pass = build({&empty, one, 0, LogitsWanted::kLastPick, act_plan.get(), &sets});
+  EXPECT_EQ(act_pass.rows, 1);
+  EXPECT_FALSE(GraphReplayable(act_pass));
+
+  // Quest's selection grid covers the split grid's bound, not the step's
+  // pages: a decode a page further on launches alike.
   PolicySpec quest;
   quest.mode = SparseSpec{16, 1};
   const auto quest_plan = Plan(quest, c_, 3);
-  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLastPick, quest_plan.get()}));
+  const PageTable q1 = Table({0, 1}, 20), q2 = Table({0, 1, 2}, 40);
+  const StepMetadata at20 = build({&q1, one, 20, LogitsWanted::kLastPick, quest_plan.get()});
+  const StepMetadata at40 = build({&q2, one, 40, LogitsWanted::kLastPick, quest_plan.get()});
+  EXPECT_TRUE(GraphReplayable(at40));
+  ASSERT_EQ(at40.layers[1].n_quest, 1);
+  EXPECT_EQ(at40.layers[1].quest_max_pages, 256 / 16);
+  EXPECT_EQ(LaunchSignature(at20), LaunchSignature(at40));
+
   PolicySpec linear;
   linear.mode = LinearSpec{4, 2};
   const auto linear_plan = Plan(linear, c_, 3);
   LinearAttentionState linear_state(c_.n_layers, c_.n_kv_heads, c_.head_dim);
-  EXPECT_FALSE(replayable({&t, one, 5, LogitsWanted::kLastPick, linear_plan.get(), nullptr, &linear_state}));
+  const StepMetadata lin = build({&t, one, 5, LogitsWanted::kLastPick, linear_plan.get(), nullptr, &linear_state});
+  EXPECT_TRUE(GraphReplayable(lin));
+  EXPECT_EQ(lin.layers[0].n_linear_rows, 1);
 }
 
 TEST(DecodeTokensBoundTest, PowersOfTwoFromOneSplit) {

@@ -215,7 +215,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         decode.push_back(d);
         quest.push_back(q);
         quest_rows.push_back(r);
-        lm.quest_max_pages = std::max(lm.quest_max_pages, pos / page_size + 1);
+        // Pages of the longest context the split grid allows, not of this
+        // step's: the selection's grid then stays that of the graph.
+        lm.quest_max_pages = (m.decode_max_tokens + page_size - 1) / page_size;
       }
       if (st.linear == nullptr) continue;
       // As CpuBackend::LinearAttention: query at pos reads the state and,
@@ -264,10 +266,7 @@ int32_t DecodeTokensBound(int32_t max_tokens) {
 }
 
 bool GraphReplayable(const StepMetadata& m) {
-  if (m.rows != m.n_seqs || m.n_pick_rows != m.n_logit_rows || !m.act_prompt_steps.empty()) return false;
-  return std::all_of(m.layers.begin(), m.layers.end(), [](const LayerMetadata& lm) {
-    return lm.n_tiles == 0 && lm.n_quest == 0 && lm.n_linear_rows == 0 && lm.n_linear_folds == 0;
-  });
+  return m.rows == m.n_seqs && m.n_pick_rows == m.n_logit_rows && m.act_prompt_steps.empty();
 }
 
 std::vector<uintptr_t> LaunchSignature(const StepMetadata& m) {

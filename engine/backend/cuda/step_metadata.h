@@ -34,7 +34,7 @@ struct LayerMetadata {
   const QuestSelectSequence* quest = nullptr;   // [n_quest]
   const int32_t* quest_rows = nullptr;          // [n_quest]: their rows of q
   int32_t n_quest = 0;
-  int32_t quest_max_pages = 0;
+  int32_t quest_max_pages = 0;                  // pages of decode_max_tokens
   const LinearReadSequence* linear_read = nullptr;  // [n_linear_rows]
   int32_t n_linear_rows = 0;
   const LinearFoldSequence* linear_fold = nullptr;  // [n_linear_folds]
@@ -106,9 +106,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& config, KvCach
 int32_t DecodeTokensBound(int32_t max_tokens);
 
 // Whether a step may run from a CUDA graph: every sequence decodes one
-// token whose next token the device picks, and no kernel's grid follows the
-// step's data (prefill tiles, Quest's page counts, the linear mode's folds)
-// nor does the host wait mid-step (ACT's prompt).
+// token whose next token the device picks (no prefill tiles, whose count
+// follows the chunks' lengths), and the host waits for nothing mid-step
+// (ACT's prompt pass). Quest's selection is sized by decode_max_tokens, and
+// the linear mode's reads and folds by the sequences, so both may.
 bool GraphReplayable(const StepMetadata& m);
 
 // Every count and index address the step's kernel launches take: two steps
