@@ -4,6 +4,7 @@ scripts/gpu-check.sh leaves in bench/results/ for one GPU:
   paged_decode_cuda_bench-<gpu>.json   decode attention (dense, mixed policies, Quest)
   torch_decode_attention-<gpu>.json    torch's SDPA on the dense shapes
   engine_decode_cuda_bench-<gpu>.json  whole decode steps
+  step_metadata_bench.json  the host's staging of a decode step (any machine)
 and bench/results/cuda_decode.png. Exits 0 with a note when there are none.
 Usage:
   .venv/bin/python bench/cuda_report.py [--results DIR] [--gpu NAME] [--png PATH]
@@ -183,6 +184,33 @@ def plot(png, gpu, dense, mixed, quest, engine):
     print(f"wrote {png}")
 
 
+def staging_report(path, png):
+    """The host's staging per decode step (step_metadata_bench, any machine) against the step's roofline."""
+    runs = gbench_runs(path).get("BM_BuildDecodeStep", {})
+    out = ["| batch | policies | host us | staged KB | host / roofline step |", "|---|---|---|---|---|"]
+    for (batch, mixed), r in sorted(runs.items()):
+        out.append(f"| {batch} | {'mixed' if mixed else 'dense'} | {r['real_time']:.1f} | {r['staged_KB']:.0f} | "
+                   f"{r['host_to_roofline']:.3f} |")
+    print("Host staging of a Llama-3-8B decode step (BuildStepMetadata):")
+    print("\n".join(out) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for mixed in (0, 1):
+        rs = sorted((b, r["host_to_roofline"]) for (b, m), r in runs.items() if m == mixed)
+        ax.plot([b for b, _ in rs], [v for _, v in rs], "o-", label="five policies mixed" if mixed else "dense")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("host staging / roofline step time")
+    ax.set_title("Llama-3-8B decode step, host share")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(ROOT / "bench/results"))
@@ -190,6 +218,8 @@ def main():
     ap.add_argument("--png", default=str(ROOT / "bench/results/cuda_decode.png"))
     args = ap.parse_args()
     results = Path(args.results)
+    if (results / "step_metadata_bench.json").exists():
+        staging_report(results / "step_metadata_bench.json", results / "step_metadata.png")
     found = sorted(list(results.glob("paged_decode_cuda_bench-*.json")) +
                    list(results.glob("engine_decode_cuda_bench-*.json")), key=lambda p: p.stat().st_mtime)
     if not found:

@@ -266,6 +266,7 @@ TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
   const std::vector<uintptr_t> signature = LaunchSignature(first);
   EXPECT_TRUE(GraphReplayable(first));
   EXPECT_EQ(first.decode_max_tokens, 256);
+  EXPECT_EQ(first.layers[1].decode, first.layers[1].entries);  // staged once
   const PageTable u1 = Table({6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 150), u2 = Table({0, 1}, 30);
   const StepMetadata later = decode({{&u1, a, 150, LogitsWanted::kLastPick, plan.get()},
                                      {&u2, b, 30, LogitsWanted::kLastPick},

@@ -245,7 +245,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
     lm.append = index.Append(append);
     lm.entries = index.Append(entries);
     lm.n_decode = static_cast<int32_t>(decode.size());
-    lm.decode = index.Append(decode);
+    // Every row a decode query (a decode step): the entries are the decode
+    // kernel's, in the same order, and are not staged twice.
+    lm.decode = decode.size() == entries.size() ? lm.entries : index.Append(decode);
     lm.n_tiles = static_cast<int32_t>(tiles.size());
     lm.tiles = index.Append(tiles);
     lm.n_quest = static_cast<int32_t>(quest.size());
