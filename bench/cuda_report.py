@@ -23,7 +23,9 @@ TARGETS = {"bandwidth": 0.8, "quest": 5.0, "mixed": 0.9, "roofline": 0.85}
 def gbench_runs(path):
     """{family: {args tuple: run}} of a Google Benchmark JSON; skipped runs keep their message."""
     runs = {}
-    for b in json.loads(path.read_text()).get("benchmarks", []):
+    text = path.read_text()
+    # A run whose filter matched none of its cases leaves an empty file.
+    for b in (json.loads(text) if text.strip() else {}).get("benchmarks", []):
         if b.get("run_type", "iteration") != "iteration":
             continue
         family, *parts = b["name"].split("/")

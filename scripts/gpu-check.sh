@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (DESIGN.md §8): builds the CUDA tests into
-# build-gpu/, runs them through ctest, then under compute-sanitizer (memcheck,
-# racecheck), then any GPU benchmarks. Exits non-zero on the first failure.
-# Only the CUDA targets are built, so it stays well under 10 minutes.
+# One command for a GPU machine (DESIGN.md §8): the CUDA tests, then the
+# same under compute-sanitizer (memcheck, racecheck), then the GPU
+# benchmarks. Exits non-zero on the first failure.
 #
-#   CUDA_ARCHS=90 scripts/gpu-check.sh     # default: native (the GPU present)
-#   SKIP_BENCH=1 scripts/gpu-check.sh
+# The programs come from .gpu-bundle/ when it is there (scripts/gpu-bundle.sh
+# builds it on a development machine: a GPU machine with the driver and CUDA
+# but without this project's build dependencies runs it through the bundled
+# loader); else only the CUDA targets are built here into build-gpu/.
+#
+#   scripts/gpu-check.sh
+#   CUDA_ARCHS=90 scripts/gpu-check.sh     # building here; default: native (the GPU present)
+#   SKIP_BENCH=1 scripts/gpu-check.sh      # tests and sanitizers only
+#   SKIP_TESTS=1 RESULTS_DIR=/tmp/r scripts/gpu-check.sh   # benchmarks only, results elsewhere
+#   BENCH_FILTER=llama3_8b scripts/gpu-check.sh            # --benchmark_filter for every benchmark
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 CUDA_ARCHS=${CUDA_ARCHS:-native}
-JOBS=$(nproc)
+BUNDLE=.gpu-bundle
+RESULTS_DIR=${RESULTS_DIR:-bench/results}
 step() { printf '\n=== %s ===\n' "$*"; }
 run() { printf '+ %s\n' "$*"; "$@"; }
 die() { printf 'gpu-check: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -26,44 +34,52 @@ NVCC=${CUDACXX:-/usr/local/cuda/bin/nvcc}
 SANITIZER=$(dirname "$NVCC")/compute-sanitizer
 [[ -x $SANITIZER ]] || SANITIZER=$(command -v compute-sanitizer) || die "compute-sanitizer not found"
 
-step "configure ${BUILD_DIR} (Release, CUDA archs ${CUDA_ARCHS})"
-run cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >/dev/null
-
-# Test targets are named after tests/cuda/<name>_test.cc; benchmarks are any
-# target whose name ends in _cuda_bench.
-CUDA_TESTS=()
-for src in tests/cuda/*_test.cc; do
-  [[ -e $src ]] && CUDA_TESTS+=("$(basename "$src" .cc)")
-done
-((${#CUDA_TESTS[@]})) || die "no tests under tests/cuda"
-mapfile -t CUDA_BENCHES < <(ninja -C "$BUILD_DIR" -t targets all \
-  | sed -n 's/^\([A-Za-z0-9_]*_cuda_bench\): phony$/\1/p' | sort -u)
+# PROGRAMS: name -> path; LAUNCH: what starts one (the bundle's loader with
+# its libraries, and the machine's own for the driver and cuBLAS).
+declare -A PROGRAMS
+LAUNCH=()
+if [[ -d $BUNDLE/bin ]]; then
+  step "programs from ${BUNDLE}/ (built by scripts/gpu-bundle.sh)"
+  cuda_libs="$(dirname "$NVCC")/../lib64:/usr/local/nvidia/lib64:/usr/lib/x86_64-linux-gnu:/usr/lib64"
+  driver=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 /{print $NF; exit}')
+  [[ -n $driver ]] && cuda_libs="$(dirname "$driver"):$cuda_libs"
+  LAUNCH=("$PWD/$BUNDLE/lib/ld-linux-x86-64.so.2" --library-path
+          "$PWD/$BUNDLE/lib:$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+  for p in "$BUNDLE"/bin/*; do PROGRAMS[$(basename "$p")]=$PWD/$p; done
+else
+  step "configure ${BUILD_DIR} (Release, CUDA archs ${CUDA_ARCHS})"
+  run cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >/dev/null
+  targets=()
+  for src in tests/cuda/*_test.cc; do targets+=("$(basename "$src" .cc)"); done
+  mapfile -t -O "${#targets[@]}" targets < <(ninja -C "$BUILD_DIR" -t targets all \
+    | sed -n 's/^\([A-Za-z0-9_]*_cuda_bench\): phony$/\1/p' | grep -v '^cmake_' | sort -u)
+  step "build ${targets[*]}"
+  run ninja -C "$BUILD_DIR" -j"$(nproc)" "${targets[@]}"
+  for t in "${targets[@]}"; do
+    PROGRAMS[$t]=$(find "$BUILD_DIR/tests" "$BUILD_DIR/bench" -type f -name "$t" -perm -u+x | head -n1)
+  done
+fi
+mapfile -t CUDA_TESTS < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_test$' | sort)
+mapfile -t CUDA_BENCHES < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_cuda_bench$' | sort)
+((${#CUDA_TESTS[@]})) || die "no CUDA tests found"
 
 # The engine test compares with the CPU on the default model (scripts/setup.sh
 # fetches it), else on a synthetic model it writes itself.
 [[ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]] || echo "note: no default model: cuda_engine_test runs on its synthetic model"
 
-step "build ${CUDA_TESTS[*]} ${CUDA_BENCHES[*]}"
-run ninja -C "$BUILD_DIR" -j"$JOBS" attnserve_kernels_cuda "${CUDA_TESTS[@]}" "${CUDA_BENCHES[@]}"
-
-# ctest names tests Suite.Case (gtest_discover_tests), not by binary: select
-# the suites the CUDA binaries declare. A skip for want of a device fails.
+# A skip for want of a device fails.
 export ATTNSERVE_REQUIRE_GPU=1
-step "ctest: CUDA tests"
-suites=()
+[[ -n ${SKIP_TESTS:-} ]] && CUDA_TESTS=() && echo "SKIP_TESTS set: tests and sanitizers skipped"
+((${#CUDA_TESTS[@]})) && step "CUDA tests"
 for t in "${CUDA_TESTS[@]}"; do
-  while IFS= read -r line; do
-    [[ $line == *. && $line != " "* ]] && suites+=("${line%.}")
-  done < <("$BUILD_DIR/tests/$t" --gtest_list_tests | sed 's/  *#.*//')
+  run timeout 300 "${LAUNCH[@]}" "${PROGRAMS[$t]}" --gtest_brief=1 || die "$t"
 done
-regex="^($(printf '%s\n' "${suites[@]}" | sort -u | sed 's/[][\.*^$+?(){}|]/\\&/g' | paste -sd'|'))\\."
-(cd "$BUILD_DIR" && run ctest -R "$regex" --output-on-failure --no-tests=error -j"$JOBS" --timeout 120) \
-  || die "ctest (CUDA tests)"
 
 # --error-exitcode makes any reported hazard fail the run; the tests' own
 # result is checked too. -lineinfo (kernels/cuda/CMakeLists.txt) gives lines.
 for tool in memcheck racecheck; do
+  ((${#CUDA_TESTS[@]})) || break
   step "compute-sanitizer --tool ${tool}"
   extra=()
   [[ $tool == memcheck ]] && extra=(--leak-check full)
@@ -74,35 +90,31 @@ for tool in memcheck racecheck; do
     filter='*'
     [[ $t == cuda_engine_test ]] && filter='*TokenLogprobs*:*GraphReplays*'
     run timeout 240 "$SANITIZER" --tool "$tool" "${extra[@]}" --error-exitcode 1 \
-      "$BUILD_DIR/tests/$t" --gtest_brief=1 --gtest_filter="$filter" || die "compute-sanitizer ${tool} on ${t}"
+      "${LAUNCH[@]}" "${PROGRAMS[$t]}" --gtest_brief=1 --gtest_filter="$filter" || die "compute-sanitizer ${tool} on ${t}"
   done
 done
 
-# GPU benchmarks: every <name>_cuda_bench target (bench/) is a Google Benchmark
-# binary; results land in bench/results/<name>-<gpu>.json for the reports.
+# GPU benchmarks: every <name>_cuda_bench is a Google Benchmark binary;
+# results land in $RESULTS_DIR/<name>-<gpu>.json for bench/cuda_report.py.
 step "GPU benchmarks"
 if [[ -n ${SKIP_BENCH:-} ]]; then
   echo "SKIP_BENCH set: skipped"
-elif ((${#CUDA_BENCHES[@]} == 0)); then
-  echo "no *_cuda_bench targets yet: nothing to run"
 else
-  mkdir -p bench/results
+  mkdir -p "$RESULTS_DIR"
   for b in "${CUDA_BENCHES[@]}"; do
-    bin=$(find "$BUILD_DIR/bench" -type f -name "$b" -perm -u+x | head -n1)
-    [[ -n $bin ]] || die "benchmark ${b} was built but not found under ${BUILD_DIR}/bench"
-    run timeout 300 "$bin" --benchmark_out="bench/results/${b}-${GPU_NAME}.json" \
-      --benchmark_out_format=json || die "benchmark ${b}"
+    run timeout 300 "${LAUNCH[@]}" "${PROGRAMS[$b]}" --benchmark_out="${RESULTS_DIR}/${b}-${GPU_NAME}.json" \
+      --benchmark_out_format=json ${BENCH_FILTER:+--benchmark_filter="$BENCH_FILTER"} || die "benchmark ${b}"
   done
   # torch's SDPA on the decode kernel's shapes: the baseline that
   # bench/cuda_report.py sets the kernel against, where python3 has torch.
   if python3 -c 'import torch' 2>/dev/null; then
     run timeout 300 python3 bench/torch_decode_attention.py \
-      --out "bench/results/torch_decode_attention-${GPU_NAME}.json" || die "torch_decode_attention"
+      --out "${RESULTS_DIR}/torch_decode_attention-${GPU_NAME}.json" || die "torch_decode_attention"
   else
     echo "python3 has no torch: torch_decode_attention skipped"
   fi
   if [[ -x .venv/bin/python ]]; then
-    run .venv/bin/python bench/cuda_report.py --gpu "$GPU_NAME" || die "cuda_report"
+    run .venv/bin/python bench/cuda_report.py --results "$RESULTS_DIR" --gpu "$GPU_NAME" || die "cuda_report"
   fi
 fi
 
