@@ -33,6 +33,7 @@ struct Engine::Impl {
   void Loop();
   void AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming);
   void StartSequence(Sequence& seq);
+  void AllocateLinearStates(ScheduleOutput& schedule);
   void RunStep(const ScheduleOutput& schedule);
   void ReleaseHiddenPages(Sequence& seq);
   void CountAttentionPages(const ScheduleOutput& schedule);

@@ -65,10 +65,11 @@ void Engine::Impl::Loop() {
       stop_now = stopping && requests.empty();
     }
     if (stop_now) break;
-    const ScheduleOutput schedule = scheduler.Schedule();
+    ScheduleOutput schedule = scheduler.Schedule();
     for (SchedSeq* s : schedule.out_of_memory) {
       FinishSequence(static_cast<Sequence&>(*s), FinishReason::kLength, absl::OkStatus());
     }
+    AllocateLinearStates(schedule);
     if (!schedule.chunks.empty()) RunStep(schedule);
     FlushOutputs();
     PublishStats(schedule);
@@ -129,18 +130,31 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
     r->unfinished = n;
     RequestState* raw = r.get();
     requests.emplace(r->handle, std::move(r));
-    // The linear states are allocated now, so that a shortfall fails this
-    // request alone.
-    absl::Status states = absl::OkStatus();
-    for (auto& seq : raw->seqs) {
-      if (seq->linear && states.ok()) states = backend->AllocateLinearState(*seq->linear);
-    }
-    if (!states.ok()) {
-      FailRequest(*raw, std::move(states));
-      continue;
-    }
     // Siblings start once the first completion's prompt is in the cache.
     StartSequence(*raw->seqs[0]);
+  }
+}
+
+// A linear sequence's state is allocated when the sequence is first
+// scheduled, not while it waits: where memory is short, its request fails
+// alone and leaves the step.
+void Engine::Impl::AllocateLinearStates(ScheduleOutput& schedule) {
+  std::vector<std::pair<RequestState*, absl::Status>> failed;
+  for (const ScheduledChunk& c : schedule.chunks) {
+    Sequence& seq = static_cast<Sequence&>(*c.seq);
+    if (!seq.linear) continue;
+    if (absl::Status s = backend->AllocateLinearState(*seq.linear); !s.ok()) failed.emplace_back(seq.request, s);
+  }
+  if (failed.empty()) return;
+  // Dropped from the step before FailRequest destroys the sequences.
+  std::erase_if(schedule.chunks, [&](const ScheduledChunk& c) {
+    const RequestState* r = static_cast<Sequence*>(c.seq)->request;
+    return std::any_of(failed.begin(), failed.end(), [r](const auto& f) { return f.first == r; });
+  });
+  for (size_t i = 0; i < failed.size(); ++i) {
+    const bool first = std::none_of(failed.begin(), failed.begin() + i,
+                                    [&](const auto& f) { return f.first == failed[i].first; });
+    if (first) FailRequest(*failed[i].first, failed[i].second);
   }
 }
 

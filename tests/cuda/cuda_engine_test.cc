@@ -2,10 +2,9 @@
 // it is missing, the synthetic one), through the engine: per-token log-probabilities of a text (bf16 weights and
 // activations against the CPU's quantized ones), and greedy output of every
 // policy alone and all of them in one batch (ACT's prompt pass among other
-// sequences' steps), equal up to a near-tie; and decode steps replayed from
-// CUDA graphs against the same steps launched kernel by kernel; a linear
-// sequence whose state finds no device memory fails alone; random weights
-// in a named model's shape generate. Skips
+// sequences' steps), equal up to a near-tie; a linear sequence whose state
+// finds no device memory fails alone; random weights in a named model's
+// shape generate. Skips
 // without a GPU (fails under ATTNSERVE_REQUIRE_GPU).
 #include <cmath>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/policy_cases.h"
 #include "tests/unit/engine_policy_fixture.h"
 #include "tests/unit/synthetic_model.h"
 
@@ -28,48 +28,6 @@ constexpr char kPrompt[] =
 // and activations: greedy paths may part where the CPU's top two are closer
 // than this (nats).
 constexpr float kNearTie = 0.5f;
-
-struct PolicyCase {
-  std::string name;
-  PolicySpec spec;
-};
-
-std::vector<PolicyCase> Policies(const ModelConfig& config) {
-  std::vector<PolicyCase> cases;
-  cases.push_back({"dense", PolicySpec{}});
-  PolicySpec s;
-  s.sink = Original(4, 24);
-  cases.push_back({"streaming original", s});
-  s.sink = Cache(4, 24);
-  cases.push_back({"streaming cache", s});
-  s = {};
-  s.virtual_sink = VirtualSinkSpec{1.5f, {}};
-  cases.push_back({"virtual sink", s});
-  s = {};
-  s.zero_tuning = ZeroTuningSpec{1.5f, {}, {}};
-  cases.push_back({"zero tuning", s});
-  s = {};
-  s.temperature = TemperatureSpec{std::vector<float>(static_cast<size_t>(config.n_layers) * config.n_heads, 0.8f)};
-  cases.push_back({"temperature", s});
-  s = {};
-  DuoSpec duo;
-  const uint32_t layers = config.n_layers, heads = config.n_heads;
-  duo.retrieval_heads = {{0, 0}, {layers / 2, heads - 1}, {layers - 1, 1 % heads}};
-  duo.sink_tokens = 4;
-  duo.recent_tokens = 16;
-  s.mode = duo;
-  cases.push_back({"duo", s});
-  s = {};
-  s.mode = SparseSpec{32, 1};
-  cases.push_back({"quest", s});
-  s = {};
-  s.mode = LinearSpec{16, 4};
-  cases.push_back({"linear", s});
-  s = {};
-  s.act = ActSpec{};
-  cases.push_back({"act", s});
-  return cases;
-}
 
 class CudaEngineTest : public EnginePolicyTest {
  protected:
@@ -89,12 +47,11 @@ class CudaEngineTest : public EnginePolicyTest {
     EnginePolicyTest::SetUp();
   }
 
-  std::unique_ptr<Engine> MakeCudaEngine(bool cuda_graphs = true, Metrics* metrics = nullptr) {
+  std::unique_ptr<Engine> MakeCudaEngine() {
     EngineOptions options;
     options.backend = "cuda";
     options.gpu_memory_utilization = 0.5;
-    options.cuda_graphs = cuda_graphs;
-    std::unique_ptr<Engine> engine = MakeEngine(options, metrics);
+    std::unique_ptr<Engine> engine = MakeEngine(options);
     if (engine != nullptr) {
       EXPECT_EQ(engine->backend_name(), "cuda");
     }
@@ -153,57 +110,6 @@ TEST_F(CudaEngineTest, EveryPolicyAloneAndInOneBatchGreedyAsTheCpu) {
     ExpectSameOrNearTie(batch[i]->Wait()[0].token_ids, want[i], kNearTie, cases[i].name + " in the mixed batch");
   }
   EXPECT_EQ(gpu->stats().kv_pages_used, 0);
-}
-
-// Graphs replay the same kernels on the same data: the tokens and
-// log-probabilities are equal bit for bit, while the batch shrinks as
-// requests of different lengths finish and sequences of different policies
-// and samplings share the steps.
-TEST_F(CudaEngineTest, GraphReplaysGiveWhatKernelByKernelStepsGive) {
-  const std::vector<PolicyCase> cases = Policies(model_->config);
-  std::vector<GenerationRequest> requests;
-  for (size_t i = 0; i < cases.size(); ++i) {
-    // Each policy generates its own length: the batch shrinks, and its
-    // graphs change, as they finish (ACT last, its prompt pass eager).
-    GenerationRequest r = Greedy(kPrompt, 12 + 6 * static_cast<int32_t>(cases.size() - 1 - i), &cases[i].spec);
-    r.sampling.logprobs = true;
-    if (i % 2 == 1) {
-      r.sampling.temperature = 0.8f;
-      r.sampling.top_p = 0.9f;
-      r.sampling.seed = 7 + i;
-      r.sampling.presence_penalty = 0.5f;
-    }
-    requests.push_back(r);
-  }
-  // One engine at a time: each takes its share of the device's memory.
-  const auto run = [&](bool cuda_graphs, Metrics* metrics) {
-    std::unique_ptr<Engine> engine = MakeCudaEngine(cuda_graphs, metrics);
-    std::vector<GenerationDelta> out;
-    if (engine == nullptr) return out;
-    std::vector<std::unique_ptr<Collector>> runs;
-    for (const GenerationRequest& r : requests) {
-      runs.push_back(std::make_unique<Collector>());
-      EXPECT_TRUE(engine->Submit(r, runs.back()->stream).ok());
-    }
-    for (auto& c : runs) out.push_back(c->Wait()[0]);
-    return out;
-  };
-  Metrics metrics;
-  const std::vector<GenerationDelta> want = run(false, nullptr), got = run(true, &metrics);
-  ASSERT_EQ(want.size(), cases.size());
-  ASSERT_EQ(got.size(), cases.size());
-  for (size_t i = 0; i < cases.size(); ++i) {
-    EXPECT_EQ(got[i].token_ids, want[i].token_ids) << cases[i].name;
-    ASSERT_EQ(got[i].logprobs.size(), want[i].logprobs.size()) << cases[i].name;
-    for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
-      EXPECT_EQ(got[i].logprobs[t].logprob, want[i].logprobs[t].logprob) << cases[i].name << " token " << t;
-    }
-  }
-  const double replayed = CounterValue(metrics, "attnserve_cuda_graph_steps_total", {{"how", "replayed"}});
-  const double captured = CounterValue(metrics, "attnserve_cuda_graph_steps_total", {{"how", "captured"}});
-  std::printf("graph steps: %.0f replayed, %.0f captured\n", replayed, captured);
-  EXPECT_GT(captured, 0.0);
-  EXPECT_GT(replayed, captured);
 }
 
 TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {

@@ -273,6 +273,17 @@ TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
                                      {&t1, d, 5, LogitsWanted::kLastPick}});
   EXPECT_TRUE(GraphReplayable(later));
   EXPECT_EQ(LaunchSignature(later), signature);
+  // What the kernels take, field by field (not through the signature).
+  EXPECT_EQ(later.tokens, first.tokens);
+  EXPECT_EQ(later.positions, first.positions);
+  EXPECT_EQ(later.row_seq, first.row_seq);
+  EXPECT_EQ(later.logit_rows, first.logit_rows);
+  EXPECT_EQ(later.picks, first.picks);
+  for (int32_t l = 0; l < c_.n_layers; ++l) {
+    EXPECT_EQ(later.layers[l].append, first.layers[l].append);
+    EXPECT_EQ(later.layers[l].decode, first.layers[l].decode);
+    EXPECT_EQ(later.layers[l].n_decode, first.layers[l].n_decode);
+  }
   EXPECT_EQ(later.layers[1].decode[0].kv.page_table[9], 15);
   EXPECT_EQ(later.layers[1].decode[0].params.window_tokens, 8);
 

@@ -78,8 +78,10 @@ struct CudaBackend::State {
     }
   }
 
-  // Grows `b` to at least `bytes` (contents not kept).
+  // Grows `b` to at least `bytes` (contents not kept): a buffer that kernel
+  // arguments of graphed steps name (buffers_moved), or one they do not.
   absl::Status Reserve(DeviceBuffer& b, size_t bytes);
+  absl::Status ReserveData(DeviceBuffer& b, size_t bytes);
   absl::Status ReserveRows(int64_t rows);
   absl::Status AllocateLinearState(LinearAttentionState& state);
   absl::Status StageStep(std::span<const SequenceStep> steps, std::span<float* const> linear_states,
@@ -96,8 +98,12 @@ struct CudaBackend::State {
 };
 
 absl::Status CudaBackend::State::Reserve(DeviceBuffer& b, size_t bytes) {
+  if (b.size() < bytes) ++buffers_moved;
+  return ReserveData(b, bytes);
+}
+
+absl::Status CudaBackend::State::ReserveData(DeviceBuffer& b, size_t bytes) {
   if (b.size() >= bytes) return absl::OkStatus();
-  ++buffers_moved;
   b = DeviceBuffer();
   ATTN_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(bytes));
   return absl::OkStatus();
@@ -176,6 +182,7 @@ int64_t CudaBackend::decode_weight_bytes() const { return s_->weights.DecodeByte
 std::string CudaBackend::device() const { return s_->device_name; }
 
 absl::Status CudaBackend::AllocateLinearState(LinearAttentionState& state) {
+  if (state.device_states != nullptr) return absl::OkStatus();
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s_->options.device), "cudaSetDevice"));
   return s_->AllocateLinearState(state);
 }
@@ -282,7 +289,7 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
   const ModelConfig& c = model.config;
   const int32_t prompt = st.attention->prompt_tokens();
   const size_t n_mass = static_cast<size_t>(c.n_heads) * prompt;
-  ATTN_RETURN_IF_ERROR(Reserve(act_mass, n_mass * sizeof(double)));
+  ATTN_RETURN_IF_ERROR(ReserveData(act_mass, n_mass * sizeof(double)));
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(act_mass.data(), 0, n_mass * sizeof(double), stream), "cudaMemsetAsync(act mass)"));
   ColumnMassArgs a;
   a.seqs = m.layers[l].entries + first_row;
@@ -327,7 +334,7 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
     tiles = act_arena.Append(tile_list);
     n_tiles = static_cast<int32_t>(tile_list.size());
     if (act_arena.size() <= act_meta.size()) break;
-    ATTN_RETURN_IF_ERROR(Reserve(act_meta, act_arena.size() + act_arena.size() / 2));
+    ATTN_RETURN_IF_ERROR(ReserveData(act_meta, act_arena.size() + act_arena.size() / 2));
   }
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
                                             stream),
@@ -519,7 +526,7 @@ absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, 
     if (fits) return absl::OkStatus();
     if (attempt > 0) return absl::InternalError("step metadata: its size changed when staged again");
     ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size() + staging.index.size() / 2));
-    ATTN_RETURN_IF_ERROR(Reserve(step_data, staging.data.size() + staging.data.size() / 2));
+    ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size() + staging.data.size() / 2));
   }
 }
 

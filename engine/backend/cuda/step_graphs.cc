@@ -92,7 +92,10 @@ absl::Status StepGraphs::Run(int32_t batch, std::vector<uintptr_t> signature, ab
       return enqueue();
     }
   }
-  return CudaErrorToStatus(cudaGraphLaunch(g.exec, static_cast<cudaStream_t>(stream_)), "cudaGraphLaunch");
+  const cudaError_t launched = cudaGraphLaunch(g.exec, static_cast<cudaStream_t>(stream_));
+  // Not left behind for the next step's first launch to report.
+  if (launched != cudaSuccess) cudaGetLastError();
+  return CudaErrorToStatus(launched, "cudaGraphLaunch");
 }
 
 }  // namespace attnserve

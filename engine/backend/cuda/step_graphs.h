@@ -35,9 +35,9 @@ class StepGraphs {
   // Enqueues a step of `batch` sequences on the stream: the graph of that
   // batch size when its signature is `signature`, else `enqueue` (which
   // enqueues every kernel of the step on the stream, and nothing else) runs
-  // directly or is captured into one first. A capture the driver refuses turns graphs off
-  // for good (disabled()), and `enqueue` runs directly; an error of
-  // `enqueue` itself is returned with nothing launched.
+  // directly or is captured into one first. A capture the driver refuses
+  // turns graphs off for good (disabled()), and `enqueue` runs directly. An
+  // error of `enqueue` itself is returned; while capturing, nothing ran.
   absl::Status Run(int32_t batch, std::vector<uintptr_t> signature, absl::FunctionRef<absl::Status()> enqueue);
 
   bool disabled() const { return disabled_; }

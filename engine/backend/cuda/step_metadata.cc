@@ -263,7 +263,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
 
 int32_t DecodeTokensBound(int32_t max_tokens) {
   int32_t bound = kDecodeSplitKeys;
-  while (bound < max_tokens && bound <= (1 << 30)) bound *= 2;
+  while (bound < max_tokens && bound < (1 << 30)) bound *= 2;
   return std::max(bound, max_tokens);
 }
 
