@@ -4,9 +4,12 @@
 // arrays of the same step, then copied up with one memcpy.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 namespace attnserve {
@@ -16,38 +19,66 @@ class StagingArena {
   // Starts over for a device buffer at `device_base`.
   void Reset(void* device_base) {
     base_ = reinterpret_cast<uintptr_t>(device_base);
-    bytes_.clear();
+    size_ = 0;
   }
 
-  // Appends `values` and returns their device address. Arrays start on 16
-  // bytes (and their type's alignment), as the kernels' vector loads want.
+  // Room for `n` values, to be written through Staged: their device
+  // address. Arrays start on 16 bytes (and their type's alignment), as the
+  // kernels' vector loads want.
   template <typename T>
-  T* Append(std::span<const T> values) {
+  T* Allocate(size_t n) {
     static_assert(std::is_trivially_copyable_v<T>);
     constexpr size_t kAlign = alignof(T) > 16 ? alignof(T) : 16;
-    const size_t offset = (bytes_.size() + kAlign - 1) / kAlign * kAlign;
-    bytes_.resize(offset + values.size_bytes());
-    if (!values.empty()) std::memcpy(bytes_.data() + offset, values.data(), values.size_bytes());
+    const size_t offset = (size_ + kAlign - 1) / kAlign * kAlign;
+    Reserve(offset + n * sizeof(T));
+    size_ = offset + n * sizeof(T);
     return reinterpret_cast<T*>(base_ + offset);
+  }
+
+  // Appends `values` and returns their device address.
+  template <typename T>
+  T* Append(std::span<const T> values) {
+    T* at = Allocate<T>(values.size());
+    if (!values.empty()) std::memcpy(Staged(at), values.data(), values.size_bytes());
+    return at;
   }
   template <typename T>
   T* Append(const std::vector<T>& values) {
     return Append(std::span<const T>(values));
   }
 
-  // The staged copy of what will be at `device` (an address Append returned).
+  // Where to write what will be at `device` (an address Append or Allocate
+  // returned), until the next Append or Allocate moves the staged bytes.
+  template <typename T>
+  T* Staged(T* device) {
+    return reinterpret_cast<T*>(bytes_.get() + (reinterpret_cast<uintptr_t>(device) - base_));
+  }
+
+  // The staged copy of what will be at `device`.
   template <typename T>
   const T* HostView(const T* device) const {
-    return reinterpret_cast<const T*>(bytes_.data() + (reinterpret_cast<uintptr_t>(device) - base_));
+    return reinterpret_cast<const T*>(bytes_.get() + (reinterpret_cast<uintptr_t>(device) - base_));
   }
 
   // Bytes the device buffer needs; the staged bytes to copy there.
-  size_t size() const { return bytes_.size(); }
-  const uint8_t* data() const { return bytes_.data(); }
+  size_t size() const { return size_; }
+  const uint8_t* data() const { return bytes_.get(); }
 
  private:
+  // Kept across Resets and never zeroed (a step stages megabytes at large
+  // batches): the padding between arrays is copied but never read.
+  void Reserve(size_t bytes) {
+    if (bytes <= capacity_) return;
+    const size_t capacity = std::max(bytes, 2 * capacity_);
+    std::unique_ptr<uint8_t[]> grown = std::make_unique_for_overwrite<uint8_t[]>(capacity);
+    if (size_ > 0) std::memcpy(grown.get(), bytes_.get(), size_);
+    bytes_ = std::move(grown);
+    capacity_ = capacity;
+  }
+
   uintptr_t base_ = 0;
-  std::vector<uint8_t> bytes_;
+  std::unique_ptr<uint8_t[]> bytes_;
+  size_t size_ = 0, capacity_ = 0;
 };
 
 }  // namespace attnserve

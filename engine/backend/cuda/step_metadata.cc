@@ -159,8 +159,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   // LinearStateFloats per KV head (linear_state.h), without the CUDA library.
   const int64_t state_floats = static_cast<int64_t>(c.n_kv_heads) * TaylorFeatureCount(c.head_dim) * (c.head_dim + 1);
   m.layers.resize(c.n_layers);
-  std::vector<KvAppendSequence> append(n_seqs);
-  std::vector<DecodeSequence> entries(m.rows), decode;
+  std::vector<DecodeSequence> decode;
   std::vector<PrefillTile> tiles;
   const int32_t tile_queries = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
   std::vector<QuestSelectSequence> quest;
@@ -170,6 +169,13 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   for (int32_t l = 0; l < c.n_layers; ++l) {
     LayerMetadata& lm = m.layers[l];
     quest.clear(), quest_rows.clear(), linear_read.clear(), linear_fold.clear(), decode.clear(), tiles.clear();
+    // Written in place: at large batches these are most of the step's bytes.
+    KvAppendSequence* const append_at = index.Allocate<KvAppendSequence>(n_seqs);
+    DecodeSequence* const entries_at = index.Allocate<DecodeSequence>(m.rows);
+    lm.append = append_at;
+    lm.entries = entries_at;
+    KvAppendSequence* append = index.Staged(append_at);
+    DecodeSequence* entries = index.Staged(entries_at);
     for (int32_t i = 0; i < n_seqs; ++i) {
       const SequenceStep& st = steps[i];
       const SequenceAttentionParams& p = params.Get(st, l);
@@ -242,12 +248,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       m.folded_end[i][l] = std::max(folded, next_end);
       m.wants_lse = true;
     }
-    lm.append = index.Append(append);
-    lm.entries = index.Append(entries);
     lm.n_decode = static_cast<int32_t>(decode.size());
     // Every row a decode query (a decode step): the entries are the decode
     // kernel's, in the same order, and are not staged twice.
-    lm.decode = decode.size() == entries.size() ? lm.entries : index.Append(decode);
+    lm.decode = static_cast<int64_t>(decode.size()) == m.rows ? lm.entries : index.Append(decode);
     lm.n_tiles = static_cast<int32_t>(tiles.size());
     lm.tiles = index.Append(tiles);
     lm.n_quest = static_cast<int32_t>(quest.size());
