@@ -4,6 +4,7 @@ scripts/gpu-check.sh leaves in bench/results/ for one GPU:
   paged_decode_cuda_bench-<gpu>.json   decode attention (dense, mixed policies, Quest)
   torch_decode_attention-<gpu>.json    torch's SDPA on the dense shapes
   engine_decode_cuda_bench-<gpu>.json  whole decode steps
+  engine_load_cuda_bench-<gpu>.json    the engine under 64-256 concurrent requests
   step_metadata_bench.json  the host's staging of a decode step (any machine)
 and bench/results/cuda_decode.png. Exits 0 with a note when there are none.
 Usage:
@@ -140,6 +141,23 @@ def engine_table(engine):
     return "\n".join(out), rows
 
 
+def load_table(load):
+    """The engine under load: tokens/s at each concurrency, the mixed run against the dense one."""
+    runs = load.get("BM_ServeLoad", {})
+    out = ["| streams | policies | output tok/s | total tok/s | median TTFT s | makespan s | vs dense |",
+           "|---|---|---|---|---|---|---|"]
+    for (streams, mixed), r in sorted(runs.items()):
+        policies = "mixed" if mixed else "dense"
+        if not ok(r):
+            out.append(f"| {streams} | {policies} | {r.get('error_message', 'skipped')} | | | | |")
+            continue
+        dense = runs.get((streams, 0))
+        vs = f"{r['output_tok_s'] / dense['output_tok_s']:.2f}" if mixed and ok(dense) else "-"
+        out.append(f"| {streams} | {policies} | {r['output_tok_s']:.0f} | {r['total_tok_s']:.0f} | "
+                   f"{r['ttft_median_s']:.2f} | {r['makespan_s']:.1f} | {vs} |")
+    return "\n".join(out)
+
+
 def plot(png, gpu, dense, mixed, quest, engine):
     import matplotlib
     matplotlib.use("Agg")
@@ -229,7 +247,8 @@ def main():
         return 0
     gpu = args.gpu or found[-1].stem.split("-", 1)[1]
     paths = {name: results / f"{name}-{gpu}.json"
-             for name in ("paged_decode_cuda_bench", "torch_decode_attention", "engine_decode_cuda_bench")}
+             for name in ("paged_decode_cuda_bench", "torch_decode_attention", "engine_decode_cuda_bench",
+                          "engine_load_cuda_bench")}
     decode = gbench_runs(paths["paged_decode_cuda_bench"]) if paths["paged_decode_cuda_bench"].exists() else {}
     torch = json.loads(paths["torch_decode_attention"].read_text()) if paths["torch_decode_attention"].exists() else None
     engine = gbench_runs(paths["engine_decode_cuda_bench"]) if paths["engine_decode_cuda_bench"].exists() else {}
@@ -247,6 +266,9 @@ def main():
     if engine:
         table, steps = engine_table(engine)
         print(table + "\n")
+    if paths["engine_load_cuda_bench"].exists():
+        print("The engine under load (1024 tokens in, 256 out, random weights in Llama-3-8B's shape):")
+        print(load_table(gbench_runs(paths["engine_load_cuda_bench"])) + "\n")
     if any((dense, mixed, quest, steps)):
         plot(Path(args.png), gpu, dense, mixed, quest, steps)
     return 0
