@@ -2,6 +2,7 @@
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cmath>
 
@@ -14,6 +15,8 @@ namespace {
 
 constexpr int kMaxWarps = 16;
 constexpr int kKeyTile = 32;  // a key per lane
+constexpr int kRows = 16;     // the MMAs' M: a block's rows (warps), padded with zeros
+static_assert(kRows >= kMaxWarps);
 
 // Key j is loaded for the tile when its earliest query (whose windows reach
 // furthest back) sees it under the sequence's set and some head of the
@@ -30,25 +33,48 @@ __device__ bool TileLoads(const DecodeSequence& first, int g, int group, int32_t
   return false;
 }
 
-// Block (tile, g): warp w is query w / group of the tile, query head
-// g * group + w % group. Each 32-key tile of K and V is staged in shared
-// memory; each lane scores one key, the warp updates its online softmax, and
-// every lane accumulates head_dim / 32 value columns, as the decode kernel.
+// A block's shared memory (dynamic: about 66 KB at head_dim 128). Every
+// array the MMAs read or write starts on 32 bytes, and row strides are
+// multiples of 16 bytes, as wmma's loads and stores want.
+template <int kHeadDim>
+struct alignas(128) PrefillShared {
+  static constexpr int kLdh = kHeadDim + 8;  // halves a row of K, V and Q
+  static constexpr int kLdS = kKeyTile + 4;  // floats a row of scores
+  static constexpr int kLdP = kKeyTile + 8;  // halves a row of weights
+  static constexpr int kLdO = kHeadDim + 4;  // floats a row of outputs
+  __half k[kKeyTile][kLdh];
+  __half v[kKeyTile][kLdh];
+  // Queries as hi + lo halves: their products with the fp16 keys, summed
+  // in fp32, are the fp32 queries' to about 2^-22.
+  __half q_hi[kRows][kLdh];
+  __half q_lo[kRows][kLdh];
+  float q[kMaxWarps][kHeadDim];       // for keys scored on the CUDA cores
+  float sink_q[kMaxWarps][kHeadDim];
+  float s[kRows][kLdS];               // the tile's scores, q·k
+  __half p[2][2][kRows][kLdP];        // weights [set, rest][hi, lo]
+  float o[2][kRows][kLdO];            // value sums [set, rest]
+  bool load[kKeyTile];
+};
+
+// Block (tile, g): warp w is row w, query w / group of the tile and query
+// head g * group + w % group. Each 32-key tile of K and V is staged in
+// shared memory; the scores of every row against it are one tensor-core
+// product (Q·Kᵀ), each warp then applies its row's hooks and online softmax
+// (a key per lane, as the decode kernel), and the weighted values are a
+// second product (P·V) into per-row sums that the warps rescale.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttentionArgs a) {
+  using Shared = PrefillShared<kHeadDim>;
+  using namespace nvcuda;
   constexpr int kPairs = kHeadDim / 2;
-  constexpr int kCols = kHeadDim / kWarp;
-  // Lane j reads key row j: a row of kPairs + 1 words puts the lanes on 32
-  // different banks.
-  __shared__ __half2 k_sh[kKeyTile][kPairs + 1];
-  __shared__ __half2 v_sh[kKeyTile][kPairs];
-  __shared__ bool load_sh[kKeyTile];
-  __shared__ float q_sh[kMaxWarps][kHeadDim];
-  __shared__ float sink_sh[kMaxWarps][kHeadDim];
+  constexpr int kColTiles = kHeadDim / 16;
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  Shared& sh = *reinterpret_cast<Shared*>(shared_bytes);
 
   const PrefillTile tile = a.tiles[blockIdx.x];
   const int g = blockIdx.y;
   const int group = a.n_q_heads / a.n_kv_heads;
+  const int n_warps = blockDim.x / kWarp;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int qi = warp / group;
   const bool active = qi < tile.n_queries;
@@ -58,15 +84,34 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   const int h = g * group + warp % group;
   const int64_t row = static_cast<int64_t>(QueryRow(s, entry)) * a.n_q_heads + h;
   const int32_t end = a.entries[tile.first_entry + tile.n_queries - 1].query_pos + 1;
+
+  // Rows without a query (past the block's warps, or of absent queries)
+  // stay zero in every product.
+  const __half zero = __float2half(0.0f);
+  for (int i = threadIdx.x; i < kRows * Shared::kLdh; i += blockDim.x) {
+    (&sh.q_hi[0][0])[i] = zero;
+    (&sh.q_lo[0][0])[i] = zero;
+  }
+  for (int i = threadIdx.x; i < 4 * kRows * Shared::kLdP; i += blockDim.x) (&sh.p[0][0][0][0])[i] = zero;
+  for (int i = threadIdx.x; i < 2 * kRows * Shared::kLdO; i += blockDim.x) (&sh.o[0][0][0])[i] = 0.0f;
+  __syncthreads();
+  // A query past fp16's range is scored on the CUDA cores.
+  bool q_fits = true;
   if (active) {
     for (int c = lane; c < kHeadDim; c += kWarp) {
-      q_sh[warp][c] = a.q[row * kHeadDim + c];
-      sink_sh[warp][c] = a.sink_q != nullptr ? a.sink_q[row * kHeadDim + c] : q_sh[warp][c];
+      const float x = a.q[row * kHeadDim + c];
+      sh.q[warp][c] = x;
+      sh.sink_q[warp][c] = a.sink_q != nullptr ? a.sink_q[row * kHeadDim + c] : x;
+      const __half hi = __float2half_rn(x);
+      sh.q_hi[warp][c] = hi;
+      sh.q_lo[warp][c] = __float2half_rn(x - __half2float(hi));
+      q_fits = q_fits && fabsf(x) < 65504.0f;
     }
   }
+  q_fits = __all_sync(0xffffffffu, q_fits);
   const AttentionHeadParams& hp = s.params.heads[h];
   const bool reweights = hp.reweight_beta != 1.0f;
-  WarpSoftmax<kCols> sm;
+  WarpRowSoftmax sm;
 
   // Whole key tiles behind every window the tile's queries have are skipped
   // (a streaming sequence at a million tokens reads sinks + window).
@@ -78,44 +123,105 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
       t0 = skip_end;
       if (t0 >= end) break;
     }
-    __syncthreads();  // the previous tile's readers are done
+    __syncthreads();  // the previous tile's products are done
     if (threadIdx.x < kKeyTile) {
       const int32_t j = t0 + threadIdx.x;
-      load_sh[threadIdx.x] = j < end && TileLoads(first, g, group, j);
+      sh.load[threadIdx.x] = j < end && TileLoads(first, g, group, j);
     }
     __syncthreads();
+    // Keys not loaded are zeros: the products must see no stale NaN. (A
+    // loaded key's value meets every row's weight, zero ones too: an Inf in
+    // the cache, which only a model overflowing fp16 writes, spoils rows
+    // that do not see it.)
+    const __half2 zeros = __float2half2_rn(0.0f);
     for (int i = threadIdx.x; i < kKeyTile * kPairs; i += blockDim.x) {
       const int kk = i / kPairs, c = i % kPairs;
-      if (!load_sh[kk]) continue;
-      k_sh[kk][c] = reinterpret_cast<const __half2*>(first.kv.Row(first.kv.keys, g, t0 + kk))[c];
-      v_sh[kk][c] = reinterpret_cast<const __half2*>(first.kv.Row(first.kv.values, g, t0 + kk))[c];
+      const bool load = sh.load[kk];
+      reinterpret_cast<__half2*>(sh.k[kk])[c] =
+          load ? reinterpret_cast<const __half2*>(first.kv.Row(first.kv.keys, g, t0 + kk))[c] : zeros;
+      reinterpret_cast<__half2*>(sh.v[kk])[c] =
+          load ? reinterpret_cast<const __half2*>(first.kv.Row(first.kv.values, g, t0 + kk))[c] : zeros;
     }
     __syncthreads();
-    if (!active || t0 > s.query_pos) continue;  // warp-uniform
-
-    const int32_t j = t0 + lane;
-    float logit = -INFINITY;
-    bool in_set = false;
-    if (load_sh[lane] && HeadKeyVisible(s.params, hp, s.query_pos, j)) {
-      const float* qv = j < s.params.sink_tokens ? sink_sh[warp] : q_sh[warp];
-      float dot = 0.0f;
-#pragma unroll 8
-      for (int c = 0; c < kPairs; ++c) {
-        const float2 kf = __half22float2(k_sh[lane][c]);
-        dot = fmaf(qv[2 * c], kf.x, fmaf(qv[2 * c + 1], kf.y, dot));
+    // Scores: warp w < 2 takes keys [16w, 16w + 16) of every row.
+    if (warp < kKeyTile / 16) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;  // Kᵀ: K's rows as columns
+      wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+      for (int d = 0; d < kHeadDim; d += 16) {
+        wmma::load_matrix_sync(kb, &sh.k[warp * 16][d], Shared::kLdh);
+        wmma::load_matrix_sync(qa, &sh.q_hi[0][d], Shared::kLdh);
+        wmma::mma_sync(acc, qa, kb, acc);
+        wmma::load_matrix_sync(qa, &sh.q_lo[0][d], Shared::kLdh);
+        wmma::mma_sync(acc, qa, kb, acc);
       }
-      logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
-      in_set = reweights && InReweightSet(s.params, hp, j);
+      wmma::store_matrix_sync(&sh.s[0][warp * 16], acc, Shared::kLdS, wmma::mem_row_major);
     }
-    float p;
-    if (!sm.AddTile(logit, in_set, &p)) continue;
-    for (int kk = 0; kk < kKeyTile; ++kk) {
-      const float pk = __shfl_sync(0xffffffffu, p, kk);
-      const bool set_k = __shfl_sync(0xffffffffu, in_set, kk);
-      if (pk == 0.0f) continue;  // warp-uniform
-      sm.AddValue(v_sh[kk], lane, pk, set_k);
+    __syncthreads();
+
+    // This row's hooks and online softmax; its weights as hi + lo halves,
+    // ACT's set apart from the rest, and its value sums rescaled.
+    float p = 0.0f, rescale = 1.0f;
+    bool in_set = false, any = false;
+    if (active && t0 <= s.query_pos) {  // warp-uniform
+      const int32_t j = t0 + lane;
+      float logit = -INFINITY;
+      if (sh.load[lane] && HeadKeyVisible(s.params, hp, s.query_pos, j)) {
+        const bool sink_key = j < s.params.sink_tokens && a.sink_q != nullptr;
+        float dot = sh.s[warp][lane];
+        if (sink_key || !q_fits) {
+          // Sink keys meet the query turned at its cache slot.
+          const float* qv = sink_key ? sh.sink_q[warp] : sh.q[warp];
+          const __half2* kr = reinterpret_cast<const __half2*>(sh.k[lane]);
+          dot = 0.0f;
+#pragma unroll 8
+          for (int c = 0; c < kPairs; ++c) {
+            const float2 kf = __half22float2(kr[c]);
+            dot = fmaf(qv[2 * c], kf.x, fmaf(qv[2 * c + 1], kf.y, dot));
+          }
+        }
+        logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
+        in_set = reweights && InReweightSet(s.params, hp, j);
+      }
+      any = sm.AddTile(logit, in_set, &p, &rescale);
+    }
+    if (any) {
+      for (int c = lane; c < kHeadDim; c += kWarp) {
+        sh.o[0][warp][c] *= rescale;
+        sh.o[1][warp][c] *= rescale;
+      }
+    } else {
+      p = 0.0f;
+    }
+    const float part[2] = {in_set ? p : 0.0f, in_set ? 0.0f : p};
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const __half hi = __float2half_rn(part[x]);
+      sh.p[x][0][warp][lane] = hi;
+      sh.p[x][1][warp][lane] = __float2half_rn(part[x] - __half2float(hi));
+    }
+    __syncthreads();
+    // Value sums += P·V: a task per (set or rest, 16 output columns).
+    for (int task = warp; task < 2 * kColTiles; task += n_warps) {
+      const int x = task / kColTiles, col = task % kColTiles * 16;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
+      wmma::load_matrix_sync(acc, &sh.o[x][0][col], Shared::kLdO, wmma::mem_row_major);
+#pragma unroll
+      for (int k0 = 0; k0 < kKeyTile; k0 += 16) {
+        wmma::load_matrix_sync(vb, &sh.v[k0][col], Shared::kLdh);
+        wmma::load_matrix_sync(pa, &sh.p[x][0][0][k0], Shared::kLdP);
+        wmma::mma_sync(acc, pa, vb, acc);
+        wmma::load_matrix_sync(pa, &sh.p[x][1][0][k0], Shared::kLdP);
+        wmma::mma_sync(acc, pa, vb, acc);
+      }
+      wmma::store_matrix_sync(&sh.o[x][0][col], acc, Shared::kLdO, wmma::mem_row_major);
     }
   }
+  __syncthreads();  // the last tile's value sums
   if (!active) return;
   // The virtual sink joins the denominator, ACT's scales apply, as the
   // decode kernel's merge of a single split.
@@ -125,15 +231,26 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   const float sink = hp.virtual_sink_logit == -INFINITY ? 0.0f : __expf(hp.virtual_sink_logit - top);
   const float den = sum_set + sum_rest + sink;
   const ReweightScales scales = ComputeReweightScales(hp.reweight_beta, sum_set, sum_rest);
-#pragma unroll
-  for (int c = 0; c < kCols / 2; ++c) {
-    const int col = 2 * (lane + c * kWarp);
-    for (int k = 0; k < 2; ++k) {
-      const float o = (scales.in_set * sm.acc_set[2 * c + k] + scales.rest * sm.acc_rest[2 * c + k]) * w;
-      a.out[row * kHeadDim + col + k] = den > 0.0f ? o / den : 0.0f;
-    }
+  for (int c = lane; c < kHeadDim; c += kWarp) {
+    const float o = (scales.in_set * sh.o[0][warp][c] + scales.rest * sh.o[1][warp][c]) * w;
+    a.out[row * kHeadDim + c] = den > 0.0f ? o / den : 0.0f;
   }
   if (a.lse != nullptr && lane == 0) a.lse[row] = den > 0.0f ? top + logf(den) : -INFINITY;
+}
+
+template <int kHeadDim>
+absl::Status Launch(const PrefillAttentionArgs& a, int threads, cudaStream_t stream) {
+  constexpr size_t kBytes = sizeof(PrefillShared<kHeadDim>);
+  // Past the 48 KB a launch gets unasked; set for the current device, so
+  // on every launch.
+  if (absl::Status st = CudaErrorToStatus(
+          cudaFuncSetAttribute(PrefillKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes),
+          "cudaFuncSetAttribute(PrefillKernel)");
+      !st.ok()) {
+    return st;
+  }
+  PrefillKernel<kHeadDim><<<dim3(a.n_tiles, a.n_kv_heads), threads, kBytes, stream>>>(a);
+  return CudaErrorToStatus(cudaGetLastError(), "PrefillKernel");
 }
 
 }  // namespace
@@ -151,19 +268,15 @@ absl::Status PrefillAttentionCuda(const PrefillAttentionArgs& a, void* stream) {
   }
   const int group = a.n_q_heads / a.n_kv_heads;
   const int threads = PrefillQueriesPerTile(group) * group * kWarp;
-  const dim3 grid(a.n_tiles, a.n_kv_heads);
   const auto s = static_cast<cudaStream_t>(stream);
   switch (a.head_dim) {
     case 64:
-      PrefillKernel<64><<<grid, threads, 0, s>>>(a);
-      break;
+      return Launch<64>(a, threads, s);
     case 128:
-      PrefillKernel<128><<<grid, threads, 0, s>>>(a);
-      break;
+      return Launch<128>(a, threads, s);
     default:
       return absl::InvalidArgumentError(absl::StrCat("PrefillAttentionCuda: head_dim ", a.head_dim, " (64 or 128 only)"));
   }
-  return CudaErrorToStatus(cudaGetLastError(), "PrefillKernel");
 }
 
 }  // namespace attnserve

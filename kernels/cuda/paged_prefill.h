@@ -1,12 +1,14 @@
 // Prefill attention on the GPU over the paged fp16 KV cache: the queries of
 // a prefill chunk in tiles, so that a block loads each key and value once
 // for every query of its tile and every query head of its KV group (the
-// decode kernel reads them once per query). The per-query math is the
-// decode kernel's: every hook of attention_hooks.h from each query's entry,
-// ACT's two accumulators, the virtual sink, sink keys scored with the
-// cache-slot queries; no Quest ranges (Quest's queries go to the decode
-// kernel). One pass over the keys, no split: a chunk has tiles enough to
-// fill the device. Asynchronous; nothing allocates.
+// decode kernel reads them once per query). Q·Kᵀ and P·V run on the tensor
+// cores (fp16 inputs split hi + lo, fp32 sums: the fp32 math to about
+// 2^-22); the per-query math between them is the decode kernel's: every
+// hook of attention_hooks.h from each query's entry, ACT's two
+// accumulators, the virtual sink, sink keys scored with the cache-slot
+// queries; no Quest ranges (Quest's queries go to the decode kernel). One
+// pass over the keys, no split: a chunk has tiles enough to fill the
+// device. Asynchronous; nothing allocates.
 #pragma once
 
 #include <cstdint>
