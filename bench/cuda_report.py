@@ -5,6 +5,7 @@ scripts/gpu-check.sh leaves in bench/results/ for one GPU:
   torch_decode_attention-<gpu>.json    torch's SDPA on the dense shapes
   engine_decode_cuda_bench-<gpu>.json  whole decode steps
   engine_load_cuda_bench-<gpu>.json    the engine under 64-256 concurrent requests
+  paged_prefill_cuda_bench-<gpu>.json  prefill attention on the tensor cores
   step_metadata_bench.json  the host's staging of a decode step (any machine)
 and bench/results/cuda_decode.png. Exits 0 with a note when there are none.
 Usage:
@@ -141,6 +142,18 @@ def engine_table(engine):
     return "\n".join(out), rows
 
 
+def prefill_table(prefill):
+    """Prefill attention's matrix rate against cuBLAS's in the same run."""
+    out = ["| context | ms | attention TFLOP/s | cuBLAS bf16 TFLOP/s | ratio |", "|---|---|---|---|---|"]
+    for (context,), r in sorted(prefill.get("BM_PrefillDense", {}).items()):
+        if not ok(r):
+            out.append(f"| {context} | {r.get('error_message', 'skipped')} | | | |")
+            continue
+        out.append(f"| {context} | {r['ms']:.2f} | {r['attn_TFLOPs']:.1f} | {r['gemm_TFLOPs']:.0f} | "
+                   f"{r['ratio_to_gemm']:.2f} |")
+    return "\n".join(out)
+
+
 def load_table(load):
     """The engine under load: tokens/s at each concurrency, the mixed run against the dense one."""
     runs = load.get("BM_ServeLoad", {})
@@ -248,7 +261,7 @@ def main():
     gpu = args.gpu or found[-1].stem.split("-", 1)[1]
     paths = {name: results / f"{name}-{gpu}.json"
              for name in ("paged_decode_cuda_bench", "torch_decode_attention", "engine_decode_cuda_bench",
-                          "engine_load_cuda_bench")}
+                          "engine_load_cuda_bench", "paged_prefill_cuda_bench")}
     decode = gbench_runs(paths["paged_decode_cuda_bench"]) if paths["paged_decode_cuda_bench"].exists() else {}
     torch = json.loads(paths["torch_decode_attention"].read_text()) if paths["torch_decode_attention"].exists() else None
     engine = gbench_runs(paths["engine_decode_cuda_bench"]) if paths["engine_decode_cuda_bench"].exists() else {}
@@ -266,6 +279,9 @@ def main():
     if engine:
         table, steps = engine_table(engine)
         print(table + "\n")
+    if paths["paged_prefill_cuda_bench"].exists():
+        print("Prefill attention, a chunk of 1024 queries at the end of the context (Llama-3-8B's heads):")
+        print(prefill_table(gbench_runs(paths["paged_prefill_cuda_bench"])) + "\n")
     if paths["engine_load_cuda_bench"].exists():
         print("The engine under load (1024 tokens in, 256 out, random weights in Llama-3-8B's shape):")
         print(load_table(gbench_runs(paths["engine_load_cuda_bench"])) + "\n")
