@@ -41,7 +41,7 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "kernel (for profilers and debuggers).");
 ABSL_FLAG(std::string, load_format, "auto",
           "auto: the model file's weights. dummy: its config and tokenizer with random weights, for throughput "
-          "studies (cuda backend).");
+          "studies.");
 ABSL_FLAG(std::string, dummy_shape, "",
           "With --load-format dummy: the transformer of a known model instead of the file's (with the file's "
           "vocabulary): llama-3-8b, llama-3.2-1b or qwen2.5-7b.");

@@ -66,10 +66,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
   }
   const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
   ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
-  if (model.dummy_weights && backend != "cuda") {
-    return absl::UnimplementedError(
-        "load_format dummy: random weights are drawn by the cuda backend; the cpu backend runs a file's weights");
-  }
   std::unique_ptr<Impl> impl;
   if (backend == "cuda") {
 #ifdef ATTNSERVE_WITH_CUDA
@@ -95,6 +91,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     CpuBackendOptions backend_options;
     backend_options.num_threads = options.num_threads;
     backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    backend_options.dummy_weights = model.dummy_weights;
     ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
   }
   for (int32_t id = 0; id < c.vocab_size; ++id) {

@@ -1,10 +1,13 @@
 #include "engine/model/llama_weights.h"
 
+#include <cmath>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "kernels/common/ggml_types.h"
+#include "kernels/common/half.h"
 #include "kernels/cpu/quant.h"
 
 namespace attnserve {
@@ -75,6 +78,68 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& gguf, const ModelC
     ATTN_ASSIGN_OR_RETURN(L.w_gate, Matrix(gguf, b + "ffn_gate.weight", c.ffn_hidden, c.hidden));
     ATTN_ASSIGN_OR_RETURN(L.w_up, Matrix(gguf, b + "ffn_up.weight", c.ffn_hidden, c.hidden));
     ATTN_ASSIGN_OR_RETURN(L.w_down, Matrix(gguf, b + "ffn_down.weight", c.hidden, c.ffn_hidden));
+    for (const WeightMatrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      w.matrix_bytes += static_cast<int64_t>(m->row_bytes) * m->rows;
+    }
+  }
+  w.matrix_bytes += static_cast<int64_t>(w.output.row_bytes) * w.output.rows;
+  return w;
+}
+
+namespace {
+
+// A [rows x cols] Q8_0 matrix of random quants, its storage appended to `owned`.
+WeightMatrix RandomQ8Matrix(int64_t rows, int64_t cols, uint64_t& state, std::vector<std::vector<uint8_t>>& owned) {
+  const int64_t blocks = cols / kQK;
+  WeightMatrix m;
+  m.type = GgmlType::kQ8_0;
+  m.rows = rows;
+  m.cols = cols;
+  m.row_bytes = static_cast<size_t>(blocks) * sizeof(BlockQ8_0);
+  std::vector<uint8_t>& bytes = owned.emplace_back(m.row_bytes * static_cast<size_t>(rows));
+  const fp16_t scale = FloatToFp16(std::sqrt(3.0f / static_cast<float>(cols)) / 127.0f);
+  auto* block = reinterpret_cast<BlockQ8_0*>(bytes.data());
+  for (int64_t b = 0; b < rows * blocks; ++b, ++block) {
+    block->d = scale;
+    for (int8_t& q : block->qs) {
+      // xorshift64*: fast enough for billions of quants.
+      state ^= state >> 12;
+      state ^= state << 25;
+      state ^= state >> 27;
+      q = static_cast<int8_t>(static_cast<int>((state * 0x2545F4914F6CDD1DULL) >> 56) % 255 - 127);
+    }
+  }
+  m.data = bytes.data();
+  return m;
+}
+
+}  // namespace
+
+absl::StatusOr<LlamaWeights> RandomLlamaWeights(const ModelConfig& c, uint64_t seed) {
+  for (const int32_t cols : {c.hidden, c.q_dim(), c.ffn_hidden}) {
+    if (cols % kQK != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("random weights: width ", cols, " is not a multiple of ", kQK));
+    }
+  }
+  LlamaWeights w;
+  uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 1;
+  // One vector of ones serves every norm.
+  w.converted_norms.emplace_back(c.hidden, 1.0f);
+  const float* ones = w.converted_norms.back().data();
+  w.token_embd = RandomQ8Matrix(c.vocab_size, c.hidden, state, w.random_matrices);
+  w.output_norm = ones;
+  w.output = RandomQ8Matrix(c.vocab_size, c.hidden, state, w.random_matrices);
+  w.layers.resize(c.n_layers);
+  for (LlamaLayerWeights& L : w.layers) {
+    L.attn_norm = ones;
+    L.ffn_norm = ones;
+    L.wq = RandomQ8Matrix(c.q_dim(), c.hidden, state, w.random_matrices);
+    L.wk = RandomQ8Matrix(c.kv_dim(), c.hidden, state, w.random_matrices);
+    L.wv = RandomQ8Matrix(c.kv_dim(), c.hidden, state, w.random_matrices);
+    L.wo = RandomQ8Matrix(c.hidden, c.q_dim(), state, w.random_matrices);
+    L.w_gate = RandomQ8Matrix(c.ffn_hidden, c.hidden, state, w.random_matrices);
+    L.w_up = RandomQ8Matrix(c.ffn_hidden, c.hidden, state, w.random_matrices);
+    L.w_down = RandomQ8Matrix(c.hidden, c.ffn_hidden, state, w.random_matrices);
     for (const WeightMatrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
       w.matrix_bytes += static_cast<int64_t>(m->row_bytes) * m->rows;
     }

@@ -31,10 +31,18 @@ struct LlamaWeights {
   WeightMatrix output;                 // [vocab x hidden]; token_embd when tied
   std::vector<LlamaLayerWeights> layers;
   std::vector<std::vector<float>> converted_norms;  // owns norms not stored as f32
+  std::vector<std::vector<uint8_t>> random_matrices;  // owns RandomLlamaWeights' matrices
   int64_t matrix_bytes = 0;  // bytes of all matrices read per forward token
 };
 
 // The returned views point into `gguf`, which must outlive them.
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& gguf, const ModelConfig& config);
+
+// Random weights in `config`'s shapes, in memory the result owns (`serve
+// --load-format dummy` on the CPU): Q8_0 matrices uniform in
+// ±sqrt(3 / fan_in), so that unit-variance inputs give unit-variance
+// outputs, as the CUDA backend's; norms of ones; the output projection
+// untied. The same seed gives the same weights.
+absl::StatusOr<LlamaWeights> RandomLlamaWeights(const ModelConfig& config, uint64_t seed);
 
 }  // namespace attnserve

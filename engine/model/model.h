@@ -24,7 +24,8 @@ struct Model {
   std::optional<ChatTemplate> chat_template;  // absent when the file has none
   absl::Status chat_template_error;           // why it is absent, for requests that need it
   // No weights were read (`weights` is empty): the backend draws them at
-  // random in the config's shapes (LoadModelWithoutWeights).
+  // random in the config's shapes (LoadModelWithoutWeights): the CPU's as
+  // Q8_0 (RandomLlamaWeights), the GPU's as bf16.
   bool dummy_weights = false;
 };
 

@@ -1,6 +1,6 @@
 // --load-format dummy: the named shapes, a model with a file's config and
 // tokenizer but no weights (optionally in a named model's shape), and the
-// CPU backend's refusal of it (random weights are the CUDA backend's).
+// CPU engine generating from random weights, the same from the same seed.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -9,7 +9,10 @@
 
 #include "engine/core/engine.h"
 #include "engine/model/model.h"
+#include "engine/model/llama_weights.h"
 #include "engine/model/model_shapes.h"
+#include "kernels/cpu/quant.h"
+#include "tests/unit/engine_test_util.h"
 #include "tests/unit/synthetic_model.h"
 
 namespace attnserve {
@@ -60,13 +63,42 @@ TEST(DummyModelTest, ANamedShapeKeepsTheFilesVocabulary) {
   EXPECT_EQ(LoadModelWithoutWeights(path, "gpt-5").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(DummyModelTest, TheCpuBackendRefusesRandomWeights) {
+TEST(RandomWeightsTest, Q8MatricesOfUnitVarianceOutputsAndNormsOfOnes) {
+  ModelConfig c = ModelShape("llama-3.2-1b").value();
+  c.n_layers = 1;
+  c.vocab_size = 64;
+  const LlamaWeights w = RandomLlamaWeights(c, 1).value();
+  ASSERT_EQ(w.layers.size(), 1u);
+  EXPECT_EQ(w.layers[0].wq.type, GgmlType::kQ8_0);
+  EXPECT_EQ(w.layers[0].w_down.rows, c.hidden);
+  EXPECT_EQ(w.layers[0].w_down.cols, c.ffn_hidden);
+  EXPECT_EQ(w.output_norm[c.hidden - 1], 1.0f);
+  // Uniform in ±sqrt(3 / fan_in): a row's mean square is 1 / fan_in.
+  std::vector<float> row(c.ffn_hidden);
+  double mean_square = 0.0;
+  for (int64_t r = 0; r < 64; ++r) {
+    DequantizeRow(GgmlType::kQ8_0, static_cast<const uint8_t*>(w.layers[0].w_down.data) + r * w.layers[0].w_down.row_bytes,
+                  row.data(), c.ffn_hidden);
+    for (float x : row) mean_square += static_cast<double>(x) * x;
+  }
+  EXPECT_NEAR(mean_square / (64.0 * c.ffn_hidden) * c.ffn_hidden, 1.0, 0.05);
+  c.hidden = 100;  // not whole Q8_0 blocks
+  EXPECT_EQ(RandomLlamaWeights(c, 1).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DummyModelTest, TheCpuEngineGeneratesFromRandomWeights) {
   const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(SyntheticPath()).value();
-  EngineOptions options;
-  options.backend = "cpu";
-  const absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(*dummy, options, nullptr);
-  EXPECT_EQ(engine.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(engine.status().message().find("cuda"), std::string::npos) << engine.status();
+  const auto generate = [&] {
+    std::unique_ptr<Engine> engine = Engine::Create(*dummy, EngineOptions{}, nullptr).value();
+    GenerationRequest r;
+    r.prompt_ids = dummy->tokenizer->Encode("random weights", true, true);
+    r.sampling.max_tokens = 12;
+    r.sampling.ignore_eos = true;
+    return RunAlone(*engine, r);
+  };
+  const std::vector<int32_t> first = generate();
+  EXPECT_EQ(first.size(), 12u);
+  EXPECT_EQ(generate(), first);
 }
 
 }  // namespace

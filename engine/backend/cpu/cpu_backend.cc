@@ -53,11 +53,22 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& mode
   if (options.max_step_tokens < 1) {
     return absl::InvalidArgumentError("max_step_tokens must be positive");
   }
-  return std::unique_ptr<CpuBackend>(new CpuBackend(model, pool, options));
+  std::optional<LlamaWeights> random;
+  if (options.dummy_weights) {
+    ATTN_ASSIGN_OR_RETURN(random, RandomLlamaWeights(c, /*seed=*/1));
+  }
+  return std::unique_ptr<CpuBackend>(new CpuBackend(model, pool, options, std::move(random)));
 }
 
-CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options)
-    : model_(model), pool_(pool), options_(options), threads_(options.num_threads), device_(CpuModelName()) {
+CpuBackend::CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options,
+                       std::optional<LlamaWeights> random_weights)
+    : model_(model),
+      random_weights_(std::move(random_weights)),
+      weights_(random_weights_ ? *random_weights_ : model.weights),
+      pool_(pool),
+      options_(options),
+      threads_(options.num_threads),
+      device_(CpuModelName()) {
   const ModelConfig& c = model.config;
   ReserveRows(options.max_step_tokens);
   rope_.theta_scale = std::pow(c.rope_base, -2.0f / static_cast<float>(c.rope_dim));
@@ -137,12 +148,12 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
     const int64_t n = static_cast<int64_t>(st.tokens.size());
     const int64_t first = st.logits == LogitsWanted::kAll ? row : row + n - 1;
     const int64_t count = RowsOfLogits(st);
-    RmsNorm(&s_.x[first * c.hidden], model_.weights.output_norm, &s_.xn[out * c.hidden], count, c.hidden, c.rms_eps);
+    RmsNorm(&s_.x[first * c.hidden], weights_.output_norm, &s_.xn[out * c.hidden], count, c.hidden, c.rms_eps);
     out += count;
     row += n;
   }
   logits.resize(static_cast<size_t>(logit_rows) * c.vocab_size);
-  if (logit_rows > 0) MatMul(model_.weights.output, s_.xn.data(), logit_rows, logits.data(), threads_);
+  if (logit_rows > 0) MatMul(weights_.output, s_.xn.data(), logit_rows, logits.data(), threads_);
   // Picked rows: their tokens out, their rows dropped from `logits`.
   const size_t vocab = c.vocab_size;
   size_t kept = 0, at = 0;
@@ -168,7 +179,7 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
 
 void CpuBackend::Embed(std::span<const SequenceStep> steps, int64_t rows) {
   const ModelConfig& c = model_.config;
-  const WeightMatrix& e = model_.weights.token_embd;
+  const WeightMatrix& e = weights_.token_embd;
   int64_t r = 0;
   for (const SequenceStep& st : steps) {
     for (int32_t t : st.tokens) {
@@ -181,7 +192,7 @@ void CpuBackend::Embed(std::span<const SequenceStep> steps, int64_t rows) {
 
 void CpuBackend::Layer(int32_t layer, std::span<const SequenceStep> steps, int64_t rows) {
   const ModelConfig& c = model_.config;
-  const LlamaLayerWeights& w = model_.weights.layers[layer];
+  const LlamaLayerWeights& w = weights_.layers[layer];
   RmsNorm(s_.x.data(), w.attn_norm, s_.xn.data(), rows, c.hidden, c.rms_eps);
   MatMul(w.wq, s_.xn.data(), rows, s_.q.data(), threads_);
   MatMul(w.wk, s_.xn.data(), rows, s_.k.data(), threads_);

@@ -18,6 +18,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct CpuBackendOptions {
   // Activation buffers are sized for this; a step with more tokens (an ACT
   // prompt, prefilled whole) grows them.
   int32_t max_step_tokens = 512;
+  // Random weights in the model's shapes (RandomLlamaWeights) instead of
+  // its file's, which it need not have.
+  bool dummy_weights = false;
 };
 
 // One layer's attention of one sequence in a step, for offline analysis
@@ -78,7 +82,8 @@ class CpuBackend : public Backend {
     int64_t rows = 0;                     // the row capacity of the activations
   };
 
-  CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options);
+  CpuBackend(const Model& model, KvCachePool& pool, const CpuBackendOptions& options,
+             std::optional<LlamaWeights> random_weights);
   void Embed(std::span<const SequenceStep> steps, int64_t rows);
   void Layer(int32_t layer, std::span<const SequenceStep> steps, int64_t rows);
   void ReserveRows(int64_t rows);
@@ -98,6 +103,8 @@ class CpuBackend : public Backend {
   void RopePastContext(float* x, int32_t pos, int n_heads) const;
 
   const Model& model_;
+  std::optional<LlamaWeights> random_weights_;
+  const LlamaWeights& weights_;  // the model's, or random_weights_
   KvCachePool& pool_;
   CpuBackendOptions options_;
   ThreadPool threads_;
