@@ -35,9 +35,11 @@ constexpr int32_t kPromptTokens = 1024, kOutputTokens = 256;
 
 const Model* DummyLlama3_8B(std::string* why) {
   static const absl::StatusOr<std::unique_ptr<Model>> model = []() -> absl::StatusOr<std::unique_ptr<Model>> {
-    const std::string path = (std::filesystem::temp_directory_path() / "attnserve_engine_load_bench.gguf").string();
+    const std::string path = SyntheticModelPath("attnserve_engine_load_bench");
     if (!WriteSyntheticLlama(path)) return absl::InternalError("cannot write " + path);
-    return LoadModelWithoutWeights(path, "llama-3-8b");
+    absl::StatusOr<std::unique_ptr<Model>> loaded = LoadModelWithoutWeights(path, "llama-3-8b");
+    std::filesystem::remove(path);
+    return loaded;
   }();
   if (!model.ok()) *why = std::string(model.status().message());
   return model.ok() ? model->get() : nullptr;

@@ -8,7 +8,7 @@
 #   scripts/gpu-bundle.sh                  # CUDA_ARCHS=80 for an A100
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_DIR=${BUILD_DIR:-build-gpu}
+BUILD_DIR=${BUILD_DIR:-build-gpu-bundle}
 ARCHS=${CUDA_ARCHS:-90}
 BUNDLE=.gpu-bundle
 
@@ -31,4 +31,8 @@ for f in "$BUNDLE"/bin/*; do ldd "$f"; done \
   | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u \
   | while read -r lib; do cp -L "$lib" "$BUNDLE/lib/"; done
 [[ -x $BUNDLE/lib/ld-linux-x86-64.so.2 ]] || { echo "gpu-bundle: no loader gathered" >&2; exit 1; }
+# gpu-check.sh warns when the checkout it runs in is another commit.
+commit=$(git rev-parse HEAD)
+git diff --quiet HEAD -- . ':!bench/results' || commit="${commit}-modified"
+echo "$commit" > "$BUNDLE/commit"
 echo "sm_${ARCHS}: $(ls "$BUNDLE/bin" | wc -l) programs, $(ls "$BUNDLE/lib" | wc -l) libraries, $(du -sh "$BUNDLE" | cut -f1)"

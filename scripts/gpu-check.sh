@@ -40,8 +40,13 @@ declare -A PROGRAMS
 LAUNCH=()
 if [[ -d $BUNDLE/bin ]]; then
   step "programs from ${BUNDLE}/ (built by scripts/gpu-bundle.sh)"
+  built_from=$(cat "$BUNDLE/commit" 2>/dev/null || echo unknown)
+  here=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  echo "bundle built from ${built_from}; checkout at ${here}"
+  [[ $here == unknown || $built_from == "$here" ]] || echo "warning: the bundle is not this checkout's build"
   cuda_libs="$(dirname "$NVCC")/../lib64:/usr/local/nvidia/lib64:/usr/lib/x86_64-linux-gnu:/usr/lib64"
-  driver=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 /{print $NF; exit}')
+  # awk reads to the end: an early exit would kill ldconfig with SIGPIPE.
+  driver=$( (ldconfig -p 2>/dev/null || true) | awk '/libcuda\.so\.1 / && !found {print $NF; found = 1}')
   [[ -n $driver ]] && cuda_libs="$(dirname "$driver"):$cuda_libs"
   LAUNCH=("$PWD/$BUNDLE/lib/ld-linux-x86-64.so.2" --library-path
           "$PWD/$BUNDLE/lib:$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
@@ -58,6 +63,7 @@ else
   run ninja -C "$BUILD_DIR" -j"$(nproc)" "${targets[@]}"
   for t in "${targets[@]}"; do
     PROGRAMS[$t]=$(find "$BUILD_DIR/tests" "$BUILD_DIR/bench" -type f -name "$t" -perm -u+x | head -n1)
+    [[ -n ${PROGRAMS[$t]} ]] || die "$t was built but is not under ${BUILD_DIR}"
   done
 fi
 mapfile -t CUDA_TESTS < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_test$' | sort)
@@ -101,9 +107,11 @@ if [[ -n ${SKIP_BENCH:-} ]]; then
   echo "SKIP_BENCH set: skipped"
 else
   mkdir -p "$RESULTS_DIR"
+  filter=()
+  [[ -n ${BENCH_FILTER:-} ]] && filter=(--benchmark_filter="$BENCH_FILTER")
   for b in "${CUDA_BENCHES[@]}"; do
     run timeout 300 "${LAUNCH[@]}" "${PROGRAMS[$b]}" --benchmark_out="${RESULTS_DIR}/${b}-${GPU_NAME}.json" \
-      --benchmark_out_format=json ${BENCH_FILTER:+--benchmark_filter="$BENCH_FILTER"} || die "benchmark ${b}"
+      --benchmark_out_format=json "${filter[@]}" || die "benchmark ${b}"
   done
   # torch's SDPA on the decode kernel's shapes: the baseline that
   # bench/cuda_report.py sets the kernel against, where python3 has torch.

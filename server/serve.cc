@@ -18,6 +18,7 @@
 #include "engine/core/engine.h"
 #include "engine/metrics/metrics.h"
 #include "engine/model/model.h"
+#include "engine/model/model_shapes.h"
 #include "engine/policy/head_profile.h"
 #include "server/byte_size.h"
 #include "server/policy_mapping.h"
@@ -102,6 +103,10 @@ int RunServe() {
   }
   if (!dummy_shape.empty() && load_format != "dummy") {
     return Fail(absl::InvalidArgumentError("--dummy-shape: needs --load-format dummy"));
+  }
+  // Checked before the model file is read.
+  if (absl::StatusOr<ModelConfig> shape = ModelShape(dummy_shape); !dummy_shape.empty() && !shape.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--dummy-shape: ", shape.status().message())));
   }
   absl::StatusOr<std::unique_ptr<Model>> model = load_format == "dummy"
                                                      ? LoadModelWithoutWeights(absl::GetFlag(FLAGS_model), dummy_shape)

@@ -41,6 +41,9 @@ struct LinearAttentionState {
     folded_end[layer] = 0;
   }
 
+  // Whether a backend holds the states (AllocateLinearState).
+  bool allocated() const { return !heads.empty() || device_states != nullptr; }
+
   // Bytes of the states, wherever they are kept.
   int64_t bytes() const {
     return static_cast<int64_t>(folded_end.size()) * n_kv_heads * TaylorFeatureCount(head_dim) * (head_dim + 1) *

@@ -72,7 +72,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     CudaBackendOptions cuda_options;
     cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
     cuda_options.cuda_graphs = options.cuda_graphs;
-    cuda_options.dummy_weights = model.dummy_weights;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
     ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(shape, options.gpu_memory_utilization));
     impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
@@ -91,7 +90,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     CpuBackendOptions backend_options;
     backend_options.num_threads = options.num_threads;
     backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
-    backend_options.dummy_weights = model.dummy_weights;
     ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
   }
   for (int32_t id = 0; id < c.vocab_size; ++id) {

@@ -445,7 +445,7 @@ void Engine::Impl::PublishStats(const ScheduleOutput& schedule) {
     int64_t linear_bytes = 0;
     for (const auto& [handle, r] : requests) {
       for (const auto& seq : r->seqs) {
-        if (seq->linear && !seq->finished) linear_bytes += seq->linear->bytes();
+        if (seq->linear && !seq->finished && seq->linear->allocated()) linear_bytes += seq->linear->bytes();
       }
     }
     metrics->SetLinearStateBytes(linear_bytes);

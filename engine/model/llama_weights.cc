@@ -89,16 +89,19 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& gguf, const ModelC
 namespace {
 
 // A [rows x cols] Q8_0 matrix of random quants, its storage appended to `owned`.
-WeightMatrix RandomQ8Matrix(int64_t rows, int64_t cols, uint64_t& state, std::vector<std::vector<uint8_t>>& owned) {
+WeightMatrix RandomQ8Matrix(int64_t rows, int64_t cols, uint64_t& state,
+                            std::vector<std::unique_ptr<uint8_t[]>>& owned) {
   const int64_t blocks = cols / kQK;
   WeightMatrix m;
   m.type = GgmlType::kQ8_0;
   m.rows = rows;
   m.cols = cols;
   m.row_bytes = static_cast<size_t>(blocks) * sizeof(BlockQ8_0);
-  std::vector<uint8_t>& bytes = owned.emplace_back(m.row_bytes * static_cast<size_t>(rows));
+  // Every byte is written below: no zero fill first (gigabytes at 8B).
+  const std::unique_ptr<uint8_t[]>& bytes =
+      owned.emplace_back(std::make_unique_for_overwrite<uint8_t[]>(m.row_bytes * static_cast<size_t>(rows)));
   const fp16_t scale = FloatToFp16(std::sqrt(3.0f / static_cast<float>(cols)) / 127.0f);
-  auto* block = reinterpret_cast<BlockQ8_0*>(bytes.data());
+  auto* block = reinterpret_cast<BlockQ8_0*>(bytes.get());
   for (int64_t b = 0; b < rows * blocks; ++b, ++block) {
     block->d = scale;
     for (int8_t& q : block->qs) {
@@ -106,10 +109,11 @@ WeightMatrix RandomQ8Matrix(int64_t rows, int64_t cols, uint64_t& state, std::ve
       state ^= state >> 12;
       state ^= state << 25;
       state ^= state >> 27;
-      q = static_cast<int8_t>(static_cast<int>((state * 0x2545F4914F6CDD1DULL) >> 56) % 255 - 127);
+      // A uniform draw from [-127, 127] (255 values, as Q8_0 quantizes).
+      q = static_cast<int8_t>(static_cast<int>(((state * 0x2545F4914F6CDD1DULL) >> 32) * 255 >> 32) - 127);
     }
   }
-  m.data = bytes.data();
+  m.data = bytes.get();
   return m;
 }
 

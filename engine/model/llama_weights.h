@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,7 +32,9 @@ struct LlamaWeights {
   WeightMatrix output;                 // [vocab x hidden]; token_embd when tied
   std::vector<LlamaLayerWeights> layers;
   std::vector<std::vector<float>> converted_norms;  // owns norms not stored as f32
-  std::vector<std::vector<uint8_t>> random_matrices;  // owns RandomLlamaWeights' matrices
+  // Owns RandomLlamaWeights' matrices (and makes the struct move-only: the
+  // views point into it).
+  std::vector<std::unique_ptr<uint8_t[]>> random_matrices;
   int64_t matrix_bytes = 0;  // bytes of all matrices read per forward token
 };
 

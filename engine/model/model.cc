@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/model_shapes.h"
 
@@ -57,7 +58,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModelWithoutWeights(const std::string
   ATTN_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, OpenModel(path));
   model->dummy_weights = true;
   if (!shape.empty()) {
-    ATTN_ASSIGN_OR_RETURN(ModelConfig body, ModelShape(shape));
+    absl::StatusOr<ModelConfig> named = ModelShape(shape);
+    if (!named.ok()) return absl::InvalidArgumentError(absl::StrCat("dummy shape: ", named.status().message()));
+    ModelConfig body = *std::move(named);
     body.vocab_size = model->config.vocab_size;
     model->config = body;
   }

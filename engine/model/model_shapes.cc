@@ -47,7 +47,7 @@ absl::StatusOr<ModelConfig> ModelShape(std::string_view name) {
     c.tied_embeddings = s.tied_embeddings;
     return c;
   }
-  return absl::InvalidArgumentError(absl::StrCat("dummy_shape: \"", std::string(name), "\" is none of ", ModelShapeNames()));
+  return absl::InvalidArgumentError(absl::StrCat("\"", std::string(name), "\" is none of ", ModelShapeNames()));
 }
 
 }  // namespace attnserve

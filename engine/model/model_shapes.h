@@ -13,7 +13,8 @@
 namespace attnserve {
 
 // "llama-3-8b", "llama-3.2-1b", "qwen2.5-7b": the model's config, its
-// vocabulary size included. INVALID_ARGUMENT names the known shapes.
+// vocabulary size included. INVALID_ARGUMENT names the known shapes (the
+// caller names the field).
 absl::StatusOr<ModelConfig> ModelShape(std::string_view name);
 
 // The known names, comma-separated (for flags' help and errors).

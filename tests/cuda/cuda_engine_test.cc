@@ -36,9 +36,10 @@ class CudaEngineTest : public EnginePolicyTest {
   static void SetUpTestSuite() {
     EnginePolicyTest::SetUpTestSuite();
     if (model_ != nullptr) return;
-    const std::string path = (std::filesystem::temp_directory_path() / "attnserve_cuda_engine_test.gguf").string();
+    const std::string path = SyntheticModelPath("attnserve_cuda_engine_test");
     if (!WriteSyntheticLlama(path)) return;
     absl::StatusOr<std::unique_ptr<Model>> synthetic = LoadModel(path);
+    std::filesystem::remove(path);
     if (synthetic.ok()) model_ = *std::move(synthetic);
   }
 
@@ -149,9 +150,10 @@ TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {
 }
 
 TEST_F(CudaEngineTest, RandomWeightsInLlama32sShapeGenerate) {
-  const std::string path = (std::filesystem::temp_directory_path() / "attnserve_cuda_dummy_test.gguf").string();
+  const std::string path = SyntheticModelPath("attnserve_cuda_dummy_test");
   ASSERT_TRUE(WriteSyntheticLlama(path));
   const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(path, "llama-3.2-1b").value();
+  std::filesystem::remove(path);
   EngineOptions options;
   options.backend = "cuda";
   options.gpu_memory_utilization = 0.5;

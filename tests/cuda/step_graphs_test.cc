@@ -107,9 +107,10 @@ class StepGraphsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ATTNSERVE_SKIP_WITHOUT_GPU();
-    const std::string path = (std::filesystem::temp_directory_path() / "attnserve_step_graphs_test.gguf").string();
+    const std::string path = SyntheticModelPath("attnserve_step_graphs_test");
     ASSERT_TRUE(WriteSyntheticLlama(path));
     model_ = LoadModel(path).value();
+    std::filesystem::remove(path);
   }
   std::unique_ptr<Model> model_;
 };

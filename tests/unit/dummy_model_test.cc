@@ -3,6 +3,7 @@
 // CPU engine generating from random weights, the same from the same seed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -18,10 +19,14 @@
 namespace attnserve {
 namespace {
 
-std::string SyntheticPath() {
-  const std::string path = (std::filesystem::temp_directory_path() / "attnserve_dummy_model_test.gguf").string();
+// The synthetic model's file, loaded by `load` and removed.
+template <typename Load>
+auto FromSyntheticFile(Load load) {
+  const std::string path = SyntheticModelPath("attnserve_dummy_model_test");
   EXPECT_TRUE(WriteSyntheticLlama(path));
-  return path;
+  auto loaded = load(path);
+  std::filesystem::remove(path);
+  return loaded;
 }
 
 TEST(ModelShapeTest, KnownShapesAndAClearErrorForOthers) {
@@ -42,9 +47,9 @@ TEST(ModelShapeTest, KnownShapesAndAClearErrorForOthers) {
 }
 
 TEST(DummyModelTest, TheFilesConfigAndTokenizerWithoutWeights) {
-  const std::string path = SyntheticPath();
-  const std::unique_ptr<Model> real = LoadModel(path).value();
-  const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(path).value();
+  auto [real, dummy] = FromSyntheticFile([](const std::string& path) {
+    return std::make_pair(LoadModel(path).value(), LoadModelWithoutWeights(path).value());
+  });
   EXPECT_TRUE(dummy->dummy_weights);
   EXPECT_FALSE(real->dummy_weights);
   EXPECT_TRUE(dummy->weights.layers.empty());
@@ -54,13 +59,15 @@ TEST(DummyModelTest, TheFilesConfigAndTokenizerWithoutWeights) {
 }
 
 TEST(DummyModelTest, ANamedShapeKeepsTheFilesVocabulary) {
-  const std::string path = SyntheticPath();
-  const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(path, "llama-3.2-1b").value();
+  const std::unique_ptr<Model> dummy =
+      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path, "llama-3.2-1b").value(); });
   EXPECT_EQ(dummy->config.n_layers, 16);
   EXPECT_EQ(dummy->config.hidden, 2048);
   EXPECT_EQ(dummy->config.vocab_size, dummy->tokenizer->vocab_size());
   EXPECT_EQ(dummy->config.name, "llama-3.2-1b (random weights)");
-  EXPECT_EQ(LoadModelWithoutWeights(path, "gpt-5").status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status unknown =
+      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path, "gpt-5").status(); });
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RandomWeightsTest, Q8MatricesOfUnitVarianceOutputsAndNormsOfOnes) {
@@ -87,7 +94,8 @@ TEST(RandomWeightsTest, Q8MatricesOfUnitVarianceOutputsAndNormsOfOnes) {
 }
 
 TEST(DummyModelTest, TheCpuEngineGeneratesFromRandomWeights) {
-  const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(SyntheticPath()).value();
+  const std::unique_ptr<Model> dummy =
+      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path).value(); });
   const auto generate = [&] {
     std::unique_ptr<Engine> engine = Engine::Create(*dummy, EngineOptions{}, nullptr).value();
     GenerationRequest r;
@@ -99,6 +107,8 @@ TEST(DummyModelTest, TheCpuEngineGeneratesFromRandomWeights) {
   const std::vector<int32_t> first = generate();
   EXPECT_EQ(first.size(), 12u);
   EXPECT_EQ(generate(), first);
+  // Weights all alike (zeros, say) would repeat one token.
+  EXPECT_NE(std::count(first.begin(), first.end(), first[0]), 12);
 }
 
 }  // namespace

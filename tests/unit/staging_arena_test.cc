@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace attnserve {
@@ -38,6 +39,24 @@ TEST(StagingArenaTest, PointersResolveAfterTheCopy) {
     EXPECT_EQ(entries_at[1].weight, 1.5);
     EXPECT_GE(reinterpret_cast<const uint8_t*>(empty_at), reinterpret_cast<const uint8_t*>(entries_at + 2));
   }
+}
+
+TEST(StagingArenaTest, RoomWrittenInPlaceSurvivesGrowth) {
+  std::vector<uint8_t> target(1 << 20);
+  StagingArena arena;
+  arena.Reset(target.data());
+  int32_t* at = arena.Allocate<int32_t>(5);
+  int32_t* staged = arena.Staged(at);
+  for (int i = 0; i < 5; ++i) staged[i] = 10 + i;
+  // Appends past the first capacity move the staged bytes; what was written
+  // stays at its place.
+  const std::vector<double> big(100000, 0.25);
+  const double* big_at = arena.Append(big);
+  ASSERT_LE(arena.size(), target.size());
+  std::memcpy(target.data(), arena.data(), arena.size());
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(at[i], 10 + i);
+  EXPECT_EQ(big_at[99999], 0.25);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big_at) % 16, 0u);
 }
 
 }  // namespace

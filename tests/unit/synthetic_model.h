@@ -5,8 +5,11 @@
 // weights keeping activations near unit variance, tied embeddings.
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
@@ -46,6 +49,13 @@ inline std::string Gpt2ByteSymbol(int b) {
 }
 
 // Writes the model to `path`; false when the file cannot be written.
+// A file of its own for each process under the temporary directory: test
+// processes that run at once never write or map each other's. Callers
+// remove it once loaded (the mapping outlives the name).
+inline std::string SyntheticModelPath(const std::string& stem) {
+  return (std::filesystem::temp_directory_path() / (stem + "_" + std::to_string(getpid()) + ".gguf")).string();
+}
+
 inline bool WriteSyntheticLlama(const std::string& path, const SyntheticLlamaShape& s = {}) {
   using namespace testing_gguf;
   GgufBuilder b;

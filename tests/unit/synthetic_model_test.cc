@@ -16,9 +16,10 @@ namespace attnserve {
 namespace {
 
 TEST(SyntheticModelTest, LoadsTokenizesAndGenerates) {
-  const std::string path = (std::filesystem::temp_directory_path() / "attnserve_synthetic_test.gguf").string();
+  const std::string path = SyntheticModelPath("attnserve_synthetic_test");
   ASSERT_TRUE(WriteSyntheticLlama(path));
   absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(path);
+  std::filesystem::remove(path);
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config;
   EXPECT_EQ(c.n_layers, 6);

@@ -54,8 +54,10 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const Model& mode
     return absl::InvalidArgumentError("max_step_tokens must be positive");
   }
   std::optional<LlamaWeights> random;
-  if (options.dummy_weights) {
+  if (model.dummy_weights) {
     ATTN_ASSIGN_OR_RETURN(random, RandomLlamaWeights(c, /*seed=*/1));
+  } else if (static_cast<int32_t>(model.weights.layers.size()) != c.n_layers) {
+    return absl::InvalidArgumentError("cpu backend: the model has no weights for its layers");
   }
   return std::unique_ptr<CpuBackend>(new CpuBackend(model, pool, options, std::move(random)));
 }

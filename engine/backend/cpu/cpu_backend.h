@@ -36,9 +36,6 @@ struct CpuBackendOptions {
   // Activation buffers are sized for this; a step with more tokens (an ACT
   // prompt, prefilled whole) grows them.
   int32_t max_step_tokens = 512;
-  // Random weights in the model's shapes (RandomLlamaWeights) instead of
-  // its file's, which it need not have.
-  bool dummy_weights = false;
 };
 
 // One layer's attention of one sequence in a step, for offline analysis
@@ -54,7 +51,8 @@ using AttentionObserver = std::function<void(const AttentionObservation&)>;
 
 class CpuBackend : public Backend {
  public:
-  // `model` and `pool` must outlive the backend.
+  // `model` and `pool` must outlive the backend. A model without weights
+  // (Model::dummy_weights) runs on random ones (RandomLlamaWeights).
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(const Model& model, KvCachePool& pool,
                                                            const CpuBackendOptions& options);
 

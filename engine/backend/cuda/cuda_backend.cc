@@ -155,7 +155,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   ATTN_RETURN_IF_ERROR(Cuda(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
   ATTN_ASSIGN_OR_RETURN(CublasHandle cublas, CublasHandle::Create(s->stream));
   s->cublas = std::move(cublas);
-  if (options.dummy_weights) {
+  if (options.dummy_weights || model.dummy_weights) {
     ATTN_ASSIGN_OR_RETURN(s->weights, RandomWeights(c, s->stream));
   } else {
     ATTN_ASSIGN_OR_RETURN(s->weights, UploadWeights(model));

@@ -37,7 +37,8 @@ struct CudaBackendOptions {
   int32_t max_step_tokens = 512;
   int device = 0;
   // Random bf16 weights of the config's shapes instead of the model's
-  // (benchmarks at shapes without a file: the model needs only its config).
+  // (benchmarks at shapes without a file: the model needs only its config),
+  // as for a model without weights (Model::dummy_weights).
   bool dummy_weights = false;
   // Decode steps replay CUDA graphs (StepGraphs); false: every kernel is
   // launched on its own (what a debugger or profiler reads most easily).
