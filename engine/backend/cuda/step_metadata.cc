@@ -221,9 +221,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         decode.push_back(d);
         quest.push_back(q);
         quest_rows.push_back(r);
-        // Pages of the longest context the split grid allows, not of this
-        // step's: the selection's grid then stays that of the graph.
-        lm.quest_max_pages = (m.decode_max_tokens + page_size - 1) / page_size;
+        // Pages of the context rounded up as the split grid's: the
+        // selection's workspace stride then stays that of the graph.
+        lm.quest_max_pages = std::max(lm.quest_max_pages, (DecodeTokensBound(pos + 1) + page_size - 1) / page_size);
       }
       if (st.linear == nullptr) continue;
       // As CpuBackend::LinearAttention: query at pos reads the state and,

@@ -34,7 +34,7 @@ struct LayerMetadata {
   const QuestSelectSequence* quest = nullptr;   // [n_quest]
   const int32_t* quest_rows = nullptr;          // [n_quest]: their rows of q
   int32_t n_quest = 0;
-  int32_t quest_max_pages = 0;                  // pages of decode_max_tokens
+  int32_t quest_max_pages = 0;                  // pages of its rows' longest context, rounded up as decode_max_tokens
   const LinearReadSequence* linear_read = nullptr;  // [n_linear_rows]
   int32_t n_linear_rows = 0;
   const LinearFoldSequence* linear_fold = nullptr;  // [n_linear_folds]
