@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, load_format, "auto",
 ABSL_FLAG(std::string, dummy_shape, "",
           "With --load-format dummy: the transformer of a known model instead of the file's (with the file's "
           "vocabulary): llama-3-8b, llama-3.2-1b or qwen2.5-7b.");
+ABSL_FLAG(attnserve::ByteSize, linear_state_memory, attnserve::ByteSize{0},
+          "Memory for the linear attention mode's per-sequence states, e.g. 8GiB: sequences beyond it wait; on "
+          "cuda it is set aside before the KV cache. 0: the states take what memory is left.");
 ABSL_FLAG(int, max_waiting, 1024, "Queued requests beyond which new ones get RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, default_attention, "",
           "Attention policy of requests that bring none, as AttentionPolicy JSON, e.g. "
@@ -140,6 +143,7 @@ int RunServe() {
   options.backend = absl::GetFlag(FLAGS_backend);
   options.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  options.linear_state_bytes = absl::GetFlag(FLAGS_linear_state_memory).bytes;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(**model, options, &metrics);
   if (!engine.ok()) return Fail(engine.status());
   LogLine(absl::StrFormat("backend %s on %s, %d KV pages of %d tokens", (*engine)->backend_name(), (*engine)->device(),

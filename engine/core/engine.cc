@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
                                                        Metrics* metrics) {
   const ModelConfig& c = model.config;
   if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.page_size < 1 ||
-      options.max_waiting < 0) {
+      options.max_waiting < 0 || options.linear_state_bytes < 0) {
     return absl::InvalidArgumentError("engine options must be positive");
   }
   const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
@@ -73,7 +73,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
     cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
     cuda_options.cuda_graphs = options.cuda_graphs;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
-    ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(shape, options.gpu_memory_utilization));
+    ATTN_ASSIGN_OR_RETURN(KvCachePool pool,
+                          cuda->CreateKvPool(shape, options.gpu_memory_utilization, options.linear_state_bytes));
     impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
     impl->backend = std::move(cuda);
 #endif

@@ -36,6 +36,12 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;
   // cuda: decode steps replay CUDA graphs (false: each kernel launched).
   bool cuda_graphs = true;
+  // Memory for the linear mode's states (LinearAttentionState, one per
+  // sequence): a sequence whose state would pass it waits for others to
+  // finish, one larger than all of it fails. On cuda it is set aside before
+  // the KV cache is sized. 0: no budget of its own, the states take what
+  // memory is left.
+  int64_t linear_state_bytes = 0;
 };
 
 struct EngineStats {

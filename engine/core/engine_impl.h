@@ -34,6 +34,8 @@ struct Engine::Impl {
   void AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming);
   void StartSequence(Sequence& seq);
   void AllocateLinearStates(ScheduleOutput& schedule);
+  int64_t LinearStateBytesHeld() const;
+  void UnparkLinear();
   void RunStep(const ScheduleOutput& schedule);
   void ReleaseHiddenPages(Sequence& seq);
   void CountAttentionPages(const ScheduleOutput& schedule);
@@ -54,6 +56,9 @@ struct Engine::Impl {
   Scheduler scheduler;
   std::unique_ptr<Backend> backend;
   Backend::GraphCounts graph_counts_counted;  // what metrics have of backend->graph_counts()
+  // Linear sequences out of the scheduler until state memory frees: each
+  // with the bytes of states held when it was parked.
+  std::vector<std::pair<Sequence*, int64_t>> parked_linear;
   std::vector<int32_t> eog_ids;
 
   // Shared with callers (mu).

@@ -38,7 +38,7 @@ void Engine::Impl::Loop() {
       std::unique_lock<std::mutex> lock(mu);
       const auto has_work = [&] {
         return stopping || !inbox.empty() || !aborts.empty() || scheduler.num_running() > 0 ||
-               scheduler.num_waiting() > 0;
+               scheduler.num_waiting() > 0 || !parked_linear.empty();
       };
       // Sleep while idle, but wake for deadlines and the drain timeout.
       while (!has_work()) wake.wait_for(lock, std::chrono::milliseconds(requests.empty() ? 1000 : 10));
@@ -65,6 +65,7 @@ void Engine::Impl::Loop() {
       stop_now = stopping && requests.empty();
     }
     if (stop_now) break;
+    UnparkLinear();
     ScheduleOutput schedule = scheduler.Schedule();
     for (SchedSeq* s : schedule.out_of_memory) {
       FinishSequence(static_cast<Sequence&>(*s), FinishReason::kLength, absl::OkStatus());
@@ -136,26 +137,77 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
 }
 
 // A linear sequence's state is allocated when the sequence is first
-// scheduled, not while it waits: where memory is short, its request fails
-// alone and leaves the step.
+// scheduled, not while it waits. Where it finds no room (the engine's
+// linear_state_bytes, or the backend's memory) while other states are
+// held, the sequence leaves the scheduler (parked_linear) until one of them
+// is freed; where none is held, or the state is larger than the whole
+// budget, its request fails alone. Either way its chunk leaves the step.
 void Engine::Impl::AllocateLinearStates(ScheduleOutput& schedule) {
+  const int64_t budget = options.linear_state_bytes;
+  int64_t held = LinearStateBytesHeld();
   std::vector<std::pair<RequestState*, absl::Status>> failed;
+  std::vector<Sequence*> parked;
   for (const ScheduledChunk& c : schedule.chunks) {
     Sequence& seq = static_cast<Sequence&>(*c.seq);
-    if (!seq.linear) continue;
-    if (absl::Status s = backend->AllocateLinearState(*seq.linear); !s.ok()) failed.emplace_back(seq.request, s);
+    if (!seq.linear || seq.linear->allocated()) continue;
+    const int64_t bytes = seq.linear->bytes();
+    absl::Status s = absl::OkStatus();
+    if (budget > 0 && held + bytes > budget) {
+      s = absl::ResourceExhaustedError(absl::StrCat("attention.linear: the sequence's state needs ", bytes,
+                                                    " bytes; ", held, " of the ", budget,
+                                                    " bytes of --linear-state-memory are held"));
+    } else {
+      s = backend->AllocateLinearState(*seq.linear);
+    }
+    if (s.ok()) {
+      held += bytes;
+    } else if (held > 0 && (budget == 0 || bytes <= budget)) {
+      parked.push_back(&seq);
+    } else {
+      failed.emplace_back(seq.request, std::move(s));
+    }
   }
-  if (failed.empty()) return;
+  if (failed.empty() && parked.empty()) return;
   // Dropped from the step before FailRequest destroys the sequences.
   std::erase_if(schedule.chunks, [&](const ScheduledChunk& c) {
-    const RequestState* r = static_cast<Sequence*>(c.seq)->request;
-    return std::any_of(failed.begin(), failed.end(), [r](const auto& f) { return f.first == r; });
+    const Sequence* seq = static_cast<Sequence*>(c.seq);
+    return std::find(parked.begin(), parked.end(), seq) != parked.end() ||
+           std::any_of(failed.begin(), failed.end(), [&](const auto& f) { return f.first == seq->request; });
   });
+  for (Sequence* seq : parked) {
+    scheduler.Remove(seq);  // its pages back; it stays `scheduled`, to return
+    seq->num_computed = 0;
+    ++seq->num_preemptions;
+    parked_linear.emplace_back(seq, held);
+    schedule.preempted.push_back(seq);
+  }
   for (size_t i = 0; i < failed.size(); ++i) {
     const bool first = std::none_of(failed.begin(), failed.begin() + i,
                                     [&](const auto& f) { return f.first == failed[i].first; });
     if (first) FailRequest(*failed[i].first, failed[i].second);
   }
+}
+
+// Parked sequences go back to waiting once a state they waited on is freed
+// (or none is held), in their first order.
+void Engine::Impl::UnparkLinear() {
+  if (parked_linear.empty()) return;
+  const int64_t held = LinearStateBytesHeld();
+  std::erase_if(parked_linear, [&](const std::pair<Sequence*, int64_t>& p) {
+    if (held > 0 && held >= p.second) return false;
+    scheduler.AddWaiting(p.first);
+    return true;
+  });
+}
+
+int64_t Engine::Impl::LinearStateBytesHeld() const {
+  int64_t bytes = 0;
+  for (const auto& [handle, r] : requests) {
+    for (const auto& seq : r->seqs) {
+      if (seq->linear && !seq->finished && seq->linear->allocated()) bytes += seq->linear->bytes();
+    }
+  }
+  return bytes;
 }
 
 void Engine::Impl::StartSequence(Sequence& seq) {
@@ -374,6 +426,7 @@ void Engine::Impl::FinishSequence(Sequence& seq, FinishReason reason, absl::Stat
   RequestState& r = *seq.request;
   seq.finished = true;
   if (seq.scheduled) scheduler.Remove(&seq);
+  std::erase_if(parked_linear, [&](const std::pair<Sequence*, int64_t>& p) { return p.first == &seq; });
   {
     // Whoever sees the stream close sees its pages back in the pool.
     std::lock_guard<std::mutex> lock(mu);
@@ -434,7 +487,7 @@ void Engine::Impl::PublishStats(const ScheduleOutput& schedule) {
   std::lock_guard<std::mutex> lock(mu);
   stats.preemptions_total += static_cast<int64_t>(schedule.preempted.size());
   stats.running = scheduler.num_running();
-  stats.waiting = scheduler.num_waiting();
+  stats.waiting = scheduler.num_waiting() + static_cast<int32_t>(parked_linear.size());
   stats.kv_pages_used = scheduler.pages_in_use();
   if (metrics) {
     metrics->AddPreemptions(static_cast<int64_t>(schedule.preempted.size()));
@@ -442,13 +495,7 @@ void Engine::Impl::PublishStats(const ScheduleOutput& schedule) {
     metrics->SetRunning(stats.running);
     metrics->SetWaiting(stats.waiting);
     metrics->SetKvCacheUsage(stats.kv_pages_total > 0 ? static_cast<double>(stats.kv_pages_used) / stats.kv_pages_total : 0.0);
-    int64_t linear_bytes = 0;
-    for (const auto& [handle, r] : requests) {
-      for (const auto& seq : r->seqs) {
-        if (seq->linear && !seq->finished && seq->linear->allocated()) linear_bytes += seq->linear->bytes();
-      }
-    }
-    metrics->SetLinearStateBytes(linear_bytes);
+    metrics->SetLinearStateBytes(LinearStateBytesHeld());
   }
 }
 

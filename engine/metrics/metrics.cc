@@ -83,7 +83,9 @@ struct Metrics::Impl {
   Counter& generation_tokens = CounterFamily(r, "generation_tokens_total", "Tokens generated.").Add({});
   Family<Counter>& success = CounterFamily(r, "request_success_total", "Completions finished, by finish reason.");
   Family<Counter>& errors = CounterFamily(r, "request_errors_total", "Requests failed, by gRPC status code.");
-  Counter& preemptions = CounterFamily(r, "num_preemptions_total", "Sequences preempted for KV pages.").Add({});
+  Counter& preemptions =
+      CounterFamily(r, "num_preemptions_total", "Sequences sent back to waiting for memory (KV pages, linear states).")
+          .Add({});
   Counter& prefix_queries =
       CounterFamily(r, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.").Add({});
   Counter& prefix_hits =

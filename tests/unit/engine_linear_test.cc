@@ -50,5 +50,48 @@ TEST_F(EnginePolicyTest, LinearSequencesSurvivePreemption) {
   ExpectSurvivesPreemption(Linear(32, 4), prompts, 40, 8);  // each holds ~5 pages
 }
 
+// With --linear-state-memory for one state, linear sequences run one at a
+// time: the others go back to waiting (counted as preemptions) and give the
+// same tokens as alone.
+TEST_F(EnginePolicyTest, LinearSequencesWaitForStateMemory) {
+  const ModelConfig& c = model_->config;
+  const int64_t state = LinearAttentionState(c.n_layers, c.n_kv_heads, c.head_dim).bytes();
+  EngineOptions one_state;
+  one_state.linear_state_bytes = state + state / 2;
+  std::unique_ptr<Engine> engine = MakeEngine(one_state), reference = MakeEngine();
+  const PolicySpec linear = Linear(32, 4);
+  const std::vector<std::string> prompts = {kPrompt, "The minutes record:", "Three items were"};
+  std::vector<std::unique_ptr<Collector>> runs;
+  for (const std::string& p : prompts) {
+    runs.push_back(std::make_unique<Collector>());
+    ASSERT_TRUE(engine->Submit(Greedy(p, 12, &linear), runs.back()->stream).ok());
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const GenerationDelta out = runs[i]->Wait()[0];
+    ASSERT_TRUE(out.error.ok()) << out.error;
+    EXPECT_EQ(out.token_ids, RunAlone(*reference, Greedy(prompts[i], 12, &linear))) << prompts[i];
+  }
+  EXPECT_GE(engine->stats().preemptions_total, 2);
+}
+
+// A state larger than the whole budget fails its request alone.
+TEST_F(EnginePolicyTest, LinearStateLargerThanItsBudgetFailsAlone) {
+  const ModelConfig& c = model_->config;
+  EngineOptions half_a_state;
+  half_a_state.linear_state_bytes = LinearAttentionState(c.n_layers, c.n_kv_heads, c.head_dim).bytes() / 2;
+  std::unique_ptr<Engine> engine = MakeEngine(half_a_state);
+  const PolicySpec linear = Linear(32, 4);
+  Collector dense, too_large;
+  ASSERT_TRUE(engine->Submit(Greedy(kPrompt, 8), dense.stream).ok());
+  ASSERT_TRUE(engine->Submit(Greedy(kPrompt, 8, &linear), too_large.stream).ok());
+  const GenerationDelta failed = too_large.Wait()[0];
+  EXPECT_EQ(failed.error.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(failed.error.message().find("--linear-state-memory"), std::string_view::npos) << failed.error;
+  const GenerationDelta done = dense.Wait()[0];
+  EXPECT_TRUE(done.error.ok()) << done.error;
+  EXPECT_EQ(done.token_ids.size(), 8u);
+  EXPECT_EQ(engine->stats().kv_pages_used, 0);
+}
+
 }  // namespace
 }  // namespace attnserve

@@ -208,15 +208,17 @@ Backend::GraphCounts CudaBackend::graph_counts() const {
   return {s_->graphs->replays(), s_->graphs->captures()};
 }
 
-absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization) {
+absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization,
+                                                      int64_t set_aside) {
   if (!(utilization > 0.0 && utilization <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization: ", utilization, " must be in (0, 1]"));
   }
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s_->options.device), "cudaSetDevice"));
   size_t free_bytes = 0, total_bytes = 0;
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo"));
+  if (set_aside < 0) return absl::InvalidArgumentError("linear state memory must not be negative");
   const double allowed = utilization * static_cast<double>(total_bytes) - static_cast<double>(total_bytes - free_bytes) -
-                         static_cast<double>(kStepReserveBytes);
+                         static_cast<double>(kStepReserveBytes) - static_cast<double>(set_aside);
   const int64_t pages = static_cast<int64_t>(std::max(0.0, allowed) / static_cast<double>(KvCachePool::PageBytes(shape)));
   if (pages < 2) {
     return absl::ResourceExhaustedError(absl::StrCat("gpu_memory_utilization: ", utilization, " of ", total_bytes,

@@ -57,7 +57,8 @@ class CudaBackend : public Backend {
   // `utilization` of the device's memory beside what is already in use
   // (the weights, the activations, other processes), less a reserve for the
   // step's workspaces. The backend keeps a handle on the same memory.
-  absl::StatusOr<KvCachePool> CreateKvPool(const KvCacheShape& shape, double utilization);
+  // `set_aside` bytes more are left out of it (the linear mode's states).
+  absl::StatusOr<KvCachePool> CreateKvPool(const KvCacheShape& shape, double utilization, int64_t set_aside = 0);
 
   // Weight bytes one decode step reads (every matrix and norm, the output
   // projection; of the embedding table only its rows): the roofline's bytes.
