@@ -27,6 +27,9 @@ struct SyntheticLlamaShape {
   int32_t ffn = 512;
   int32_t context = 2048;
   uint32_t seed = 1;
+  // Tokens past the 258 (`<t258>`, ...): a vocabulary of a real model's
+  // size, for weights drawn at random in its shape.
+  int32_t vocab = 258;
 };
 
 // GPT-2's printable stand-in for byte b (its bytes_to_unicode), as UTF-8.
@@ -69,6 +72,10 @@ inline bool WriteSyntheticLlama(const std::string& path, const SyntheticLlamaSha
   tokens.push_back("<|eos|>");
   types.push_back(3);
   types.push_back(3);
+  for (int32_t t = static_cast<int32_t>(tokens.size()); t < s.vocab; ++t) {
+    tokens.push_back("<t" + std::to_string(t) + ">");
+    types.push_back(1);
+  }
   const uint64_t vocab = tokens.size();
   b.String("general.architecture", "llama");
   b.String("general.name", "synthetic");
