@@ -40,10 +40,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine& engine, Metrics* m
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":", options.port));
   }
+  // A backend that failed for good turns health NOT_SERVING: orchestrators
+  // restart the process (new calls get the engine's UNAVAILABLE meanwhile).
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  engine.SetHealthListener([health](const absl::Status&) { health->SetServingStatus(false); });
   return server;
 }
 
 Server::~Server() {
+  serving_.engine.SetHealthListener(nullptr);
   if (stopped_) return;
   serving_.draining = true;
   server_->Shutdown(std::chrono::system_clock::now());
@@ -52,6 +57,7 @@ Server::~Server() {
 }
 
 void Server::Drain(absl::Duration timeout) {
+  serving_.engine.SetHealthListener(nullptr);
   serving_.draining = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
   serving_.engine.Drain(timeout);

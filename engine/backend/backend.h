@@ -70,6 +70,11 @@ class Backend {
     int64_t captured = 0;
   };
   virtual GraphCounts graph_counts() const { return {}; }
+
+  // OK while the backend can run steps; else why not, for good (a device
+  // whose context a fault has spoiled): the process must be restarted.
+  // Read on the engine thread, after a failed step.
+  virtual absl::Status health() const { return absl::OkStatus(); }
 };
 
 // Rows of logits a step computes: kAll one per token, kLast and kLastPick

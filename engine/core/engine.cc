@@ -55,51 +55,72 @@ absl::StatusOr<std::string> ChooseBackend(const std::string& name) {
 #endif
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const EngineOptions& options,
-                                                       Metrics* metrics) {
-  const ModelConfig& c = model.config;
+absl::Status CheckEngineOptions(const EngineOptions& options) {
   if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.page_size < 1 ||
       options.max_waiting < 0 || options.linear_state_bytes < 0) {
     return absl::InvalidArgumentError("engine options must be positive");
   }
-  const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
-  ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
-  std::unique_ptr<Impl> impl;
-  if (backend == "cuda") {
-#ifdef ATTNSERVE_WITH_CUDA
-    CudaBackendOptions cuda_options;
-    cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
-    cuda_options.cuda_graphs = options.cuda_graphs;
-    ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
-    ATTN_ASSIGN_OR_RETURN(KvCachePool pool,
-                          cuda->CreateKvPool(shape, options.gpu_memory_utilization, options.linear_state_bytes));
-    impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
-    impl->backend = std::move(cuda);
-#endif
-  } else {
-    const int64_t page_bytes = KvCachePool::PageBytes(shape);
-    const int64_t pages = options.kv_cache_bytes / page_bytes;
-    if (pages < 2) {
-      return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
-                                                     " bytes holds fewer than 2 pages of ", page_bytes, " bytes"));
-    }
-    ATTN_ASSIGN_OR_RETURN(KvCachePool pool,
-                          KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30))));
-    impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
-    CpuBackendOptions backend_options;
-    backend_options.num_threads = options.num_threads;
-    backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
-    ATTN_ASSIGN_OR_RETURN(impl->backend, CpuBackend::Create(model, impl->pool, backend_options));
-  }
-  for (int32_t id = 0; id < c.vocab_size; ++id) {
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::Start(std::unique_ptr<Impl> impl) {
+  const Model& model = impl->model;
+  for (int32_t id = 0; id < model.config.vocab_size; ++id) {
     if (model.tokenizer->IsEndOfGeneration(id)) impl->eog_ids.push_back(id);
   }
   impl->stats.kv_pages_total = impl->pool.num_pages();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Loop(); });
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const EngineOptions& options,
+                                                       Metrics* metrics) {
+  ATTN_RETURN_IF_ERROR(CheckEngineOptions(options));
+  ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
+  if (backend == "cuda") {
+#ifdef ATTNSERVE_WITH_CUDA
+    const ModelConfig& c = model.config;
+    CudaBackendOptions cuda_options;
+    cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    cuda_options.cuda_graphs = options.cuda_graphs;
+    ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
+    ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool({c.n_layers, c.n_kv_heads, c.head_dim, options.page_size},
+                                                               options.gpu_memory_utilization,
+                                                               options.linear_state_bytes));
+    auto impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
+    impl->backend = std::move(cuda);
+    return Start(std::move(impl));
+#endif
+  }
+  const auto cpu = [&options](const Model& m, KvCachePool& pool) -> absl::StatusOr<std::unique_ptr<Backend>> {
+    CpuBackendOptions backend_options;
+    backend_options.num_threads = options.num_threads;
+    backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> b, CpuBackend::Create(m, pool, backend_options));
+    return b;
+  };
+  return CreateWithBackend(model, options, metrics, cpu);
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithBackend(const Model& model, const EngineOptions& options,
+                                                                  Metrics* metrics, const BackendFactory& backend) {
+  ATTN_RETURN_IF_ERROR(CheckEngineOptions(options));
+  const ModelConfig& c = model.config;
+  const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, options.page_size};
+  const int64_t page_bytes = KvCachePool::PageBytes(shape);
+  const int64_t pages = options.kv_cache_bytes / page_bytes;
+  if (pages < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache memory of ", options.kv_cache_bytes,
+                                                   " bytes holds fewer than 2 pages of ", page_bytes, " bytes"));
+  }
+  ATTN_ASSIGN_OR_RETURN(KvCachePool pool,
+                        KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30))));
+  auto impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
+  ATTN_ASSIGN_OR_RETURN(impl->backend, backend(model, impl->pool));
+  return Start(std::move(impl));
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -117,6 +138,17 @@ const Model& Engine::model() const { return impl_->model; }
 const EngineOptions& Engine::options() const { return impl_->options; }
 std::string Engine::backend_name() const { return impl_->backend->name(); }
 std::string Engine::device() const { return impl_->backend->device(); }
+
+absl::Status Engine::health() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->health;
+}
+
+void Engine::SetHealthListener(std::function<void(const absl::Status&)> listener) {
+  std::lock_guard<std::mutex> lock(impl_->listener_mu);
+  impl_->health_listener = std::move(listener);
+  if (const absl::Status now = health(); !now.ok() && impl_->health_listener) impl_->health_listener(now);
+}
 
 EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -159,6 +191,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
   r->out->completions_ = n;
   std::lock_guard<std::mutex> lock(e.mu);
   if (e.draining || e.stopping) return absl::UnavailableError("the server is shutting down");
+  if (!e.health.ok()) return e.health;
   if (e.queued >= e.options.max_waiting + e.options.max_num_seqs) {
     return absl::ResourceExhaustedError(absl::StrCat("the waiting queue is full (", e.options.max_waiting, " requests)"));
   }
@@ -210,6 +243,7 @@ absl::StatusOr<ScoreResult> Engine::Score(std::vector<int32_t> token_ids, std::s
   {
     std::lock_guard<std::mutex> lock(e.mu);
     if (e.draining || e.stopping) return absl::UnavailableError("the server is shutting down");
+    if (!e.health.ok()) return e.health;
     r->handle = e.next_handle++;
     ++e.queued;
     e.inbox.push_back(std::move(r));

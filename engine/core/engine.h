@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/backend/backend.h"
 #include "engine/core/output_stream.h"
 #include "engine/core/request.h"
 #include "engine/model/model.h"
@@ -63,11 +65,18 @@ class Engine {
   // `model` must outlive the engine; `metrics` may be null.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model, const EngineOptions& options,
                                                        Metrics* metrics);
+  // The same with a backend of the caller's over a host KV pool of
+  // options.kv_cache_bytes (the pool outlives the backend): a CPU backend
+  // with other options, or one wrapped to fail (tests).
+  using BackendFactory = std::function<absl::StatusOr<std::unique_ptr<Backend>>(const Model&, KvCachePool&)>;
+  static absl::StatusOr<std::unique_ptr<Engine>> CreateWithBackend(const Model& model, const EngineOptions& options,
+                                                                  Metrics* metrics, const BackendFactory& backend);
   ~Engine();  // aborts what is left and joins the engine thread
 
   // Queues a request; outputs go to `out`. RESOURCE_EXHAUSTED when the
   // waiting queue is full or the prompt can never fit in the KV cache,
-  // UNAVAILABLE while draining. Returns the handle for Abort.
+  // UNAVAILABLE while draining or once the backend is unhealthy. Returns the
+  // handle for Abort.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<OutputStream> out);
 
   // Drops the request (cancelled by the client, deadline passed): its pages
@@ -86,6 +95,16 @@ class Engine {
   // finish until `timeout`, then aborts the rest. Returns when all are done.
   void Drain(absl::Duration timeout);
 
+  // OK until the backend fails for good (Backend::health); then every
+  // request held fails with that status (UNAVAILABLE) and new ones are
+  // refused with it.
+  absl::Status health() const;
+  // Called on the engine thread when health() turns bad (at once, on the
+  // caller's, if it is already); null stops the calls, and returns once no
+  // call runs. The server turns its gRPC health to NOT_SERVING, so that an
+  // orchestrator restarts it.
+  void SetHealthListener(std::function<void(const absl::Status&)> listener);
+
   EngineStats stats() const;
   const Model& model() const;
   const EngineOptions& options() const;
@@ -95,6 +114,7 @@ class Engine {
  private:
   struct Impl;
   explicit Engine(std::unique_ptr<Impl> impl);
+  static std::unique_ptr<Engine> Start(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -34,6 +34,9 @@ struct Engine::Impl {
   void AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming);
   void StartSequence(Sequence& seq);
   void AllocateLinearStates(ScheduleOutput& schedule);
+  // The backend failed for good: every request held fails, new ones are refused.
+  void TurnUnhealthy(absl::Status why);
+  void FailAll(const absl::Status& why);
   int64_t LinearStateBytesHeld() const;
   void UnparkLinear();
   void RunStep(const ScheduleOutput& schedule);
@@ -63,6 +66,11 @@ struct Engine::Impl {
 
   // Shared with callers (mu).
   mutable std::mutex mu;
+  absl::Status health;  // Backend::health once it failed
+  // Held while the listener is set or called, so that a caller that
+  // clears it knows no call is still running.
+  std::mutex listener_mu;
+  std::function<void(const absl::Status&)> health_listener;  // listener_mu
   std::condition_variable wake;       // the engine thread
   std::condition_variable idle;       // Drain waiters
   std::vector<std::unique_ptr<RequestState>> inbox;

@@ -34,6 +34,7 @@ void Engine::Impl::Loop() {
     std::vector<std::unique_ptr<RequestState>> incoming;
     std::vector<std::pair<uint64_t, absl::Status>> aborted;
     bool drain_expired = false;
+    absl::Status unhealthy;
     {
       std::unique_lock<std::mutex> lock(mu);
       const auto has_work = [&] {
@@ -46,6 +47,7 @@ void Engine::Impl::Loop() {
       aborted.swap(aborts);
       drain_expired = draining && absl::Now() >= drain_deadline;
       if (stopping) drain_expired = true;
+      unhealthy = health;
     }
     AdmitNew(incoming);
     for (auto& [handle, status] : aborted) {
@@ -53,11 +55,9 @@ void Engine::Impl::Loop() {
       if (it != requests.end()) FailRequest(*it->second, status);
     }
     ExpireDeadlines(absl::Now());
-    if (drain_expired) {
-      std::vector<RequestState*> all;
-      for (auto& [h, r] : requests) all.push_back(r.get());
-      for (RequestState* r : all) FailRequest(*r, absl::UnavailableError("the server is shutting down"));
-    }
+    // Requests queued before the backend failed have nothing to run on.
+    if (!unhealthy.ok()) FailAll(unhealthy);
+    if (drain_expired) FailAll(absl::UnavailableError("the server is shutting down"));
     FlushOutputs();
     bool stop_now;
     {
@@ -210,6 +210,23 @@ int64_t Engine::Impl::LinearStateBytesHeld() const {
   return bytes;
 }
 
+void Engine::Impl::FailAll(const absl::Status& why) {
+  std::vector<RequestState*> all;
+  for (auto& [h, r] : requests) all.push_back(r.get());
+  for (RequestState* r : all) FailRequest(*r, why);
+}
+
+void Engine::Impl::TurnUnhealthy(absl::Status why) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!health.ok()) return;
+    health = why;
+  }
+  FailAll(why);
+  std::lock_guard<std::mutex> lock(listener_mu);
+  if (health_listener) health_listener(why);
+}
+
 void Engine::Impl::StartSequence(Sequence& seq) {
   seq.arrival_order = next_arrival++;
   seq.scheduled = true;
@@ -260,6 +277,7 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
     std::sort(failed.begin(), failed.end());
     failed.erase(std::unique(failed.begin(), failed.end()), failed.end());
     for (RequestState* r : failed) FailRequest(*r, absl::InternalError(absl::StrCat("engine step failed: ", s.message())));
+    if (absl::Status h = backend->health(); !h.ok()) TurnUnhealthy(std::move(h));
     return;
   }
   if (metrics) {

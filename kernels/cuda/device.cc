@@ -32,6 +32,23 @@ absl::Status CudaErrorToStatus(int cuda_error, std::string_view context) {
   return absl::InternalError(std::move(msg));
 }
 
+bool CudaErrorIsSticky(int cuda_error) {
+  switch (static_cast<cudaError_t>(cuda_error)) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
+  }
+}
+
 absl::Status CudaStreamSync(void* stream) {
   return CudaErrorToStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }

@@ -20,6 +20,12 @@ bool CudaDeviceAvailable(std::string* why_not = nullptr);
 // `cuda_error` is a cudaError_t.
 absl::Status CudaErrorToStatus(int cuda_error, std::string_view context);
 
+// Whether `cuda_error` (a cudaError_t) leaves the context unusable: a
+// kernel fault (illegal address or instruction, misaligned access, trap,
+// assert) or an uncorrectable ECC error. Every later call fails with it;
+// only a new process gets a working device.
+bool CudaErrorIsSticky(int cuda_error);
+
 // Waits for `stream` (a cudaStream_t; nullptr = legacy default stream) and
 // reports any asynchronous kernel error.
 absl::Status CudaStreamSync(void* stream);

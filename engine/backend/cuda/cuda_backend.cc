@@ -64,6 +64,7 @@ struct CudaBackend::State {
   DeviceBuffer step_index, step_data;
   StepStaging staging;
   std::optional<StepGraphs> graphs;
+  absl::Status health;  // not OK once a fault spoiled the context
   // ACT's prompt pass: column sums, and the entries re-staged with the sets.
   DeviceBuffer act_mass, act_meta;
   std::vector<double> act_mass_host;
@@ -202,6 +203,8 @@ absl::Status CudaBackend::State::AllocateLinearState(LinearAttentionState& state
   state.device_states = std::shared_ptr<void>(owner, owner->data());
   return absl::OkStatus();
 }
+
+absl::Status CudaBackend::health() const { return s_->health; }
 
 Backend::GraphCounts CudaBackend::graph_counts() const {
   if (!s_->graphs.has_value()) return {};
@@ -443,8 +446,18 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
   if (steps.empty()) return absl::OkStatus();
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s.options.device), "cudaSetDevice"));
   const absl::Status status = s.Step(steps, logits);
-  // Nothing of a failed step may still run when the caller moves on.
-  if (!status.ok()) cudaStreamSynchronize(s.stream);
+  if (!status.ok()) {
+    // Nothing of a failed step may still run when the caller moves on; a
+    // fault that spoiled the context leaves the backend unhealthy for good.
+    const cudaError_t synced = cudaStreamSynchronize(s.stream);
+    const cudaError_t last = cudaGetLastError();
+    for (const cudaError_t e : {synced, last}) {
+      if (CudaErrorIsSticky(e) && s.health.ok()) {
+        s.health = absl::UnavailableError(absl::StrCat("the GPU can run no more steps (", cudaGetErrorName(e), ": ",
+                                                       cudaGetErrorString(e), "); restart the server"));
+      }
+    }
+  }
   return status;
 }
 

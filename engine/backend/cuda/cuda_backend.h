@@ -70,6 +70,7 @@ class CudaBackend : public Backend {
   bool picks_tokens() const override { return true; }
   absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override;
   GraphCounts graph_counts() const override;
+  absl::Status health() const override;
   // Device memory beside the KV cache, zeroed.
   absl::Status AllocateLinearState(LinearAttentionState& state) override;
 
