@@ -181,6 +181,16 @@ TEST(CudaDevice, ErrorMapping) {
   EXPECT_EQ(CudaErrorToStatus(1, "ctx").code(), absl::StatusCode::kInternal);  // cudaErrorInvalidValue
 }
 
+// Faults that spoil the context are sticky; failures a caller survives are not.
+TEST(CudaDevice, StickyErrors) {
+  EXPECT_TRUE(CudaErrorIsSticky(700));    // cudaErrorIllegalAddress
+  EXPECT_TRUE(CudaErrorIsSticky(719));    // cudaErrorLaunchFailure
+  EXPECT_TRUE(CudaErrorIsSticky(214));    // cudaErrorECCUncorrectable
+  EXPECT_FALSE(CudaErrorIsSticky(0));     // cudaSuccess
+  EXPECT_FALSE(CudaErrorIsSticky(2));     // cudaErrorMemoryAllocation
+  EXPECT_FALSE(CudaErrorIsSticky(900));   // cudaErrorStreamCaptureUnsupported
+}
+
 // The device kernel's per-element functions, run on the host.
 TEST(RmsNormMath, MatchesReference) {
   for (int64_t n : {1, 17, 576, 4096}) {
