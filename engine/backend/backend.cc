@@ -36,26 +36,7 @@ int32_t PickToken(std::span<const float> row, const TokenPick& pick) {
     for (size_t i = 0; i < row.size(); ++i) m += x(i) >= cut ? PickWeight(x(i)) : 0.0f;
     return m;
   };
-  // Each cut is the largest x keeping enough: the k tokens, the mass.
-  float cut = kPickMinX;
-  if (pick.top_k > 0 && static_cast<size_t>(pick.top_k) < row.size()) {
-    float lo = cut, hi = 0.0f;
-    for (int i = 0; i < kPickBisections; ++i) {
-      const float mid = 0.5f * (lo + hi);
-      (count_from(mid) >= pick.top_k ? lo : hi) = mid;
-    }
-    cut = lo;
-  }
-  if (pick.top_p < 1.0f) {
-    const float target = pick.top_p * mass_from(cut);
-    float lo = cut, hi = 0.0f;
-    for (int i = 0; i < kPickBisections; ++i) {
-      const float mid = 0.5f * (lo + hi);
-      (mass_from(mid) >= target ? lo : hi) = mid;
-    }
-    cut = lo;
-  }
-  if (pick.min_p > 0.0f) cut = std::max(cut, std::log(pick.min_p));
+  const float cut = PickCut(pick, static_cast<int64_t>(row.size()), count_from, mass_from);
   const float target = static_cast<float>(pick.uniform) * mass_from(cut);
   float acc = 0.0f;
   int32_t last = -1;

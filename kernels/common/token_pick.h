@@ -88,4 +88,34 @@ ATTN_HD float PickWeight(float x) { return x >= kPickMinX ? expf(x) : 0.0f; }
 
 ATTN_HD float ScaledLogit(float logit, float max, float inv_t) { return (logit - max) * inv_t; }
 
+// The cut of a sampled pick: tokens with scaled logit x >= cut are drawn
+// from. Top-k's cut is the largest x keeping k tokens, then top-p's the
+// largest keeping that mass, each by bisection over [kPickMinX, 0]; min-p
+// raises it to log(min_p). count_from(cut) and mass_from(cut) count and
+// weigh (PickWeight) the row's tokens with x >= cut: a loop on the host, a
+// block's sums on the device, where every thread calls this alike.
+template <typename Count, typename Mass>
+ATTN_HD float PickCut(const TokenPick& p, int64_t vocab, Count count_from, Mass mass_from) {
+  float cut = kPickMinX;
+  if (p.top_k > 0 && p.top_k < vocab) {
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      if (count_from(mid) >= static_cast<float>(p.top_k)) lo = mid; else hi = mid;
+    }
+    cut = lo;
+  }
+  if (p.top_p < 1.0f) {
+    const float target = p.top_p * mass_from(cut);
+    float lo = cut, hi = 0.0f;
+    for (int i = 0; i < kPickBisections; ++i) {
+      const float mid = 0.5f * (lo + hi);
+      if (mass_from(mid) >= target) lo = mid; else hi = mid;
+    }
+    cut = lo;
+  }
+  if (p.min_p > 0.0f) cut = fmaxf(cut, logf(p.min_p));
+  return cut;
+}
+
 }  // namespace attnserve

@@ -215,25 +215,7 @@ __global__ void PickTokensKernel(float* logits, int32_t vocab, const TokenPick* 
     }
     return BlockSum(m, scratch);
   };
-  float cut = kPickMinX;
-  if (p.top_k > 0 && p.top_k < vocab) {
-    float lo = cut, hi = 0.0f;
-    for (int i = 0; i < kPickBisections; ++i) {
-      const float mid = 0.5f * (lo + hi);
-      if (count_from(mid) >= static_cast<float>(p.top_k)) lo = mid; else hi = mid;
-    }
-    cut = lo;
-  }
-  if (p.top_p < 1.0f) {
-    const float target = p.top_p * mass_from(cut);
-    float lo = cut, hi = 0.0f;
-    for (int i = 0; i < kPickBisections; ++i) {
-      const float mid = 0.5f * (lo + hi);
-      if (mass_from(mid) >= target) lo = mid; else hi = mid;
-    }
-    cut = lo;
-  }
-  if (p.min_p > 0.0f) cut = fmaxf(cut, logf(p.min_p));
+  const float cut = PickCut(p, vocab, count_from, mass_from);
   // The draw: each thread's contiguous chunk of ids, chunks in order.
   const int32_t chunk = (vocab + blockDim.x - 1) / blockDim.x;
   const int32_t begin = threadIdx.x * chunk, end = min(vocab, begin + chunk);
