@@ -81,9 +81,7 @@ void BM_Decode(benchmark::State& state, const char* shape) {
     state.SkipWithError(std::string(backend.status().message()).c_str());
     return;
   }
-  const ModelConfig& c = *config;
-  absl::StatusOr<KvCachePool> pool =
-      (*backend)->CreateKvPool({c.n_layers, c.n_kv_heads, c.head_dim, kPageSize}, 0.9);
+  absl::StatusOr<KvCachePool> pool = (*backend)->CreateKvPool(kPageSize, 0.9);
   const int32_t pages_per_seq = (kContext + kSteps + 4) / kPageSize + 1;
   if (!pool.ok() || pool->num_pages() < batch * pages_per_seq) {
     state.SkipWithError(pool.ok() ? "the KV cache is too small for this batch" : std::string(pool.status().message()).c_str());

@@ -108,8 +108,10 @@ int RunServe() {
     return Fail(absl::InvalidArgumentError("--dummy-shape: needs --load-format dummy"));
   }
   // Checked before the model file is read.
-  if (absl::StatusOr<ModelConfig> shape = ModelShape(dummy_shape); !dummy_shape.empty() && !shape.ok()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--dummy-shape: ", shape.status().message())));
+  if (!dummy_shape.empty()) {
+    if (absl::StatusOr<ModelConfig> shape = ModelShape(dummy_shape); !shape.ok()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--dummy-shape: ", shape.status().message())));
+    }
   }
   absl::StatusOr<std::unique_ptr<Model>> model = load_format == "dummy"
                                                      ? LoadModelWithoutWeights(absl::GetFlag(FLAGS_model), dummy_shape)

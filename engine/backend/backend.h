@@ -77,6 +77,16 @@ class Backend {
   virtual absl::Status health() const { return absl::OkStatus(); }
 };
 
+// Streaming positions=CACHE: whether the step's queries also turn at their
+// cache slot, for the sink keys (once its last query's slot is not its
+// position).
+inline bool NeedsSinkSlots(const SequenceStep& st) {
+  if (st.attention == nullptr || !st.attention->cache_positions()) return false;
+  const SequenceAttentionParams& p = st.attention->layer(0);
+  const int32_t last = st.first_pos + static_cast<int32_t>(st.tokens.size()) - 1;
+  return p.sink_tokens > 0 && CacheSlot(p, last) != last;
+}
+
 // Rows of logits a step computes: kAll one per token, kLast and kLastPick
 // one, kNone none.
 inline int64_t RowsOfLogits(const SequenceStep& st) {

@@ -13,6 +13,12 @@
 
 namespace attnserve {
 
+// The linear mode: the keys a query at `pos` no longer sees exactly,
+// [sink_tokens, LinearFoldEnd), are in the state once it is read.
+inline int32_t LinearFoldEnd(int32_t sink_tokens, int32_t window_tokens, int32_t pos) {
+  return pos - window_tokens + 1 > sink_tokens ? pos - window_tokens + 1 : sink_tokens;
+}
+
 struct LinearAttentionState {
   LinearAttentionState(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim)
       : n_kv_heads(n_kv_heads), head_dim(head_dim), folded_end(n_layers, 0) {}
@@ -44,10 +50,12 @@ struct LinearAttentionState {
   // Whether a backend holds the states (AllocateLinearState).
   bool allocated() const { return !heads.empty() || device_states != nullptr; }
 
+  // Floats of one layer's states: per KV head, S then z.
+  int64_t layer_floats() const { return static_cast<int64_t>(n_kv_heads) * TaylorFeatureCount(head_dim) * (head_dim + 1); }
+
   // Bytes of the states, wherever they are kept.
   int64_t bytes() const {
-    return static_cast<int64_t>(folded_end.size()) * n_kv_heads * TaylorFeatureCount(head_dim) * (head_dim + 1) *
-           static_cast<int64_t>(sizeof(float));
+    return static_cast<int64_t>(folded_end.size()) * layer_floats() * static_cast<int64_t>(sizeof(float));
   }
 
   int32_t n_kv_heads;

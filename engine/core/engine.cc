@@ -80,25 +80,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
                                                        Metrics* metrics) {
   ATTN_RETURN_IF_ERROR(CheckEngineOptions(options));
   ATTN_ASSIGN_OR_RETURN(const std::string backend, ChooseBackend(options.backend));
+  const int32_t max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
   if (backend == "cuda") {
 #ifdef ATTNSERVE_WITH_CUDA
-    const ModelConfig& c = model.config;
     CudaBackendOptions cuda_options;
-    cuda_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    cuda_options.max_step_tokens = max_step_tokens;
     cuda_options.cuda_graphs = options.cuda_graphs;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(model, cuda_options));
-    ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool({c.n_layers, c.n_kv_heads, c.head_dim, options.page_size},
-                                                               options.gpu_memory_utilization,
+    ATTN_ASSIGN_OR_RETURN(KvCachePool pool, cuda->CreateKvPool(options.page_size, options.gpu_memory_utilization,
                                                                options.linear_state_bytes));
     auto impl = std::make_unique<Impl>(model, options, metrics, std::move(pool));
     impl->backend = std::move(cuda);
     return Start(std::move(impl));
 #endif
   }
-  const auto cpu = [&options](const Model& m, KvCachePool& pool) -> absl::StatusOr<std::unique_ptr<Backend>> {
+  const auto cpu = [&](const Model& m, KvCachePool& pool) -> absl::StatusOr<std::unique_ptr<Backend>> {
     CpuBackendOptions backend_options;
     backend_options.num_threads = options.num_threads;
-    backend_options.max_step_tokens = std::max(options.max_num_batched_tokens, options.max_num_seqs);
+    backend_options.max_step_tokens = max_step_tokens;
     ATTN_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> b, CpuBackend::Create(m, pool, backend_options));
     return b;
   };

@@ -19,12 +19,14 @@ namespace attnserve {
 // budget, its request fails alone. Either way its chunk leaves the step.
 void Engine::Impl::AllocateLinearStates(ScheduleOutput& schedule) {
   const int64_t budget = options.linear_state_bytes;
-  int64_t held = LinearStateBytesHeld();
+  // Counted at the first state to allocate: most steps have none.
+  int64_t held = -1;
   std::vector<std::pair<RequestState*, absl::Status>> failed;
   std::vector<Sequence*> parked;
   for (const ScheduledChunk& c : schedule.chunks) {
     Sequence& seq = static_cast<Sequence&>(*c.seq);
     if (!seq.linear || seq.linear->allocated()) continue;
+    if (held < 0) held = LinearStateBytesHeld();
     const int64_t bytes = seq.linear->bytes();
     absl::Status s = absl::OkStatus();
     if (budget > 0 && held + bytes > budget) {

@@ -22,11 +22,11 @@ constexpr std::array<Shape, 3> kShapes = {{
     {"qwen2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, 32768, 1000000.0f, false},
 }};
 
-}  // namespace
-
 std::string ModelShapeNames() {
   return absl::StrJoin(kShapes, ", ", [](std::string* out, const Shape& s) { out->append(s.name); });
 }
+
+}  // namespace
 
 absl::StatusOr<ModelConfig> ModelShape(std::string_view name) {
   for (const Shape& s : kShapes) {

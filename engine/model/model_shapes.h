@@ -17,7 +17,4 @@ namespace attnserve {
 // caller names the field).
 absl::StatusOr<ModelConfig> ModelShape(std::string_view name);
 
-// The known names, comma-separated (for flags' help and errors).
-std::string ModelShapeNames();
-
 }  // namespace attnserve

@@ -52,7 +52,6 @@ struct Scored {
 
 bool Before(const Scored& a, const Scored& b) { return PickBefore(a.logit, a.token, b.logit, b.token); }
 
-inline float Scaled(float logit, float max, float inv_t) { return (logit - max) * inv_t; }
 
 // Histogram bucket of a scaled logit; NaN and anything below -50 land in the last.
 inline int32_t BucketOf(float x) {
@@ -88,7 +87,7 @@ ATTN_ROW_LOOP double SumExp(std::span<const float> row, float max) {
 ATTN_ROW_LOOP void WeightsAndBuckets(std::span<const float> logits, float max, float inv_t, std::span<float> w,
                                      std::span<int16_t> bucket) {
   for (size_t i = 0; i < logits.size(); ++i) {
-    const float x = Scaled(logits[i], max, inv_t);
+    const float x = ScaledLogit(logits[i], max, inv_t);
     w[i] = x >= kMinLogWeight ? Exp(x) : 0.0f;
     bucket[i] = static_cast<int16_t>(BucketOf(x));
   }

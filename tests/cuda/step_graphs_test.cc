@@ -41,7 +41,7 @@ StepsRun RunSteps(const Model& model, bool cuda_graphs) {
   CudaBackendOptions options;
   options.cuda_graphs = cuda_graphs;
   std::unique_ptr<CudaBackend> backend = CudaBackend::Create(model, options).value();
-  KvCachePool pool = backend->CreateKvPool({c.n_layers, c.n_kv_heads, c.head_dim, kPageSize}, 0.3).value();
+  KvCachePool pool = backend->CreateKvPool(kPageSize, 0.3).value();
   const std::vector<PolicyCase> cases = Policies(c);
   const int32_t n = static_cast<int32_t>(cases.size());
   const std::vector<int32_t> text = model.tokenizer->Encode(
@@ -107,10 +107,7 @@ class StepGraphsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ATTNSERVE_SKIP_WITHOUT_GPU();
-    const std::string path = SyntheticModelPath("attnserve_step_graphs_test");
-    ASSERT_TRUE(WriteSyntheticLlama(path));
-    model_ = LoadModel(path).value();
-    std::filesystem::remove(path);
+    model_ = LoadSyntheticLlama("attnserve_step_graphs_test", [](const std::string& p) { return LoadModel(p); }).value();
   }
   std::unique_ptr<Model> model_;
 };

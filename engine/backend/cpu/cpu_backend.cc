@@ -132,12 +132,10 @@ absl::Status CpuBackend::Forward(std::span<const SequenceStep> steps, std::vecto
   for (size_t i = 0; i < steps.size(); ++i) {
     const SequenceStep& st = steps[i];
     const int32_t n = static_cast<int32_t>(st.tokens.size());
-    if (st.attention != nullptr && st.attention->cache_positions()) {
+    if (NeedsSinkSlots(st)) {
       const SequenceAttentionParams& p = st.attention->layer(0);
-      if (p.sink_tokens > 0 && CacheSlot(p, st.first_pos + n - 1) != st.first_pos + n - 1) {
-        s_.sink_steps[i] = 1;
-        for (int32_t j = 0; j < n; ++j) s_.slots[first_row + j] = CacheSlot(p, st.first_pos + j);
-      }
+      s_.sink_steps[i] = 1;
+      for (int32_t j = 0; j < n; ++j) s_.slots[first_row + j] = CacheSlot(p, st.first_pos + j);
     }
     first_row += n;
   }
@@ -372,9 +370,9 @@ void CpuBackend::LinearAttention(int32_t layer, std::span<const SequenceStep> st
     LinearAttentionState& state = *st.linear;
     state.AllocateHostStates();
     const SequenceAttentionParams& params = st.attention->layer(layer);
-    const int32_t sinks = params.sink_tokens, window = params.window_tokens;
+    const int32_t sinks = params.sink_tokens;
     // Query i folds keys [sinks, fold_end(i)): those left behind its window.
-    const auto fold_end = [&](int32_t pos) { return std::max(sinks, pos - window + 1); };
+    const auto fold_end = [&](int32_t pos) { return LinearFoldEnd(sinks, params.window_tokens, pos); };
     if (st.first_pos == 0) state.ResetLayer(layer);
     const int32_t folded = std::max(sinks, state.folded_end[layer]);
     const int32_t num_tokens = st.first_pos + n;

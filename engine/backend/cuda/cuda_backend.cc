@@ -146,8 +146,9 @@ Backend::GraphCounts CudaBackend::graph_counts() const {
   return {s_->graphs->replays(), s_->graphs->captures()};
 }
 
-absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape, double utilization,
-                                                      int64_t set_aside) {
+absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(int32_t page_size, double utilization, int64_t set_aside) {
+  const ModelConfig& c = s_->model.config;
+  const KvCacheShape shape{c.n_layers, c.n_kv_heads, c.head_dim, page_size};
   if (!(utilization > 0.0 && utilization <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization: ", utilization, " must be in (0, 1]"));
   }
@@ -161,11 +162,6 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(const KvCacheShape& shape,
   if (pages < 2) {
     return absl::ResourceExhaustedError(absl::StrCat("gpu_memory_utilization: ", utilization, " of ", total_bytes,
                                                      " bytes leaves no room for a KV cache (", free_bytes, " free)"));
-  }
-  const KvCacheShape& want = shape;
-  const ModelConfig& c = s_->model.config;
-  if (want.n_layers != c.n_layers || want.n_kv_heads != c.n_kv_heads || want.head_dim != c.head_dim) {
-    return absl::InvalidArgumentError("kv cache shape does not match the model");
   }
   cudaStream_t stream = s_->stream;
   const KvCachePool::Allocator on_device = [stream](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {

@@ -53,12 +53,13 @@ class CudaBackend : public Backend {
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& model, const CudaBackendOptions& options);
   ~CudaBackend() override;
 
-  // The KV cache in device memory: as many pages of `shape` as fit in
+  // The KV cache in device memory, pages of `page_size` tokens for the
+  // model's layers and KV heads: as many as fit in
   // `utilization` of the device's memory beside what is already in use
   // (the weights, the activations, other processes), less a reserve for the
   // step's workspaces. The backend keeps a handle on the same memory.
   // `set_aside` bytes more are left out of it (the linear mode's states).
-  absl::StatusOr<KvCachePool> CreateKvPool(const KvCacheShape& shape, double utilization, int64_t set_aside = 0);
+  absl::StatusOr<KvCachePool> CreateKvPool(int32_t page_size, double utilization, int64_t set_aside = 0);
 
   // Weight bytes one decode step reads (every matrix and norm, the output
   // projection; of the embedding table only its rows): the roofline's bytes.

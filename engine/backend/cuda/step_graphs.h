@@ -36,11 +36,10 @@ class StepGraphs {
   // batch size when its signature is `signature`, else `enqueue` (which
   // enqueues every kernel of the step on the stream, and nothing else) runs
   // directly or is captured into one first. A capture the driver refuses
-  // turns graphs off for good (disabled()), and `enqueue` runs directly. An
+  // turns graphs off for good, and `enqueue` runs directly. An
   // error of `enqueue` itself is returned; while capturing, nothing ran.
   absl::Status Run(int32_t batch, std::vector<uintptr_t> signature, absl::FunctionRef<absl::Status()> enqueue);
 
-  bool disabled() const { return disabled_; }
   int64_t replays() const { return replays_; }
   int64_t captures() const { return captures_; }
 

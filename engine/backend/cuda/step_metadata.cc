@@ -90,11 +90,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
     }
     const int32_t n = static_cast<int32_t>(st.tokens.size());
     first_row[i] = static_cast<int32_t>(tokens.size());
-    // Streaming positions=CACHE: queries past sinks + window also turn at
-    // their cache slot, for the sink keys (CpuBackend does the same).
-    const bool cache_slots = st.attention != nullptr && st.attention->cache_positions() &&
-                             st.attention->layer(0).sink_tokens > 0 &&
-                             CacheSlot(st.attention->layer(0), st.first_pos + n - 1) != st.first_pos + n - 1;
+    const bool cache_slots = NeedsSinkSlots(st);
     for (int32_t j = 0; j < n; ++j) {
       const int32_t pos = st.first_pos + j;
       tokens.push_back(st.tokens[j]);
@@ -156,8 +152,6 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   for (int32_t i = 0; i < n_seqs; ++i) {
     if (steps[i].linear != nullptr) m.folded_end[i] = steps[i].linear->folded_end;
   }
-  // LinearStateFloats per KV head (linear_state.h), without the CUDA library.
-  const int64_t state_floats = static_cast<int64_t>(c.n_kv_heads) * TaylorFeatureCount(c.head_dim) * (c.head_dim + 1);
   m.layers.resize(c.n_layers);
   std::vector<DecodeSequence> decode;
   std::vector<PrefillTile> tiles;
@@ -229,10 +223,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       // As CpuBackend::LinearAttention: query at pos reads the state and,
       // exactly weighted, the keys that left its window since the last fold;
       // the keys the next query no longer sees are folded after.
-      const int32_t sinks = p.sink_tokens, window = p.window_tokens;
-      const auto fold_end = [&](int32_t pos) { return std::max(sinks, pos - window + 1); };
+      const int32_t sinks = p.sink_tokens;
+      const auto fold_end = [&](int32_t pos) { return LinearFoldEnd(sinks, p.window_tokens, pos); };
       const int32_t folded = st.first_pos == 0 ? sinks : std::max(sinks, m.folded_end[i][l]);
-      float* states = linear_states[i] + l * state_floats;
+      float* states = linear_states[i] + l * st.linear->layer_floats();
       for (int32_t j = 0; j < n; ++j) {
         LinearReadSequence rs;
         rs.states = states;
