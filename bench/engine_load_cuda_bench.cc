@@ -35,7 +35,6 @@ constexpr int32_t kPromptTokens = 1024, kOutputTokens = 256;
 
 const Model* DummyLlama3_8B(std::string* why) {
   static const absl::StatusOr<std::unique_ptr<Model>> model = []() -> absl::StatusOr<std::unique_ptr<Model>> {
-    const std::string path = SyntheticModelPath("attnserve_engine_load_bench");
     // Only its tokenizer is kept: the smallest body that writes.
     SyntheticLlamaShape file;
     file.n_layers = 1;
@@ -44,10 +43,9 @@ const Model* DummyLlama3_8B(std::string* why) {
     file.n_kv_heads = 1;
     file.ffn = 64;
     file.vocab = ModelShape("llama-3-8b").value().vocab_size;
-    if (!WriteSyntheticLlama(path, file)) return absl::InternalError("cannot write " + path);
-    absl::StatusOr<std::unique_ptr<Model>> loaded = LoadModelWithoutWeights(path, "llama-3-8b");
-    std::filesystem::remove(path);
-    return loaded;
+    return LoadSyntheticLlama(
+        "attnserve_engine_load_bench", [](const std::string& p) { return LoadModelWithoutWeights(p, "llama-3-8b"); },
+        file);
   }();
   if (!model.ok()) *why = std::string(model.status().message());
   return model.ok() ? model->get() : nullptr;

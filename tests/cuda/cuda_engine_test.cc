@@ -36,10 +36,7 @@ class CudaEngineTest : public EnginePolicyTest {
   static void SetUpTestSuite() {
     EnginePolicyTest::SetUpTestSuite();
     if (model_ != nullptr) return;
-    const std::string path = SyntheticModelPath("attnserve_cuda_engine_test");
-    if (!WriteSyntheticLlama(path)) return;
-    absl::StatusOr<std::unique_ptr<Model>> synthetic = LoadModel(path);
-    std::filesystem::remove(path);
+    absl::StatusOr<std::unique_ptr<Model>> synthetic = LoadSyntheticLlama("attnserve_cuda_engine_test", [](const std::string& p) { return LoadModel(p); });
     if (synthetic.ok()) model_ = *std::move(synthetic);
   }
 
@@ -150,10 +147,10 @@ TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {
 }
 
 TEST_F(CudaEngineTest, RandomWeightsInLlama32sShapeGenerate) {
-  const std::string path = SyntheticModelPath("attnserve_cuda_dummy_test");
-  ASSERT_TRUE(WriteSyntheticLlama(path));
-  const std::unique_ptr<Model> dummy = LoadModelWithoutWeights(path, "llama-3.2-1b").value();
-  std::filesystem::remove(path);
+  const std::unique_ptr<Model> dummy =
+      LoadSyntheticLlama("attnserve_cuda_dummy_test", [](const std::string& p) {
+        return LoadModelWithoutWeights(p, "llama-3.2-1b");
+      }).value();
   EngineOptions options;
   options.backend = "cuda";
   options.gpu_memory_utilization = 0.5;

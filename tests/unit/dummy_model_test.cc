@@ -19,14 +19,9 @@
 namespace attnserve {
 namespace {
 
-// The synthetic model's file, loaded by `load` and removed.
-template <typename Load>
-auto FromSyntheticFile(Load load) {
-  const std::string path = SyntheticModelPath("attnserve_dummy_model_test");
-  EXPECT_TRUE(WriteSyntheticLlama(path));
-  auto loaded = load(path);
-  std::filesystem::remove(path);
-  return loaded;
+absl::StatusOr<std::unique_ptr<Model>> SyntheticWithoutWeights(std::string_view shape = {}) {
+  return LoadSyntheticLlama("attnserve_dummy_model_test",
+                            [shape](const std::string& p) { return LoadModelWithoutWeights(p, shape); });
 }
 
 TEST(ModelShapeTest, KnownShapesAndAClearErrorForOthers) {
@@ -47,9 +42,9 @@ TEST(ModelShapeTest, KnownShapesAndAClearErrorForOthers) {
 }
 
 TEST(DummyModelTest, TheFilesConfigAndTokenizerWithoutWeights) {
-  auto [real, dummy] = FromSyntheticFile([](const std::string& path) {
-    return std::make_pair(LoadModel(path).value(), LoadModelWithoutWeights(path).value());
-  });
+  const std::unique_ptr<Model> real =
+      LoadSyntheticLlama("attnserve_dummy_model_test", [](const std::string& p) { return LoadModel(p); }).value();
+  const std::unique_ptr<Model> dummy = SyntheticWithoutWeights().value();
   EXPECT_TRUE(dummy->dummy_weights);
   EXPECT_FALSE(real->dummy_weights);
   EXPECT_TRUE(dummy->weights.layers.empty());
@@ -59,14 +54,12 @@ TEST(DummyModelTest, TheFilesConfigAndTokenizerWithoutWeights) {
 }
 
 TEST(DummyModelTest, ANamedShapeKeepsTheFilesVocabulary) {
-  const std::unique_ptr<Model> dummy =
-      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path, "llama-3.2-1b").value(); });
+  const std::unique_ptr<Model> dummy = SyntheticWithoutWeights("llama-3.2-1b").value();
   EXPECT_EQ(dummy->config.n_layers, 16);
   EXPECT_EQ(dummy->config.hidden, 2048);
   EXPECT_EQ(dummy->config.vocab_size, dummy->tokenizer->vocab_size());
   EXPECT_EQ(dummy->config.name, "llama-3.2-1b (random weights)");
-  const absl::Status unknown =
-      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path, "gpt-5").status(); });
+  const absl::Status unknown = SyntheticWithoutWeights("gpt-5").status();
   EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -94,8 +87,7 @@ TEST(RandomWeightsTest, Q8MatricesOfUnitVarianceOutputsAndNormsOfOnes) {
 }
 
 TEST(DummyModelTest, TheCpuEngineGeneratesFromRandomWeights) {
-  const std::unique_ptr<Model> dummy =
-      FromSyntheticFile([](const std::string& path) { return LoadModelWithoutWeights(path).value(); });
+  const std::unique_ptr<Model> dummy = SyntheticWithoutWeights().value();
   const auto generate = [&] {
     std::unique_ptr<Engine> engine = Engine::Create(*dummy, EngineOptions{}, nullptr).value();
     GenerationRequest r;

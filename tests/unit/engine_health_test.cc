@@ -43,10 +43,7 @@ class FailingBackend : public Backend {
 };
 
 TEST(EngineHealthTest, ABackendThatFailsForGoodFailsWhatItHoldsAndRefusesTheRest) {
-  const std::string path = SyntheticModelPath("attnserve_engine_health_test");
-  ASSERT_TRUE(WriteSyntheticLlama(path));
-  const std::unique_ptr<Model> model = LoadModel(path).value();
-  std::filesystem::remove(path);
+  const std::unique_ptr<Model> model = LoadSyntheticLlama("attnserve_engine_health_test", [](const std::string& p) { return LoadModel(p); }).value();
   const auto failing = [](const Model& m, KvCachePool& pool) -> absl::StatusOr<std::unique_ptr<Backend>> {
     std::unique_ptr<CpuBackend> cpu = CpuBackend::Create(m, pool, CpuBackendOptions{}).value();
     return std::make_unique<FailingBackend>(std::move(cpu), /*fail_at=*/6);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "tests/unit/gguf_builder.h"
 
 namespace attnserve {
@@ -54,7 +55,7 @@ inline std::string Gpt2ByteSymbol(int b) {
 // Writes the model to `path`; false when the file cannot be written.
 // A file of its own for each process under the temporary directory: test
 // processes that run at once never write or map each other's. Callers
-// remove it once loaded (the mapping outlives the name).
+// remove it once loaded (the mapping outlives the name): LoadSyntheticLlama.
 inline std::string SyntheticModelPath(const std::string& stem) {
   return (std::filesystem::temp_directory_path() / (stem + "_" + std::to_string(getpid()) + ".gguf")).string();
 }
@@ -128,6 +129,20 @@ inline bool WriteSyntheticLlama(const std::string& path, const SyntheticLlamaSha
   const std::string image = b.Build();
   out.write(image.data(), static_cast<std::streamsize>(image.size()));
   return static_cast<bool>(out);
+}
+
+// `load` (LoadModel, LoadModelWithoutWeights, ...) on a synthetic model
+// written to a file of this process's own, removed once loaded; what
+// `load` returns, or what it would have failed with when the file could
+// not be written.
+template <typename Load>
+auto LoadSyntheticLlama(const std::string& stem, Load load, const SyntheticLlamaShape& shape = {}) {
+  const std::string path = SyntheticModelPath(stem);
+  using Result = decltype(load(path));
+  if (!WriteSyntheticLlama(path, shape)) return Result(absl::InternalError("cannot write " + path));
+  Result loaded = load(path);
+  std::filesystem::remove(path);
+  return loaded;
 }
 
 }  // namespace attnserve

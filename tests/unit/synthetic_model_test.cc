@@ -16,10 +16,7 @@ namespace attnserve {
 namespace {
 
 TEST(SyntheticModelTest, LoadsTokenizesAndGenerates) {
-  const std::string path = SyntheticModelPath("attnserve_synthetic_test");
-  ASSERT_TRUE(WriteSyntheticLlama(path));
-  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(path);
-  std::filesystem::remove(path);
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadSyntheticLlama("attnserve_synthetic_test", [](const std::string& p) { return LoadModel(p); });
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config;
   EXPECT_EQ(c.n_layers, 6);
@@ -39,7 +36,6 @@ TEST(SyntheticModelTest, LoadsTokenizesAndGenerates) {
   Collector out;
   ASSERT_TRUE(engine->Submit(std::move(r), out.stream).ok());
   EXPECT_EQ(out.Wait()[0].token_ids.size(), 8u);
-  std::filesystem::remove(path);
 }
 
 }  // namespace
