@@ -19,40 +19,15 @@
 #include <vector>
 
 #include "bench/cuda_bench_util.h"
+#include "bench/mixed_plans.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/model/model_shapes.h"
-#include "engine/policy/planner.h"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
 namespace {
 
 constexpr int32_t kContext = 1024, kPageSize = 16, kSteps = 32;
-
-// Sequence i of a mixed batch takes plans[i % 5]: dense (null), streaming,
-// a virtual sink, per-head temperatures, DuoAttention (half its heads
-// windowed). `n` < 5: the first n.
-std::vector<std::shared_ptr<const AttentionPlan>> MixedPlans(const ModelConfig& c, size_t n) {
-  std::vector<PolicySpec> specs(5);
-  StreamingSpec streaming;
-  streaming.sink_tokens = 4;
-  streaming.window_tokens = 256;
-  specs[1].sink = streaming;
-  specs[2].virtual_sink = VirtualSinkSpec{1.5f, {}};
-  specs[3].temperature = TemperatureSpec{std::vector<float>(static_cast<size_t>(c.n_layers) * c.n_heads, 0.8f)};
-  DuoSpec duo;
-  for (uint32_t l = 0; l < static_cast<uint32_t>(c.n_layers); ++l) {
-    for (uint32_t h = 0; h < static_cast<uint32_t>(c.n_heads); h += 2) duo.retrieval_heads.push_back({l, h});
-  }
-  duo.sink_tokens = 4;
-  duo.recent_tokens = 256;
-  specs[4].mode = duo;
-  PromptInfo prompt;
-  prompt.num_tokens = kContext;
-  std::vector<std::shared_ptr<const AttentionPlan>> plans(1);
-  for (size_t i = 1; i < std::min<size_t>(n, specs.size()); ++i) plans.push_back(PlanAttention(specs[i], c, prompt).value());
-  return plans;
-}
 
 void BM_Decode(benchmark::State& state, const char* shape) {
   const absl::StatusOr<ModelConfig> config = ModelShape(shape);
@@ -64,7 +39,8 @@ void BM_Decode(benchmark::State& state, const char* shape) {
   const bool cuda_graphs = state.range(1) != 0;
   const bool mixed = state.range(2) != 0;
   // Planned before the device is looked for: a run without one checks them.
-  const std::vector<std::shared_ptr<const AttentionPlan>> plans = MixedPlans(*config, mixed ? 5 : 1);
+  std::vector<std::shared_ptr<const AttentionPlan>> plans = MixedPlans(*config, kContext);
+  if (!mixed) plans.resize(1);
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
     state.SkipWithError(why.c_str());

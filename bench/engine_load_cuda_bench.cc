@@ -13,18 +13,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "bench/mixed_plans.h"
 #include "engine/core/engine.h"
 #include "engine/core/output_stream.h"
 #include "engine/model/model.h"
 #include "engine/model/model_shapes.h"
-#include "engine/policy/planner.h"
 #include "kernels/cuda/device.h"
 #include "tests/unit/synthetic_model.h"
 
@@ -49,41 +48,6 @@ const Model* DummyLlama3_8B(std::string* why) {
   }();
   if (!model.ok()) *why = std::string(model.status().message());
   return model.ok() ? model->get() : nullptr;
-}
-
-// Request i's policy when mixed: i % 5 of dense (null), streaming, a
-// virtual sink, per-head temperatures, DuoAttention (half its heads
-// windowed).
-std::shared_ptr<const AttentionPlan> MixedPlan(const ModelConfig& c, int32_t i) {
-  PolicySpec spec;
-  switch (i % 5) {
-    case 0:
-      return nullptr;
-    case 1: {
-      StreamingSpec streaming;
-      streaming.window_tokens = 256;
-      spec.sink = streaming;
-      break;
-    }
-    case 2:
-      spec.virtual_sink = VirtualSinkSpec{1.5f, {}};
-      break;
-    case 3:
-      spec.temperature = TemperatureSpec{std::vector<float>(static_cast<size_t>(c.n_layers) * c.n_heads, 0.8f)};
-      break;
-    default: {
-      DuoSpec duo;
-      for (uint32_t l = 0; l < static_cast<uint32_t>(c.n_layers); ++l) {
-        for (uint32_t h = 0; h < static_cast<uint32_t>(c.n_heads); h += 2) duo.retrieval_heads.push_back({l, h});
-      }
-      duo.sink_tokens = 4;
-      duo.recent_tokens = 256;
-      spec.mode = duo;
-    }
-  }
-  PromptInfo prompt;
-  prompt.num_tokens = kPromptTokens;
-  return PlanAttention(spec, c, prompt).value();
 }
 
 void BM_ServeLoad(benchmark::State& state) {
@@ -112,6 +76,7 @@ void BM_ServeLoad(benchmark::State& state) {
   // Distinct prompts of byte tokens: no prefix is shared.
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> byte(0, 255);
+  const std::vector<std::shared_ptr<const AttentionPlan>> plans = MixedPlans(model->config, kPromptTokens);
   std::vector<GenerationRequest> requests(streams);
   for (int32_t i = 0; i < streams; ++i) {
     GenerationRequest& r = requests[i];
@@ -119,7 +84,7 @@ void BM_ServeLoad(benchmark::State& state) {
     for (int32_t& t : r.prompt_ids) t = byte(rng);
     r.sampling.max_tokens = kOutputTokens;
     r.sampling.ignore_eos = true;
-    if (mixed) r.attention = MixedPlan(model->config, i);
+    if (mixed) r.attention = plans[i % plans.size()];
   }
   double seconds = 0.0, ttft_median = 0.0;
   int64_t generated = 0;
