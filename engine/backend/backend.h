@@ -64,10 +64,12 @@ class Backend {
   virtual absl::Status AllocateLinearState(LinearAttentionState& state) = 0;
 
   // Steps run from CUDA graphs since the start: replayed from a graph
-  // captured before, and captured (then run). Read on the engine thread.
+  // captured before, and captured (then run); and the padding rows that
+  // brought decode steps to a graph's batch size. Read on the engine thread.
   struct GraphCounts {
     int64_t replayed = 0;
     int64_t captured = 0;
+    int64_t padding_rows = 0;
   };
   virtual GraphCounts graph_counts() const { return {}; }
 

@@ -122,7 +122,7 @@ void Engine::Impl::AdmitNew(std::vector<std::unique_ptr<RequestState>>& incoming
       // completion prefills its own prompt.
       if (plan != nullptr && !plan->windowed_kv_heads().empty()) {
         const std::span<const int32_t> heads = plan->windowed_kv_heads();
-        seq->pages = PackedPageTable(pool.shape(), pool.num_pages(), {heads.begin(), heads.end()},
+        seq->pages = PackedPageTable(pool.shape(), pool.layer_pages(), {heads.begin(), heads.end()},
                                      plan->kv_head_window());
         seq->use_prefix_cache = false;
       }
@@ -209,7 +209,8 @@ void Engine::Impl::RunStep(const ScheduleOutput& schedule) {
   if (metrics) {
     CountAttentionPages(schedule);
     const Backend::GraphCounts g = backend->graph_counts();
-    metrics->AddGraphSteps(g.replayed - graph_counts_counted.replayed, g.captured - graph_counts_counted.captured);
+    metrics->AddGraphSteps(g.replayed - graph_counts_counted.replayed, g.captured - graph_counts_counted.captured,
+                           g.padding_rows - graph_counts_counted.padding_rows);
     graph_counts_counted = g;
   }
   const size_t vocab = model.config.vocab_size;

@@ -38,22 +38,26 @@ absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32
 }
 
 absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32_t num_pages,
-                                                const Allocator& allocate, bool on_device) {
+                                                const Allocator& allocate, bool on_device, int32_t scratch_pages) {
   if (shape.n_layers < 1 || shape.n_kv_heads < 1 || shape.head_dim < 1 || shape.page_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kv cache shape (layers ", shape.n_layers, ", kv heads ",
                                                    shape.n_kv_heads, ", head_dim ", shape.head_dim, ", page size ",
                                                    shape.page_size, ") must be positive"));
   }
   if (num_pages < 1) return absl::InvalidArgumentError(absl::StrCat("kv cache needs pages, got ", num_pages));
+  if (scratch_pages < 0 || scratch_pages > std::numeric_limits<int32_t>::max() - num_pages) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache scratch pages: ", scratch_pages));
+  }
   // Each factor is below 2^31, so the size is checked in floating point
   // before any product could overflow int64.
-  const double elements = static_cast<double>(num_pages) * PageBytes(shape) / sizeof(fp16_t);
+  const double elements = (static_cast<double>(num_pages) + scratch_pages) * PageBytes(shape) / sizeof(fp16_t);
   if (elements > static_cast<double>(std::numeric_limits<int64_t>::max() / 4)) {
     return absl::ResourceExhaustedError(absl::StrCat("kv cache of ", num_pages, " pages is too large"));
   }
   KvCachePool pool;
   pool.shape_ = shape;
   pool.num_pages_ = num_pages;
+  pool.scratch_pages_ = scratch_pages;
   pool.on_device_ = on_device;
   auto memory = allocate(static_cast<size_t>(elements));
   if (!memory.ok()) return memory.status();
@@ -62,8 +66,8 @@ absl::StatusOr<KvCachePool> KvCachePool::Create(const KvCacheShape& shape, int32
 }
 
 fp16_t* KvCachePool::Part(int part, int32_t layer, int64_t layer_elements) const {
-  const int64_t page_kv = static_cast<int64_t>(num_pages_) * page_elements() * shape_.n_layers;
-  const int64_t bounds = static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim * shape_.n_layers;
+  const int64_t page_kv = static_cast<int64_t>(layer_pages()) * page_elements() * shape_.n_layers;
+  const int64_t bounds = static_cast<int64_t>(layer_pages()) * shape_.n_kv_heads * shape_.head_dim * shape_.n_layers;
   const int64_t offset = part < 2 ? part * page_kv : 2 * page_kv + (part - 2) * bounds;
   return memory_.get() + offset + static_cast<int64_t>(layer) * layer_elements;
 }
@@ -78,16 +82,16 @@ int64_t KvCachePool::PageBytes(const KvCacheShape& shape) {
          static_cast<int64_t>(sizeof(fp16_t));
 }
 
-fp16_t* KvCachePool::keys(int32_t layer) { return Part(0, layer, num_pages_ * page_elements()); }
+fp16_t* KvCachePool::keys(int32_t layer) { return Part(0, layer, layer_pages() * page_elements()); }
 
-fp16_t* KvCachePool::values(int32_t layer) { return Part(1, layer, num_pages_ * page_elements()); }
+fp16_t* KvCachePool::values(int32_t layer) { return Part(1, layer, layer_pages() * page_elements()); }
 
 fp16_t* KvCachePool::key_min(int32_t layer) {
-  return Part(2, layer, static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim);
+  return Part(2, layer, static_cast<int64_t>(layer_pages()) * shape_.n_kv_heads * shape_.head_dim);
 }
 
 fp16_t* KvCachePool::key_max(int32_t layer) {
-  return Part(3, layer, static_cast<int64_t>(num_pages_) * shape_.n_kv_heads * shape_.head_dim);
+  return Part(3, layer, static_cast<int64_t>(layer_pages()) * shape_.n_kv_heads * shape_.head_dim);
 }
 
 PageAllocator::PageAllocator(int32_t num_pages) : ref_counts_(num_pages, 0) {

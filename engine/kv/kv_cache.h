@@ -38,23 +38,29 @@ class KvCachePool {
   // Host memory. Fails (RESOURCE_EXHAUSTED) rather than aborting when memory
   // is short.
   static absl::StatusOr<KvCachePool> Create(const KvCacheShape& shape, int32_t num_pages);
-  // Memory from `allocate` (device memory when on_device).
+  // Memory from `allocate` (device memory when on_device), with
+  // `scratch_pages` more pages past num_pages() that only the backend
+  // writes (the padding rows of its decode steps).
   static absl::StatusOr<KvCachePool> Create(const KvCacheShape& shape, int32_t num_pages, const Allocator& allocate,
-                                            bool on_device);
+                                            bool on_device, int32_t scratch_pages = 0);
 
   bool on_device() const { return on_device_; }
 
   const KvCacheShape& shape() const { return shape_; }
-  int32_t num_pages() const { return num_pages_; }
+  int32_t num_pages() const { return num_pages_; }  // the pages sequences are given
+  int32_t scratch_pages() const { return scratch_pages_; }
+  int32_t scratch_page(int32_t i) const { return num_pages_ + i; }
+  // Pages of each layer's region: num_pages() + scratch_pages().
+  int32_t layer_pages() const { return num_pages_ + scratch_pages_; }
   // Elements of one page of one layer: n_kv_heads * page_size * head_dim.
   int64_t page_elements() const;
   // Bytes of one page across all layers: keys, values and key bounds.
   int64_t bytes_per_page() const { return PageBytes(shape_); }
   static int64_t PageBytes(const KvCacheShape& shape);
 
-  fp16_t* keys(int32_t layer);    // [num_pages][n_kv_heads][page_size][head_dim]
+  fp16_t* keys(int32_t layer);    // [layer_pages][n_kv_heads][page_size][head_dim]
   fp16_t* values(int32_t layer);
-  fp16_t* key_min(int32_t layer);  // [num_pages][n_kv_heads][head_dim]
+  fp16_t* key_min(int32_t layer);  // [layer_pages][n_kv_heads][head_dim]
   fp16_t* key_max(int32_t layer);
 
  private:
@@ -62,9 +68,10 @@ class KvCachePool {
 
   KvCacheShape shape_;
   int32_t num_pages_ = 0;
+  int32_t scratch_pages_ = 0;
   bool on_device_ = false;
-  // keys, values ([n_layers][num_pages][...] each), key_min, key_max
-  // ([n_layers][num_pages][n_kv_heads][head_dim] each), one after the other.
+  // keys, values ([n_layers][layer_pages][...] each), key_min, key_max
+  // ([n_layers][layer_pages][n_kv_heads][head_dim] each), one after the other.
   std::shared_ptr<fp16_t> memory_;
 };
 
@@ -122,7 +129,8 @@ struct PageTable {
   bool packed() const { return slices.heads > 0; }
 };
 
-// Makes an empty table packed by head over a pool of pool_pages pages: the
+// Makes an empty table packed by head over a pool whose layers hold
+// pool_pages pages each (KvCachePool::layer_pages): the
 // heads in `windowed_heads` see only `window`'s keys, the others every key.
 PageTable PackedPageTable(const KvCacheShape& shape, int32_t pool_pages, std::vector<int32_t> windowed_heads,
                           VisibleSet window);

@@ -94,6 +94,9 @@ struct Metrics::Impl {
       CounterFamily(r, "cuda_graph_steps_total", "Engine steps run from CUDA graphs, replayed or captured then run.");
   Counter& graph_replayed = graph_steps.Add({{"how", "replayed"}});
   Counter& graph_captured = graph_steps.Add({{"how", "captured"}});
+  Counter& padding_rows = CounterFamily(r, "decode_padding_rows_total",
+                                        "Rows added to decode steps to bring them to a CUDA graph's batch size.")
+                              .Add({});
   Family<Counter>& requests = CounterFamily(r, "requests_total", "Requests, by attention policy kind.");
   Counter& pages_read =
       CounterFamily(r, "attention_pages_read_total", "KV pages read by attention (per layer and KV head).").Add({});
@@ -144,9 +147,10 @@ void Metrics::CountError(absl::StatusCode code) {
   impl_->error_by_code[i < kCodes.size() ? i : static_cast<size_t>(absl::StatusCode::kUnknown)]->Increment();
 }
 void Metrics::AddPreemptions(int64_t n) { impl_->preemptions.Increment(static_cast<double>(n)); }
-void Metrics::AddGraphSteps(int64_t replayed, int64_t captured) {
+void Metrics::AddGraphSteps(int64_t replayed, int64_t captured, int64_t padding_rows) {
   impl_->graph_replayed.Increment(static_cast<double>(replayed));
   impl_->graph_captured.Increment(static_cast<double>(captured));
+  impl_->padding_rows.Increment(static_cast<double>(padding_rows));
 }
 void Metrics::AddPrefixCacheTokens(int64_t queried, int64_t hit) {
   impl_->prefix_queries.Increment(static_cast<double>(queried));

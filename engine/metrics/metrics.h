@@ -51,8 +51,9 @@ class Metrics {
   void CountError(absl::StatusCode code);
   void AddPreemptions(int64_t n);
   void AddPrefixCacheTokens(int64_t queried, int64_t hit);
-  // Engine steps run from CUDA graphs: replayed, and captured then run.
-  void AddGraphSteps(int64_t replayed, int64_t captured);
+  // Engine steps run from CUDA graphs: replayed, and captured then run;
+  // and the padding rows of decode steps (Backend::GraphCounts).
+  void AddGraphSteps(int64_t replayed, int64_t captured, int64_t padding_rows);
 
   // Policy metrics. mode, sink, calibration: the policy kinds of the request
   // ("dense", "streaming", "act", ...; "none" for no calibration).

@@ -145,6 +145,8 @@ def test_32_concurrent_streams(stubs, server):
     for how in ("replayed", "captured"):
         value = server.metric("attnserve_cuda_graph_steps_total", f'how="{how}"')
         assert value is not None and (expected is None or value == expected), (how, value)
+    padding = server.metric("attnserve_decode_padding_rows_total")
+    assert padding is not None and (expected is None or padding == expected), padding
 
 
 def test_cancel_and_deadline_free_the_kv_cache(stubs, server):

@@ -1,6 +1,7 @@
 #include "engine/kv/kv_cache.h"
 
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -110,6 +111,29 @@ TEST(KvCachePoolTest, ShapeAndSizes) {
   EXPECT_EQ(pool->bytes_per_page(), 3 * (2 * 64 + 2 * 2 * 8) * 2);
   EXPECT_EQ(pool->keys(1) - pool->keys(0), 5 * 64);
   EXPECT_EQ(pool->values(2) - pool->values(0), 2 * 5 * 64);
+}
+
+TEST(KvCachePoolTest, ScratchPagesFollowEachLayersPages) {
+  const KvCacheShape shape{3, 2, 8, 4};
+  size_t allocated = 0;
+  std::vector<fp16_t> memory;
+  const KvCachePool::Allocator host = [&](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
+    allocated = elements;
+    memory.assign(elements, fp16_t{});
+    return std::shared_ptr<fp16_t>(memory.data(), [](fp16_t*) {});
+  };
+  absl::StatusOr<KvCachePool> pool = KvCachePool::Create(shape, 5, host, false, 2);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(pool->num_pages(), 5);
+  EXPECT_EQ(pool->scratch_pages(), 2);
+  EXPECT_EQ(pool->scratch_page(1), 6);
+  EXPECT_EQ(pool->layer_pages(), 7);
+  EXPECT_EQ(allocated * sizeof(fp16_t), static_cast<size_t>(7 * pool->bytes_per_page()));
+  // Layer 1's keys start past layer 0's scratch pages; the last part ends
+  // with the memory.
+  EXPECT_EQ(pool->keys(1) - pool->keys(0), 7 * 64);
+  EXPECT_EQ(pool->key_max(2) + 7 * 2 * 8, memory.data() + memory.size());
+  EXPECT_EQ(KvCachePool::Create(shape, 5, host, false, -1).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(KvCachePoolTest, RejectsBadShapesAndAbsurdSizes) {

@@ -12,69 +12,12 @@
 #include <memory>
 #include <vector>
 
-#include "engine/policy/planner.h"
+#include "tests/unit/step_metadata_fixture.h"
 
 namespace attnserve {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.n_layers = 2;
-  c.hidden = 256;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 64;
-  c.ffn_hidden = 512;
-  c.vocab_size = 100;
-  c.context_length = 4096;
-  c.rope_dim = 64;
-  return c;
-}
-
-std::shared_ptr<const AttentionPlan> Plan(const PolicySpec& spec, const ModelConfig& c, int32_t prompt) {
-  PromptInfo info;
-  info.num_tokens = prompt;
-  absl::StatusOr<std::shared_ptr<const AttentionPlan>> plan = PlanAttention(spec, c, info);
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  return plan.ok() ? *plan : nullptr;
-}
-
-PageTable Table(std::vector<int32_t> pages, int32_t tokens) {
-  PageTable t;
-  t.pages = std::move(pages);
-  t.num_tokens = tokens;
-  return t;
-}
-
-class StepMetadataTest : public ::testing::Test {
- protected:
-  StepMetadataTest() : c_(TinyConfig()), pool_(KvCachePool::Create({c_.n_layers, c_.n_kv_heads, c_.head_dim, 16}, 16).value()) {
-    AttentionHeadParams dense;
-    dense.logit_scale = 0.125f;
-    dense_heads_.assign(c_.n_heads, dense);
-  }
-
-  // Builds, then copies the staged bytes to the buffers they were laid out for.
-  StepMetadata Build(std::span<const SequenceStep> steps, std::span<float* const> linear_states) {
-    staging_.index.Reset(index_.data());
-    staging_.data.Reset(data_.data());
-    absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, staging_);
-    EXPECT_TRUE(m.ok()) << m.status();
-    EXPECT_LE(staging_.index.size(), index_.size());
-    EXPECT_LE(staging_.data.size(), data_.size());
-    std::memcpy(index_.data(), staging_.index.data(), staging_.index.size());
-    std::memcpy(data_.data(), staging_.data.data(), staging_.data.size());
-    return m.ok() ? *std::move(m) : StepMetadata{};
-  }
-
-  ModelConfig c_;
-  KvCachePool pool_;
-  std::vector<AttentionHeadParams> dense_heads_;
-  StepStaging staging_;
-  alignas(64) std::array<uint8_t, 1 << 20> index_{};
-  alignas(64) std::array<uint8_t, 1 << 20> data_{};
-};
+using StepMetadataTest = StepMetadataFixture;
 
 TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
   const PageTable dense_table = Table({3, 7}, 20);

@@ -142,8 +142,8 @@ absl::Status CudaBackend::State::AllocateLinearState(LinearAttentionState& state
 absl::Status CudaBackend::health() const { return s_->health; }
 
 Backend::GraphCounts CudaBackend::graph_counts() const {
-  if (!s_->graphs.has_value()) return {};
-  return {s_->graphs->replays(), s_->graphs->captures()};
+  if (!s_->graphs.has_value()) return {0, 0, s_->padding_rows};
+  return {s_->graphs->replays(), s_->graphs->captures(), s_->padding_rows};
 }
 
 absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(int32_t page_size, double utilization, int64_t set_aside) {
@@ -158,7 +158,8 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(int32_t page_size, double 
   if (set_aside < 0) return absl::InvalidArgumentError("linear state memory must not be negative");
   const double allowed = utilization * static_cast<double>(total_bytes) - static_cast<double>(total_bytes - free_bytes) -
                          static_cast<double>(kStepReserveBytes) - static_cast<double>(set_aside);
-  const int64_t pages = static_cast<int64_t>(std::max(0.0, allowed) / static_cast<double>(KvCachePool::PageBytes(shape)));
+  const int64_t pages = static_cast<int64_t>(std::max(0.0, allowed) / static_cast<double>(KvCachePool::PageBytes(shape))) -
+                        kMaxBatchPadding;
   if (pages < 2) {
     return absl::ResourceExhaustedError(absl::StrCat("gpu_memory_utilization: ", utilization, " of ", total_bytes,
                                                      " bytes leaves no room for a KV cache (", free_bytes, " free)"));
@@ -172,8 +173,9 @@ absl::StatusOr<KvCachePool> CudaBackend::CreateKvPool(int32_t page_size, double 
     return std::shared_ptr<fp16_t>(owner, owner->as<fp16_t>());
   };
   ATTN_ASSIGN_OR_RETURN(KvCachePool pool, KvCachePool::Create(shape, static_cast<int32_t>(std::min<int64_t>(pages, 1 << 30)),
-                                                              on_device, true));
+                                                              on_device, true, kMaxBatchPadding));
   s_->pool = pool;
+  s_->padding.emplace(pool);
   return pool;
 }
 
@@ -244,8 +246,12 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
   return status;
 }
 
-absl::Status CudaBackend::State::Step(std::span<const SequenceStep> steps, std::vector<float>& logits) {
+absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::vector<float>& logits) {
   const ModelConfig& c = model.config;
+  // Padded whether or not graphs are on, so that turning them off changes
+  // no result.
+  const std::span<const SequenceStep> steps = padding->Pad(given);
+  padding_rows += static_cast<int64_t>(steps.size() - given.size());
   // The linear mode's states live on the device with their sequence; a step
   // from position 0 starts them afresh.
   std::vector<float*> linear_states(steps.size(), nullptr);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/backend/cuda/batch_padding.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/cuda/device_weights.h"
 #include "engine/backend/cuda/step_graphs.h"
@@ -36,6 +37,8 @@ struct CudaBackend::State {
   std::vector<AttentionHeadParams> dense_heads;
 
   std::optional<KvCachePool> pool;
+  std::optional<BatchPadding> padding;  // over the pool's scratch pages
+  int64_t padding_rows = 0;
 
   // Activations, [rows][width] each.
   int64_t rows = 0;
@@ -74,7 +77,7 @@ struct CudaBackend::State {
   absl::Status StageStep(std::span<const SequenceStep> steps, std::span<float* const> linear_states,
                          StepMetadata& m);
   absl::Status EnqueueStep(const StepMetadata& m, std::span<const SequenceStep> steps);
-  absl::Status Step(std::span<const SequenceStep> steps, std::vector<float>& logits);
+  absl::Status Step(std::span<const SequenceStep> given, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m);

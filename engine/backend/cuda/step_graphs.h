@@ -4,8 +4,8 @@
 // LaunchSignature, one launch in place of hundreds. Only the staged data
 // differs between replays, and it lies at addresses the graph already holds.
 //
-// One graph per batch size, the least recently used dropped past
-// kMaxGraphs. A signature is captured the second time it comes: the first
+// One graph per batch size (BatchPadding keeps them few), the least
+// recently used dropped past kMaxGraphs. A signature is captured the second time it comes: the first
 // step runs its kernels directly, which loads their modules and lets cuBLAS
 // settle, as capture wants. A batch size whose signature changed (its split
 // grid grew, a buffer moved) is captured again and its instantiated graph
@@ -24,7 +24,8 @@ namespace attnserve {
 
 class StepGraphs {
  public:
-  static constexpr int kMaxGraphs = 32;
+  // Every padded batch size up to 480 sequences.
+  static constexpr int kMaxGraphs = 64;
 
   // `stream`: the cudaStream_t the steps run on.
   explicit StepGraphs(void* stream);
