@@ -1,5 +1,5 @@
-// The host's share of a GPU decode step: BuildStepMetadata (every layer's
-// kernel structs, page tables and policy parameters staged) at Llama-3-8B's
+// The host's share of a GPU decode step: BuildStepMetadata (the kernels'
+// structs, page tables and every layer's policy parameters staged) at Llama-3-8B's
 // shape, batch 1-256, every sequence at 1024 tokens of context; dense, and
 // five policies mixed. Runs on any machine: the pool's device addresses are
 // computed, never touched. Set against the step's weight-bytes roofline on

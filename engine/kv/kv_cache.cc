@@ -296,6 +296,7 @@ PagedKv LayerView(KvCachePool& pool, int32_t layer, const PageTable& table, int3
   kv.n_kv_heads = s.n_kv_heads;
   kv.head_dim = s.head_dim;
   kv.num_tokens = num_tokens;
+  kv.layer_stride = pool.layer_pages() * pool.page_elements();
   return kv;
 }
 

@@ -89,6 +89,7 @@ class AttentionPlan {
   bool quest(int32_t layer, int32_t pos) const {
     return c_.quest_token_budget > 0 && layer >= c_.quest_dense_layers && pos >= c_.prompt_tokens;
   }
+  int32_t quest_dense_layers() const { return c_.quest_dense_layers; }
   std::span<const KeyRange> spans() const { return c_.spans; }
   const PolicyLabels& labels() const { return c_.labels; }
 

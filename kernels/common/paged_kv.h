@@ -33,6 +33,26 @@ struct PagedKv {
   // offsets 0 .. n_kv_heads - 1; page_table is unused then.
   const int32_t* head_slices = nullptr;
   int32_t head_slices_step = 0;
+  // fp16 values from one layer's keys (or values) to the next layer's; the
+  // key bounds are page_size times closer. Set by LayerView, for AtLayer.
+  int64_t layer_stride = 0;
+
+  // This view of layer 0 moved to `layer` of the same pool: the GPU step
+  // stages each sequence's view once and its kernels take the layer.
+  ATTN_HD PagedKv AtLayer(int32_t layer) const {
+    PagedKv kv = *this;
+    if (head_slices != nullptr) {
+      // Packed slices are numbered from layer 0's base, the layers' heads side by side.
+      kv.head_slices += static_cast<int64_t>(layer) * n_kv_heads;
+      return kv;
+    }
+    const int64_t step = static_cast<int64_t>(layer) * layer_stride;
+    kv.keys += step;
+    kv.values += step;
+    if (key_min != nullptr) kv.key_min += step / page_size;
+    if (key_max != nullptr) kv.key_max += step / page_size;
+    return kv;
+  }
 
   ATTN_HD int64_t Slice(int kv_head, int32_t block) const {
     if (head_slices != nullptr) return head_slices[static_cast<int64_t>(block) * head_slices_step + kv_head];

@@ -18,7 +18,7 @@ __global__ void ColumnMassKernel(ColumnMassArgs a) {
   __shared__ float q[kMaxHeadDim], sink_q[kMaxHeadDim];
   const int32_t i = blockIdx.x;
   const int h = blockIdx.y;
-  const DecodeSequence& s = a.seqs[i];
+  const DecodeSequence s = AtLayer(a.seqs[i], a.layer);
   if (static_cast<int32_t>(blockIdx.z * blockDim.x) > s.query_pos) return;  // keys after the query: none visible
   const int g = h / (a.n_q_heads / a.n_kv_heads);
   const int64_t row = static_cast<int64_t>(QueryRow(s, i)) * a.n_q_heads + h;

@@ -17,6 +17,7 @@ namespace attnserve {
 struct ColumnMassArgs {
   const DecodeSequence* seqs = nullptr;  // [n_queries]: one prompt query each (no Quest ranges)
   int32_t n_queries = 0;
+  int32_t layer = 0;              // the entries are read AtLayer(layer)
   const float* q = nullptr;       // [rows][n_q_heads][head_dim], a row per entry (QueryRow)
   const float* sink_q = nullptr;  // as DecodeAttentionArgs::sink_q
   const float* lse = nullptr;     // [rows][n_q_heads]: DecodeAttentionCuda's, same entries

@@ -13,14 +13,15 @@ namespace {
 __global__ void AppendRowsKernel(KvAppendArgs a) {
   const int row = blockIdx.x;
   const KvAppendSequence& s = a.seqs[a.row_seq[row]];
+  const PagedKv kv = s.kv.AtLayer(a.layer);
   const int32_t t = s.first_pos + (row - s.row_begin);
   const int width = a.n_kv_heads * a.head_dim;
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     const int g = i / a.head_dim, c = i % a.head_dim;
-    const int64_t at = (s.kv.Row(s.kv.keys, g, t) - s.kv.keys) + c;
+    const int64_t at = (kv.Row(kv.keys, g, t) - kv.keys) + c;
     // The view is read-only; the memory it names is the cache's.
-    const_cast<fp16_t*>(s.kv.keys)[at] = FloatToFp16(a.k[static_cast<int64_t>(row) * width + i]);
-    const_cast<fp16_t*>(s.kv.values)[at] = FloatToFp16(a.v[static_cast<int64_t>(row) * width + i]);
+    const_cast<fp16_t*>(kv.keys)[at] = FloatToFp16(a.k[static_cast<int64_t>(row) * width + i]);
+    const_cast<fp16_t*>(kv.values)[at] = FloatToFp16(a.v[static_cast<int64_t>(row) * width + i]);
   }
 }
 
@@ -28,21 +29,22 @@ __global__ void AppendRowsKernel(KvAppendArgs a) {
 // block's bounds over its slots from the first to the last written.
 __global__ void BlockBoundsKernel(KvAppendArgs a) {
   const KvAppendSequence& s = a.seqs[blockIdx.x];
-  const int32_t ps = s.kv.page_size;
+  const PagedKv kv = s.kv.AtLayer(a.layer);
+  const int32_t ps = kv.page_size;
   const int32_t block = s.first_pos / ps + static_cast<int32_t>(blockIdx.y);
   if (static_cast<int32_t>(blockIdx.y) >= BlocksTouched(s.first_pos, s.n_tokens, ps)) return;
   const int g = blockIdx.z;
   const int32_t end = min((block + 1) * ps, s.first_pos + s.n_tokens);
-  const int64_t slice = s.kv.Slice(g, block);
+  const int64_t slice = kv.Slice(g, block);
   for (int c = threadIdx.x; c < a.head_dim; c += blockDim.x) {
     float lo = INFINITY, hi = -INFINITY;
     for (int32_t t = block * ps; t < end; ++t) {
-      const float x = Fp16ToFloat(s.kv.Row(s.kv.keys, g, t)[c]);
+      const float x = Fp16ToFloat(kv.Row(kv.keys, g, t)[c]);
       lo = fminf(lo, x);
       hi = fmaxf(hi, x);
     }
-    const_cast<fp16_t*>(s.kv.key_min)[slice * a.head_dim + c] = FloatToFp16(lo);
-    const_cast<fp16_t*>(s.kv.key_max)[slice * a.head_dim + c] = FloatToFp16(hi);
+    const_cast<fp16_t*>(kv.key_min)[slice * a.head_dim + c] = FloatToFp16(lo);
+    const_cast<fp16_t*>(kv.key_max)[slice * a.head_dim + c] = FloatToFp16(hi);
   }
 }
 

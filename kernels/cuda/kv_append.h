@@ -17,7 +17,7 @@ namespace attnserve {
 // [first_pos, first_pos + n_tokens) of this sequence. kv's pointers (device)
 // name writable memory; blocks up to first_pos + n_tokens have slices.
 struct KvAppendSequence {
-  PagedKv kv;
+  PagedKv kv;  // layer 0's view: the launch's layer is written (PagedKv::AtLayer)
   int32_t first_pos = 0;
   int32_t row_begin = 0;
   int32_t n_tokens = 0;
@@ -26,6 +26,7 @@ struct KvAppendSequence {
 struct KvAppendArgs {
   const KvAppendSequence* seqs = nullptr;  // device, [n_seqs]
   int32_t n_seqs = 0;
+  int32_t layer = 0;
   const int32_t* row_seq = nullptr;        // device, [n_rows]: the sequence of each row
   int32_t n_rows = 0;
   int32_t max_blocks_per_seq = 0;          // >= the blocks any sequence writes to this step

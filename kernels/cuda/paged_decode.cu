@@ -54,7 +54,7 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
   const int split = blockIdx.x, g = blockIdx.y, seq = blockIdx.z;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int group = a.n_q_heads / a.n_kv_heads;
-  const DecodeSequence& s = a.seqs[seq];
+  const DecodeSequence s = AtLayer(a.seqs[seq], a.layer);
   const int32_t begin = split * kDecodeSplitKeys;
   const int32_t end = min(s.query_pos + 1, begin + kDecodeSplitKeys);
   if (begin >= end) return;  // past this sequence's keys: the merge reads only its own splits
@@ -120,7 +120,7 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
 template <int kHeadDim>
 __global__ void DecodeMergeKernel(DecodeAttentionArgs a, Workspace ws, int32_t n_splits) {
   const int h = blockIdx.x, seq = blockIdx.y, col = threadIdx.x;
-  const DecodeSequence& s = a.seqs[seq];
+  const DecodeSequence s = AtLayer(a.seqs[seq], a.layer);
   const AttentionHeadParams& hp = s.params.heads[h];
   const int32_t splits = (s.query_pos + kDecodeSplitKeys) / kDecodeSplitKeys;
   const int64_t first = (static_cast<int64_t>(seq) * a.n_q_heads + h) * n_splits;

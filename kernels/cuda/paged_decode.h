@@ -18,27 +18,48 @@
 
 namespace attnserve {
 
-// One sequence's decode query in one layer. Every pointer, including those
+// One sequence's query, as a launch's `layer` reads it (AtLayer): its keys
+// in that layer and that layer's parameters. Every pointer, including those
 // inside kv and params, is a device pointer.
 struct DecodeSequence {
-  PagedKv kv;                       // keys at positions [0, query_pos] present
-  SequenceAttentionParams params;   // heads: [n_q_heads]
+  PagedKv kv;                       // keys at positions [0, query_pos] present; layer 0's view
+  SequenceAttentionParams params;   // heads: [n_q_heads]; every layer's when layer_params is null
+  // [n_layers]: each layer's parameters, in place of params.
+  const SequenceAttentionParams* layer_params = nullptr;
   int32_t query_pos = 0;
   // Quest: per KV head g, only the keys in key_ranges[g * key_ranges_stride
-  // + i], i < num_key_ranges[g] (sorted, disjoint) are read. Null: all of
-  // the visible set.
+  // + i], i < num_key_ranges[g] (sorted, disjoint) are read, in layers from
+  // key_ranges_from_layer on. Null: all of the visible set.
   const KeyRange* key_ranges = nullptr;
   const int32_t* num_key_ranges = nullptr;
   int32_t key_ranges_stride = 0;
+  int32_t key_ranges_from_layer = 0;
   // Its row of q, sink_q, out and lse; -1: the entry's own index.
   int32_t row = -1;
 };
 
 ATTN_HD int32_t QueryRow(const DecodeSequence& s, int32_t entry) { return s.row >= 0 ? s.row : entry; }
 
+// Entry `e`'s parameters in `layer`.
+ATTN_HD const SequenceAttentionParams& LayerParams(const DecodeSequence& e, int32_t layer) {
+  return e.layer_params != nullptr ? e.layer_params[layer] : e.params;
+}
+
+// Entry `e` as layer `layer` reads it: its keys and values there, that
+// layer's parameters, Quest's ranges only where they apply.
+ATTN_HD DecodeSequence AtLayer(const DecodeSequence& e, int32_t layer) {
+  DecodeSequence s = e;
+  s.kv = e.kv.AtLayer(layer);
+  s.params = LayerParams(e, layer);
+  s.layer_params = nullptr;
+  if (layer < e.key_ranges_from_layer) s.key_ranges = nullptr;
+  return s;
+}
+
 struct DecodeAttentionArgs {
   const DecodeSequence* seqs = nullptr;  // device, [n_seqs]
   int32_t n_seqs = 0;
+  int32_t layer = 0;           // the entries are read AtLayer(layer)
   int32_t max_tokens = 0;      // >= query_pos + 1 of every sequence: sizes the split grid
   const float* q = nullptr;    // [rows][n_q_heads][head_dim], a row per entry (QueryRow)
   // Streaming positions=CACHE: the queries rotated at their cache slot, for

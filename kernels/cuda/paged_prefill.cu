@@ -22,9 +22,7 @@ static_assert(kRows >= kMaxWarps);
 // furthest back) sees it under the sequence's set and some head of the
 // group: later queries see no older key, so keys of pages given back (a
 // window moved past them) are never touched.
-__device__ bool TileLoads(const DecodeSequence& first, int g, int group, int32_t j) {
-  const int32_t pos = first.query_pos;
-  const SequenceAttentionParams& p = first.params;
+__device__ bool TileLoads(const SequenceAttentionParams& p, int32_t pos, int g, int group, int32_t j) {
   if (!InSinksOrWindow(p.sink_tokens, p.window_tokens, pos, j)) return false;
   for (int i = 0; i < group; ++i) {
     const AttentionHeadParams& hp = p.heads[g * group + i];
@@ -79,8 +77,12 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   const int qi = warp / group;
   const bool active = qi < tile.n_queries;
   const int32_t entry = tile.first_entry + (active ? qi : 0);
+  // The tile's keys are its first query's, in the launch's layer.
   const DecodeSequence& first = a.entries[tile.first_entry];
+  const SequenceAttentionParams& first_p = LayerParams(first, a.layer);
+  const PagedKv kv = first.kv.AtLayer(a.layer);
   const DecodeSequence& s = a.entries[entry];
+  const SequenceAttentionParams& params = LayerParams(s, a.layer);
   const int h = g * group + warp % group;
   const int64_t row = static_cast<int64_t>(QueryRow(s, entry)) * a.n_q_heads + h;
   const int32_t end = a.entries[tile.first_entry + tile.n_queries - 1].query_pos + 1;
@@ -109,13 +111,13 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
     }
   }
   q_fits = __all_sync(0xffffffffu, q_fits);
-  const AttentionHeadParams& hp = s.params.heads[h];
+  const AttentionHeadParams& hp = params.heads[h];
   const bool reweights = hp.reweight_beta != 1.0f;
   WarpRowSoftmax sm;
 
   // Whole key tiles behind every window the tile's queries have are skipped
   // (a streaming sequence at a million tokens reads sinks + window).
-  const KeyRange hidden = HiddenKeys(first.params, g * group, group, first.query_pos);
+  const KeyRange hidden = HiddenKeys(first_p, g * group, group, first.query_pos);
   const int32_t skip_begin = (hidden.begin + kKeyTile - 1) / kKeyTile * kKeyTile;
   const int32_t skip_end = hidden.end / kKeyTile * kKeyTile;
   for (int32_t t0 = 0; t0 < end; t0 += kKeyTile) {
@@ -126,7 +128,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
     __syncthreads();  // the previous tile's products are done
     if (threadIdx.x < kKeyTile) {
       const int32_t j = t0 + threadIdx.x;
-      sh.load[threadIdx.x] = j < end && TileLoads(first, g, group, j);
+      sh.load[threadIdx.x] = j < end && TileLoads(first_p, first.query_pos, g, group, j);
     }
     __syncthreads();
     // Keys not loaded are zeros: the products must see no stale NaN. (A
@@ -138,9 +140,9 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
       const int kk = i / kPairs, c = i % kPairs;
       const bool load = sh.load[kk];
       reinterpret_cast<__half2*>(sh.k[kk])[c] =
-          load ? reinterpret_cast<const __half2*>(first.kv.Row(first.kv.keys, g, t0 + kk))[c] : zeros;
+          load ? reinterpret_cast<const __half2*>(kv.Row(kv.keys, g, t0 + kk))[c] : zeros;
       reinterpret_cast<__half2*>(sh.v[kk])[c] =
-          load ? reinterpret_cast<const __half2*>(first.kv.Row(first.kv.values, g, t0 + kk))[c] : zeros;
+          load ? reinterpret_cast<const __half2*>(kv.Row(kv.values, g, t0 + kk))[c] : zeros;
     }
     __syncthreads();
     // Scores: warp w < 2 takes keys [16w, 16w + 16) of every row.
@@ -168,8 +170,8 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
     if (active && t0 <= s.query_pos) {  // warp-uniform
       const int32_t j = t0 + lane;
       float logit = -INFINITY;
-      if (sh.load[lane] && HeadKeyVisible(s.params, hp, s.query_pos, j)) {
-        const bool sink_key = j < s.params.sink_tokens && a.sink_q != nullptr;
+      if (sh.load[lane] && HeadKeyVisible(params, hp, s.query_pos, j)) {
+        const bool sink_key = j < params.sink_tokens && a.sink_q != nullptr;
         float dot = sh.s[warp][lane];
         if (sink_key || !q_fits) {
           // Sink keys meet the query turned at its cache slot.
@@ -182,8 +184,8 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
             dot = fmaf(qv[2 * c], kf.x, fmaf(qv[2 * c + 1], kf.y, dot));
           }
         }
-        logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
-        in_set = reweights && InReweightSet(s.params, hp, j);
+        logit = dot * hp.logit_scale + KeyBias(params, hp, j);
+        in_set = reweights && InReweightSet(params, hp, j);
       }
       any = sm.AddTile(logit, in_set, &p, &rescale);
     }

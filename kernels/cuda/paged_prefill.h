@@ -29,6 +29,7 @@ struct PrefillAttentionArgs {
   const DecodeSequence* entries = nullptr;  // device: a query each; key_ranges null
   const PrefillTile* tiles = nullptr;       // device, [n_tiles]
   int32_t n_tiles = 0;
+  int32_t layer = 0;              // the entries are read AtLayer(layer)
   const float* q = nullptr;       // as DecodeAttentionArgs (rows by QueryRow)
   const float* sink_q = nullptr;
   float* out = nullptr;

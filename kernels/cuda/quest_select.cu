@@ -53,7 +53,9 @@ __global__ void QuestSelectKernel(QuestSelectArgs a, uint32_t* keys_ws) {
   __shared__ int32_t scratch[kThreads];
   const int g = blockIdx.x, seq = blockIdx.y;
   const QuestSelectSequence& s = a.seqs[seq];
-  const int32_t ps = s.kv.page_size;
+  if (a.layer < s.first_layer) return;  // the whole block: s is the block's
+  const PagedKv kv = s.kv.AtLayer(a.layer);
+  const int32_t ps = kv.page_size;
   const int32_t own = s.query_pos / ps;
   const int32_t chunk = (own + kThreads - 1) / kThreads;
   const int32_t p_begin = min(own, static_cast<int32_t>(threadIdx.x) * chunk);
@@ -80,8 +82,8 @@ __global__ void QuestSelectKernel(QuestSelectArgs a, uint32_t* keys_ws) {
   for (int32_t p = p_begin; p < p_end; ++p) {
     uint32_t key = kNotCandidate;
     if (QuestPageVisible(p, ps, s.sink_tokens, s.window_tokens, s.query_pos)) {
-      const int64_t bounds = s.kv.Slice(g, p) * a.head_dim;
-      key = OrderedKey(QuestPageScore(q, group, a.head_dim, s.kv.key_min + bounds, s.kv.key_max + bounds));
+      const int64_t bounds = kv.Slice(g, p) * a.head_dim;
+      key = OrderedKey(QuestPageScore(q, group, a.head_dim, kv.key_min + bounds, kv.key_max + bounds));
     }
     keys[p] = key;
   }

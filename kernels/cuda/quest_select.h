@@ -19,7 +19,8 @@ namespace attnserve {
 
 // Device pointers. kv's key bounds are read.
 struct QuestSelectSequence {
-  PagedKv kv;
+  PagedKv kv;                 // layer 0's view: the launch's layer is read (PagedKv::AtLayer)
+  int32_t first_layer = 0;    // layers below select nothing (their query reads every visible key)
   int32_t query_pos = 0;
   int32_t sink_tokens = 0;    // the visible-set rule: pages hidden from the query are no candidates
   int32_t window_tokens = 0;
@@ -31,6 +32,7 @@ struct QuestSelectSequence {
 struct QuestSelectArgs {
   const QuestSelectSequence* seqs = nullptr;  // device, [n_seqs]
   int32_t n_seqs = 0;
+  int32_t layer = 0;
   int32_t max_pages = 0;        // >= query_pos / page_size of every sequence
   const float* q = nullptr;     // device, [n_seqs][n_q_heads][head_dim], after RoPE, unscaled
   int32_t n_q_heads = 0;

@@ -71,15 +71,14 @@ TEST_F(BatchPaddingTest, PaddingRowsDecodeIntoScratchPagesOnly) {
   const StepMetadata m = Build(padded);
   EXPECT_EQ(m.n_seqs, 8);
   EXPECT_TRUE(GraphReplayable(m));
-  const KvAppendSequence* append = m.layers[1].append;
-  const DecodeSequence* decode = m.layers[1].decode;
   for (int32_t i = 5; i < 8; ++i) {
-    EXPECT_EQ(append[i].first_pos, 0);
-    EXPECT_EQ(append[i].n_tokens, 1);
-    EXPECT_EQ(decode[i].kv.num_tokens, 1);
-    EXPECT_EQ(decode[i].query_pos, 0);
-    EXPECT_EQ(decode[i].kv.keys, pool_.keys(1));
-    EXPECT_EQ(decode[i].kv.Slice(0, 0), pool_.scratch_page(i - 5) * c_.n_kv_heads);
+    EXPECT_EQ(m.append[i].first_pos, 0);
+    EXPECT_EQ(m.append[i].n_tokens, 1);
+    const DecodeSequence d = AtLayer(m.decode[i], 1);
+    EXPECT_EQ(d.kv.num_tokens, 1);
+    EXPECT_EQ(d.query_pos, 0);
+    EXPECT_EQ(d.kv.keys, pool_.keys(1));
+    EXPECT_EQ(d.kv.Slice(0, 0), pool_.scratch_page(i - 5) * c_.n_kv_heads);
   }
 }
 

@@ -136,6 +136,35 @@ TEST(KvCachePoolTest, ScratchPagesFollowEachLayersPages) {
   EXPECT_EQ(KvCachePool::Create(shape, 5, host, false, -1).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(KvCachePoolTest, LayerZerosViewMovesToEveryLayer) {
+  const KvCacheShape shape{3, 2, 8, 4};
+  std::vector<fp16_t> memory;
+  const KvCachePool::Allocator host = [&](size_t elements) -> absl::StatusOr<std::shared_ptr<fp16_t>> {
+    memory.assign(elements, fp16_t{});
+    return std::shared_ptr<fp16_t>(memory.data(), [](fp16_t*) {});
+  };
+  KvCachePool pool = KvCachePool::Create(shape, 6, host, false, 3).value();
+  PageTable plain;
+  plain.pages = {4, 1};
+  PageTable packed = PackedPageTable(shape, pool.layer_pages(), {1, 4}, VisibleSet{2, 4});
+  packed.pages = {5, 0, 2};
+  ASSERT_TRUE(AssignSlices(packed, 8, shape.page_size).ok());
+  for (const PageTable* table : {&plain, &packed}) {
+    const PagedKv first = LayerView(pool, 0, *table, 8);
+    for (int32_t l = 0; l < shape.n_layers; ++l) {
+      const PagedKv want = LayerView(pool, l, *table, 8), got = first.AtLayer(l);
+      EXPECT_EQ(got.keys, want.keys) << l;
+      EXPECT_EQ(got.values, want.values) << l;
+      EXPECT_EQ(got.key_min, want.key_min) << l;
+      EXPECT_EQ(got.key_max, want.key_max) << l;
+      EXPECT_EQ(got.head_slices, want.head_slices) << l;
+      for (int32_t g = 0; g < shape.n_kv_heads; ++g) {
+        EXPECT_EQ(got.Row(got.keys, g, 6), want.Row(want.keys, g, 6)) << l << " " << g;
+      }
+    }
+  }
+}
+
 TEST(KvCachePoolTest, RejectsBadShapesAndAbsurdSizes) {
   EXPECT_EQ(KvCachePool::Create({0, 2, 8, 4}, 5).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(KvCachePool::Create({1, 2, 8, 0}, 5).status().code(), absl::StatusCode::kInvalidArgument);

@@ -51,64 +51,80 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
   EXPECT_EQ(m.max_blocks_per_seq, 1);
   EXPECT_TRUE(m.wants_lse);
 
+  // Each sequence's append and each row's entry, staged once: layer 0's
+  // view, every layer's parameters.
+  EXPECT_EQ(m.append[2].first_pos, 10);
+  EXPECT_EQ(m.append[2].row_begin, 6);
+  EXPECT_EQ(m.append[2].n_tokens, 3);
+  EXPECT_EQ(m.append[2].kv.page_table[0], 2);
+  for (int32_t r = 0; r < 9; ++r) EXPECT_EQ(m.entries[r].row, r);
+  EXPECT_EQ(m.entries[0].layer_params, nullptr);  // dense: its params serve every layer
+  EXPECT_NE(m.entries[4].layer_params, nullptr);
+
+  // The single-token step and Quest's queries (positions 3 and 4, past the
+  // prompt) go to the decode kernel in every layer, the rest of the
+  // multi-token steps in tiles (8 queries for 2 heads per KV head).
+  ASSERT_EQ(m.n_decode, 3);
+  const std::vector<int32_t> decode_rows = {0, 4, 5};
+  for (int32_t i = 0; i < m.n_decode; ++i) EXPECT_EQ(m.decode[i].row, decode_rows[i]);
+  ASSERT_EQ(m.n_tiles, 2);
+  EXPECT_EQ(m.tiles[0].first_entry, 1);
+  EXPECT_EQ(m.tiles[0].n_queries, 3);
+  EXPECT_EQ(m.tiles[1].first_entry, 6);
+  EXPECT_EQ(m.tiles[1].n_queries, 3);
+  // Quest selects from layer 1 on (layer 0 dense).
+  ASSERT_EQ(m.n_quest, 2);
+  EXPECT_EQ(m.quest_first_layer, 1);
+  EXPECT_EQ(m.quest[1].key_ranges - m.quest[0].key_ranges, c_.n_kv_heads * 2);
+  for (int32_t i = 0; i < m.n_quest; ++i) {
+    EXPECT_EQ(m.quest_rows[i], 4 + i);
+    EXPECT_EQ(m.quest[i].query_pos, 3 + i);
+    EXPECT_EQ(m.quest[i].budget_pages, 1);
+    EXPECT_EQ(m.quest[i].first_layer, 1);
+    const DecodeSequence& d = m.decode[1 + i];
+    EXPECT_EQ(d.key_ranges, m.quest[i].key_ranges);
+    EXPECT_EQ(d.num_key_ranges, m.quest[i].num_key_ranges);
+    EXPECT_EQ(d.key_ranges_stride, 2);
+  }
+
   for (int32_t l = 0; l < c_.n_layers; ++l) {
-    const LayerMetadata& lm = m.layers[l];
-    // Each row's query reads its own sequence's keys, in this layer's pool.
+    // Each row's query, as layer l reads it, reads its own sequence's keys
+    // in this layer's pool, with this layer's parameters.
     const PagedKv want = LayerView(pool_, l, dense_table, 21);
-    EXPECT_EQ(lm.entries[0].kv.keys, want.keys);
-    EXPECT_EQ(lm.entries[0].kv.page_table[1], 7);
-    EXPECT_EQ(lm.entries[0].kv.num_tokens, 21);
-    EXPECT_EQ(lm.entries[0].query_pos, 20);
-    EXPECT_EQ(lm.entries[0].params.heads[3].logit_scale, 0.125f);
-    EXPECT_EQ(lm.entries[4].query_pos, 3);
-    EXPECT_EQ(lm.entries[4].kv.num_tokens, 5);
-    EXPECT_EQ(lm.entries[4].params.heads[0].logit_scale, quest_plan->layer(l).heads[0].logit_scale);
-    for (int32_t r = 0; r < 9; ++r) EXPECT_EQ(lm.entries[r].row, r);
-    EXPECT_EQ(lm.append[2].first_pos, 10);
-    EXPECT_EQ(lm.append[2].row_begin, 6);
-    EXPECT_EQ(lm.append[2].n_tokens, 3);
-    EXPECT_EQ(lm.append[2].kv.page_table[0], 2);
-
-    // The single-token step and Quest's queries go to the decode kernel, the
-    // rest of the multi-token steps in tiles (8 queries for 2 heads per KV head).
-    const std::vector<int32_t> decode_rows = l == 0 ? std::vector<int32_t>{0} : std::vector<int32_t>{0, 4, 5};
-    ASSERT_EQ(lm.n_decode, static_cast<int32_t>(decode_rows.size()));
-    for (int32_t i = 0; i < lm.n_decode; ++i) EXPECT_EQ(lm.decode[i].row, decode_rows[i]);
-    ASSERT_EQ(lm.n_tiles, 2);
-    EXPECT_EQ(lm.tiles[0].first_entry, 1);
-    EXPECT_EQ(lm.tiles[0].n_queries, l == 0 ? 5 : 3);
-    EXPECT_EQ(lm.tiles[1].first_entry, 6);
-    EXPECT_EQ(lm.tiles[1].n_queries, 3);
-
-    // Quest: the queries past the prompt (positions 3 and 4) of layer 1.
-    ASSERT_EQ(lm.n_quest, l == 0 ? 0 : 2);
-    for (int32_t i = 0; i < lm.n_quest; ++i) {
-      EXPECT_EQ(lm.quest_rows[i], 4 + i);
-      EXPECT_EQ(lm.quest[i].query_pos, 3 + i);
-      EXPECT_EQ(lm.quest[i].budget_pages, 1);
-      const DecodeSequence& d = lm.decode[1 + i];
-      EXPECT_EQ(d.key_ranges, lm.quest[i].key_ranges);
-      EXPECT_EQ(d.num_key_ranges, lm.quest[i].num_key_ranges);
-      EXPECT_EQ(d.key_ranges_stride, 2);
-    }
-    if (l == 1) {
-      EXPECT_EQ(lm.quest[1].key_ranges - lm.quest[0].key_ranges, c_.n_kv_heads * 2);
-    }
-    EXPECT_EQ(lm.entries[3].key_ranges, nullptr);
+    const DecodeSequence dense_row = AtLayer(m.entries[0], l);
+    EXPECT_EQ(dense_row.kv.keys, want.keys);
+    EXPECT_EQ(dense_row.kv.values, want.values);
+    EXPECT_EQ(dense_row.kv.key_max, want.key_max);
+    EXPECT_EQ(dense_row.kv.page_table[1], 7);
+    EXPECT_EQ(dense_row.kv.num_tokens, 21);
+    EXPECT_EQ(dense_row.query_pos, 20);
+    EXPECT_EQ(dense_row.params.heads[3].logit_scale, 0.125f);
+    const DecodeSequence quest_row = AtLayer(m.entries[4], l);
+    EXPECT_EQ(quest_row.query_pos, 3);
+    EXPECT_EQ(quest_row.kv.num_tokens, 5);
+    EXPECT_EQ(quest_row.kv.keys, pool_.keys(l));
+    EXPECT_EQ(quest_row.params.heads[0].logit_scale, quest_plan->layer(l).heads[0].logit_scale);
+    EXPECT_EQ(quest_row.params.window_tokens, quest_plan->layer(l).window_tokens);
+    // Quest's ranges bind the decode query only where Quest selects.
+    EXPECT_EQ(AtLayer(m.decode[1], l).key_ranges, l == 0 ? nullptr : m.quest[0].key_ranges);
+    EXPECT_EQ(m.append[2].kv.AtLayer(l).keys, pool_.keys(l));
 
     // Linear (window 4, sinks 2): query at p reads keys [folded, p - 3)
     // exactly, and [folded, 10) are folded after the step.
     const int32_t folded = std::max(2, linear_state.folded_end[l]);
-    ASSERT_EQ(lm.n_linear_rows, 3);
+    const LinearLayerWork& w = m.linear[l];
+    ASSERT_EQ(w.n_rows, 3);
     for (int32_t i = 0; i < 3; ++i) {
-      EXPECT_EQ(lm.linear_read[i].row, 6 + i);
-      EXPECT_EQ(lm.linear_read[i].pending_begin, folded);
-      EXPECT_EQ(lm.linear_read[i].pending_end, std::max(folded, 10 + i - 3));
-      EXPECT_EQ(lm.linear_read[i].states, states.data() + l * c_.n_kv_heads * (TaylorFeatureCount(64) * 65));
+      EXPECT_EQ(w.read[i].row, 6 + i);
+      EXPECT_EQ(w.read[i].pending_begin, folded);
+      EXPECT_EQ(w.read[i].pending_end, std::max(folded, 10 + i - 3));
+      EXPECT_EQ(w.read[i].states, states.data() + l * c_.n_kv_heads * (TaylorFeatureCount(64) * 65));
+      EXPECT_EQ(w.read[i].heads[1].logit_scale, linear_plan->layer(l).heads[1].logit_scale);
+      EXPECT_EQ(w.read[i].kv.keys, pool_.keys(l));
     }
-    ASSERT_EQ(lm.n_linear_folds, 1);
-    EXPECT_EQ(lm.linear_fold[0].fold_begin, folded);
-    EXPECT_EQ(lm.linear_fold[0].fold_end, 10);
+    ASSERT_EQ(w.n_folds, 1);
+    EXPECT_EQ(w.fold[0].fold_begin, folded);
+    EXPECT_EQ(w.fold[0].fold_end, 10);
     EXPECT_EQ(m.folded_end[2][l], 10);
   }
   EXPECT_EQ(linear_state.folded_end, (std::vector<int32_t>{7, 5}));  // applied by the backend after the step
@@ -180,8 +196,9 @@ TEST_F(StepMetadataTest, ActsPromptStepIsMarkedForItsKeySetPass) {
   // Until its sets are found the sequence runs with its plan's parameters.
   for (int32_t l = 0; l < c_.n_layers; ++l) {
     for (int h = 0; h < c_.n_heads; ++h) {
-      EXPECT_EQ(m.layers[l].entries[1].params.heads[h].reweight_beta, plan->layer(l).heads[h].reweight_beta);
-      EXPECT_EQ(m.layers[l].entries[1].params.heads[h].reweight_keys_size, 0);
+      const DecodeSequence d = AtLayer(m.entries[1], l);
+      EXPECT_EQ(d.params.heads[h].reweight_beta, plan->layer(l).heads[h].reweight_beta);
+      EXPECT_EQ(d.params.heads[h].reweight_keys_size, 0);
     }
   }
 }
@@ -209,7 +226,7 @@ TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
   const std::vector<uintptr_t> signature = LaunchSignature(first);
   EXPECT_TRUE(GraphReplayable(first));
   EXPECT_EQ(first.decode_max_tokens, 256);
-  EXPECT_EQ(first.layers[1].decode, first.layers[1].entries);  // staged once
+  EXPECT_EQ(first.decode, first.entries);  // staged once
   const PageTable u1 = Table({6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 150), u2 = Table({0, 1}, 30);
   const StepMetadata later = decode({{&u1, a, 150, LogitsWanted::kLastPick, plan.get()},
                                      {&u2, b, 30, LogitsWanted::kLastPick},
@@ -222,13 +239,11 @@ TEST_F(StepMetadataTest, DecodeStepsOfOneBatchSizeLaunchAlike) {
   EXPECT_EQ(later.row_seq, first.row_seq);
   EXPECT_EQ(later.logit_rows, first.logit_rows);
   EXPECT_EQ(later.picks, first.picks);
-  for (int32_t l = 0; l < c_.n_layers; ++l) {
-    EXPECT_EQ(later.layers[l].append, first.layers[l].append);
-    EXPECT_EQ(later.layers[l].decode, first.layers[l].decode);
-    EXPECT_EQ(later.layers[l].n_decode, first.layers[l].n_decode);
-  }
-  EXPECT_EQ(later.layers[1].decode[0].kv.page_table[9], 15);
-  EXPECT_EQ(later.layers[1].decode[0].params.window_tokens, 8);
+  EXPECT_EQ(later.append, first.append);
+  EXPECT_EQ(later.decode, first.decode);
+  EXPECT_EQ(later.n_decode, first.n_decode);
+  EXPECT_EQ(later.decode[0].kv.page_table[9], 15);
+  EXPECT_EQ(AtLayer(later.decode[0], 1).params.window_tokens, 8);
 
   // Another batch size, or a context past the split grid's bound, launches otherwise.
   const StepMetadata two = decode({{&t1, a, 5, LogitsWanted::kLastPick}, {&t2, b, 20, LogitsWanted::kLastPick}});
@@ -271,8 +286,8 @@ TEST_F(StepMetadataTest, DecodeStepsReplayGraphsWhateverTheirPolicies) {
   const StepMetadata at20 = build({&q1, one, 20, LogitsWanted::kLastPick, quest_plan.get()});
   const StepMetadata at40 = build({&q2, one, 40, LogitsWanted::kLastPick, quest_plan.get()});
   EXPECT_TRUE(GraphReplayable(at40));
-  ASSERT_EQ(at40.layers[1].n_quest, 1);
-  EXPECT_EQ(at40.layers[1].quest_max_pages, 256 / 16);
+  ASSERT_EQ(at40.n_quest, 1);
+  EXPECT_EQ(at40.quest_max_pages, 256 / 16);
   EXPECT_EQ(LaunchSignature(at20), LaunchSignature(at40));
 
   PolicySpec linear;
@@ -281,7 +296,7 @@ TEST_F(StepMetadataTest, DecodeStepsReplayGraphsWhateverTheirPolicies) {
   LinearAttentionState linear_state(c_.n_layers, c_.n_kv_heads, c_.head_dim);
   const StepMetadata lin = build({&t, one, 5, LogitsWanted::kLastPick, linear_plan.get(), nullptr, &linear_state});
   EXPECT_TRUE(GraphReplayable(lin));
-  EXPECT_EQ(lin.layers[0].n_linear_rows, 1);
+  EXPECT_EQ(lin.linear[0].n_rows, 1);
 }
 
 TEST(DecodeTokensBoundTest, PowersOfTwoFromOneSplit) {

@@ -17,7 +17,8 @@
 
 namespace attnserve {
 
-absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m) {
+absl::Status CudaBackend::State::DecodeRows(int32_t l, const DecodeSequence* entries, int64_t n,
+                                            const StepMetadata& m) {
   const ModelConfig& c = model.config;
   // Entries in launches whose split partials fit the workspace; each entry
   // names its own row of q and out.
@@ -27,6 +28,7 @@ absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64
     DecodeAttentionArgs a;
     a.seqs = entries + i;
     a.n_seqs = static_cast<int32_t>(std::min(chunk, n - i));
+    a.layer = l;
     a.max_tokens = m.decode_max_tokens;
     a.q = q.as<float>();
     a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
@@ -40,13 +42,14 @@ absl::Status CudaBackend::State::DecodeRows(const DecodeSequence* entries, int64
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::State::PrefillRows(const DecodeSequence* entries, const PrefillTile* tiles, int32_t n_tiles,
-                                             const StepMetadata& m) {
+absl::Status CudaBackend::State::PrefillRows(int32_t l, const DecodeSequence* entries, const PrefillTile* tiles,
+                                             int32_t n_tiles, const StepMetadata& m) {
   const ModelConfig& c = model.config;
   PrefillAttentionArgs a;
   a.entries = entries;
   a.tiles = tiles;
   a.n_tiles = n_tiles;
+  a.layer = l;
   a.q = q.as<float>();
   a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
   a.out = attn.as<float>();
@@ -68,8 +71,9 @@ absl::Status CudaBackend::State::FindActKeySets(int32_t l, const StepMetadata& m
   ATTN_RETURN_IF_ERROR(ReserveData(act_mass, n_mass * sizeof(double)));
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(act_mass.data(), 0, n_mass * sizeof(double), stream), "cudaMemsetAsync(act mass)"));
   ColumnMassArgs a;
-  a.seqs = m.layers[l].entries + first_row;
+  a.seqs = m.entries + first_row;
   a.n_queries = prompt;
+  a.layer = l;
   a.q = q.as<float>();
   a.sink_q = m.slots != nullptr ? sink_q.as<float>() : nullptr;
   a.lse = lse.as<float>();
@@ -95,7 +99,7 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
   const ModelConfig& c = model.config;
   const int32_t n = static_cast<int32_t>(st.tokens.size());
   const int32_t per_tile = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
-  const DecodeSequence* staged = staging.index.HostView(m.layers[l].entries + first_row);
+  const DecodeSequence* staged = staging.index.HostView(m.entries + first_row);
   const DecodeSequence* entries = nullptr;
   const PrefillTile* tiles = nullptr;
   int32_t n_tiles = 0;
@@ -103,7 +107,10 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
     act_arena.Reset(act_meta.data());
     const SequenceAttentionParams params = StageParams(st.act_sets->layer(l), c.n_heads, act_arena);
     std::vector<DecodeSequence> rows(staged, staged + n);
-    for (DecodeSequence& d : rows) d.params = params;
+    for (DecodeSequence& d : rows) {
+      d.params = params;
+      d.layer_params = nullptr;
+    }
     std::vector<PrefillTile> tile_list;
     for (int32_t i = 0; i < n; i += per_tile) tile_list.push_back({i, std::min(per_tile, n - i)});
     entries = act_arena.Append(rows);
@@ -115,28 +122,28 @@ absl::Status CudaBackend::State::RerunWithKeySets(int32_t l, const StepMetadata&
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(act_meta.data(), act_arena.data(), act_arena.size(), cudaMemcpyHostToDevice,
                                             stream),
                             "cudaMemcpyAsync(act entries)"));
-  ATTN_RETURN_IF_ERROR(PrefillRows(entries, tiles, n_tiles, m));
+  ATTN_RETURN_IF_ERROR(PrefillRows(l, entries, tiles, n_tiles, m));
   // The staging buffer is reused by the next rerun: wait for this copy.
   return CudaStreamSync(stream);
 }
 
 absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps) {
   const ModelConfig& c = model.config;
-  const LayerMetadata& lm = m.layers[l];
-  if (lm.n_quest > 0) {
-    ATTN_RETURN_IF_ERROR(GatherRowsCuda(q.as<float>(), lm.quest_rows, lm.n_quest, c.q_dim(), quest_q.as<float>(), stream));
+  if (m.n_quest > 0 && l >= m.quest_first_layer) {
+    ATTN_RETURN_IF_ERROR(GatherRowsCuda(q.as<float>(), m.quest_rows, m.n_quest, c.q_dim(), quest_q.as<float>(), stream));
     QuestSelectArgs qa;
-    qa.seqs = lm.quest;
-    qa.n_seqs = lm.n_quest;
-    qa.max_pages = lm.quest_max_pages;
+    qa.seqs = m.quest;
+    qa.n_seqs = m.n_quest;
+    qa.layer = l;
+    qa.max_pages = m.quest_max_pages;
     qa.q = quest_q.as<float>();
     qa.n_q_heads = c.n_heads;
     qa.n_kv_heads = c.n_kv_heads;
     qa.head_dim = c.head_dim;
     ATTN_RETURN_IF_ERROR(QuestSelectCuda(qa, quest_ws.data(), quest_ws.size(), stream));
   }
-  ATTN_RETURN_IF_ERROR(DecodeRows(lm.decode, lm.n_decode, m));
-  ATTN_RETURN_IF_ERROR(PrefillRows(lm.entries, lm.tiles, lm.n_tiles, m));
+  ATTN_RETURN_IF_ERROR(DecodeRows(l, m.decode, m.n_decode, m));
+  ATTN_RETURN_IF_ERROR(PrefillRows(l, m.entries, m.tiles, m.n_tiles, m));
   // Steps sharing key sets (a request's completions) run again with the
   // sets their first step found.
   std::vector<const ActKeySets*> found;
@@ -150,10 +157,11 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
       ATTN_RETURN_IF_ERROR(RerunWithKeySets(l, m, steps[i], m.first_row[i]));
     }
   }
-  if (lm.n_linear_rows > 0) {
+  const LinearLayerWork& linear = m.linear[l];
+  if (linear.n_rows > 0) {
     LinearReadArgs la;
-    la.seqs = lm.linear_read;
-    la.n_seqs = lm.n_linear_rows;
+    la.seqs = linear.read;
+    la.n_seqs = linear.n_rows;
     la.q = q.as<float>();
     la.lse = lse.as<float>();
     la.out = attn.as<float>();
@@ -162,7 +170,7 @@ absl::Status CudaBackend::State::Attention(int32_t l, const StepMetadata& m, std
     la.head_dim = c.head_dim;
     ATTN_RETURN_IF_ERROR(JoinLinearStateCuda(la, stream));
   }
-  return FoldKeysCuda(lm.linear_fold, lm.n_linear_folds, c.n_kv_heads, c.head_dim, stream);
+  return FoldKeysCuda(linear.fold, linear.n_folds, c.n_kv_heads, c.head_dim, stream);
 }
 
 }  // namespace attnserve

@@ -202,8 +202,9 @@ absl::Status CudaBackend::State::Layer(int32_t l, const StepMetadata& m, std::sp
   split.rope = rope;
   ATTN_RETURN_IF_ERROR(QkvSplitRopeCuda(split, stream));
   KvAppendArgs append;
-  append.seqs = m.layers[l].append;
+  append.seqs = m.append;
   append.n_seqs = m.n_seqs;
+  append.layer = l;
   append.row_seq = m.row_seq;
   append.n_rows = static_cast<int32_t>(n);
   append.max_blocks_per_seq = m.max_blocks_per_seq;
@@ -271,11 +272,7 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::
   ATTN_RETURN_IF_ERROR(ReserveRows(m.rows));
   // Grown here, not between layers: freeing a buffer a queued kernel reads
   // would need a sync.
-  size_t quest_bytes = 0;
-  for (const LayerMetadata& lm : m.layers) {
-    quest_bytes = std::max(quest_bytes, QuestSelectWorkspaceBytes(lm.n_quest, c.n_kv_heads, lm.quest_max_pages));
-  }
-  ATTN_RETURN_IF_ERROR(Reserve(quest_ws, quest_bytes));
+  ATTN_RETURN_IF_ERROR(Reserve(quest_ws, QuestSelectWorkspaceBytes(m.n_quest, c.n_kv_heads, m.quest_max_pages)));
   // Past ~2M tokens (streaming) one row's partials outgrow the workspace.
   ATTN_RETURN_IF_ERROR(
       Reserve(decode_ws, DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.decode_max_tokens)));

@@ -80,8 +80,9 @@ struct CudaBackend::State {
   absl::Status Step(std::span<const SequenceStep> given, std::vector<float>& logits);
   absl::Status Layer(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
   absl::Status Attention(int32_t l, const StepMetadata& m, std::span<const SequenceStep> steps);
-  absl::Status DecodeRows(const DecodeSequence* entries, int64_t n, const StepMetadata& m);
-  absl::Status PrefillRows(const DecodeSequence* entries, const PrefillTile* tiles, int32_t n_tiles,
+  // Layer l's attention of the entries (read AtLayer(l)).
+  absl::Status DecodeRows(int32_t l, const DecodeSequence* entries, int64_t n, const StepMetadata& m);
+  absl::Status PrefillRows(int32_t l, const DecodeSequence* entries, const PrefillTile* tiles, int32_t n_tiles,
                            const StepMetadata& m);
   absl::Status FindActKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);
   absl::Status RerunWithKeySets(int32_t l, const StepMetadata& m, const SequenceStep& st, int32_t first_row);

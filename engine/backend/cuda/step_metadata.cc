@@ -16,36 +16,36 @@ std::span<const T> Span(const T* data, int64_t n) {
 }
 
 // Every layer's parameters of each distinct policy of the step, staged
-// once: sequences that share a plan (the completions of one request) or
-// have none (dense) share them.
+// once: sequences that share a plan (the completions of one request) share
+// them. Dense sequences need none (DecodeSequence::params serves every
+// layer).
 class ParamsStager {
  public:
-  ParamsStager(const ModelConfig& c, std::span<const AttentionHeadParams> dense_heads, StagingArena& arena)
-      : c_(c), arena_(arena) {
-    SequenceAttentionParams dense;
-    dense.heads = dense_heads.data();
-    dense_ = StageParams(dense, c_.n_heads, arena_);
-  }
+  struct Staged {
+    const SequenceAttentionParams* device = nullptr;  // [n_layers]
+    std::vector<SequenceAttentionParams> layers;      // what is there
+  };
 
-  // An ACT sequence's parameters are its key sets' (the plan's until found).
-  const SequenceAttentionParams& Get(const SequenceStep& st, int32_t layer) {
-    if (st.attention == nullptr) return dense_;
+  ParamsStager(const ModelConfig& c, StagingArena& arena) : c_(c), arena_(arena) {}
+
+  // An ACT sequence's are its key sets' (the plan's until found).
+  const Staged& Get(const SequenceStep& st) {
     const void* source = st.act_sets != nullptr ? static_cast<const void*>(st.act_sets) : st.attention;
     auto [it, inserted] = staged_.try_emplace(source);
     if (inserted) {
       for (int32_t l = 0; l < c_.n_layers; ++l) {
         const SequenceAttentionParams& p = st.act_sets != nullptr ? st.act_sets->layer(l) : st.attention->layer(l);
-        it->second.push_back(StageParams(p, c_.n_heads, arena_));
+        it->second.layers.push_back(StageParams(p, c_.n_heads, arena_));
       }
+      it->second.device = arena_.Append(it->second.layers);
     }
-    return it->second[layer];
+    return it->second;
   }
 
  private:
   const ModelConfig& c_;
   StagingArena& arena_;
-  SequenceAttentionParams dense_;
-  std::unordered_map<const void*, std::vector<SequenceAttentionParams>> staged_;
+  std::unordered_map<const void*, Staged> staged_;
 };
 
 }  // namespace
@@ -147,64 +147,63 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   KeyRange* ranges = n_ranges > 0 ? data.Append(std::vector<KeyRange>(n_ranges)) : nullptr;
   int32_t* range_counts = n_counts > 0 ? data.Append(std::vector<int32_t>(n_counts)) : nullptr;
 
-  ParamsStager params(c, dense_heads, data);
-  m.folded_end.resize(n_seqs);
-  for (int32_t i = 0; i < n_seqs; ++i) {
-    if (steps[i].linear != nullptr) m.folded_end[i] = steps[i].linear->folded_end;
-  }
-  m.layers.resize(c.n_layers);
+  // Every row's entry and every sequence's append, for all layers: written
+  // in place, since at large batches they are most of the step's bytes.
+  SequenceAttentionParams dense;
+  dense.heads = dense_heads.data();
+  dense = StageParams(dense, c.n_heads, data);
+  ParamsStager params(c, data);
+  std::vector<const ParamsStager::Staged*> staged(n_seqs, nullptr);
+  std::vector<PagedKv> views(n_seqs);
+  KvAppendSequence* const append_at = index.Allocate<KvAppendSequence>(n_seqs);
+  DecodeSequence* const entries_at = index.Allocate<DecodeSequence>(m.rows);
+  m.append = append_at;
+  m.entries = entries_at;
+  KvAppendSequence* append = index.Staged(append_at);
+  DecodeSequence* entries = index.Staged(entries_at);
   std::vector<DecodeSequence> decode;
   std::vector<PrefillTile> tiles;
   const int32_t tile_queries = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
   std::vector<QuestSelectSequence> quest;
   std::vector<int32_t> quest_rows;
-  std::vector<LinearReadSequence> linear_read;
-  std::vector<LinearFoldSequence> linear_fold;
-  for (int32_t l = 0; l < c.n_layers; ++l) {
-    LayerMetadata& lm = m.layers[l];
-    quest.clear(), quest_rows.clear(), linear_read.clear(), linear_fold.clear(), decode.clear(), tiles.clear();
-    // Written in place: at large batches these are most of the step's bytes.
-    KvAppendSequence* const append_at = index.Allocate<KvAppendSequence>(n_seqs);
-    DecodeSequence* const entries_at = index.Allocate<DecodeSequence>(m.rows);
-    lm.append = append_at;
-    lm.entries = entries_at;
-    KvAppendSequence* append = index.Staged(append_at);
-    DecodeSequence* entries = index.Staged(entries_at);
-    for (int32_t i = 0; i < n_seqs; ++i) {
-      const SequenceStep& st = steps[i];
-      const SequenceAttentionParams& p = params.Get(st, l);
-      const int32_t n = static_cast<int32_t>(st.tokens.size());
-      const int32_t num_tokens = st.first_pos + n;
-      PagedKv kv = LayerView(pool, l, *st.pages, num_tokens);
-      kv.page_table = pages[i];
-      if (st.pages->packed()) kv.head_slices = slices[i] + static_cast<int64_t>(l) * c.n_kv_heads;
-      append[i] = {kv, st.first_pos, first_row[i], n};
-      for (int32_t j = 0; j < n; ++j) {
-        const int32_t r = first_row[i] + j, pos = st.first_pos + j;
-        DecodeSequence& d = entries[r];
-        d = DecodeSequence{};
-        d.kv = kv;
-        d.params = p;
-        d.query_pos = pos;
-        d.row = r;
-        const bool quest_row = st.attention != nullptr && st.attention->quest(l, pos);
-        if (n > 1 && !quest_row) {
-          // Consecutive queries of the step share a tile while it has room
-          // (Quest's trailing queries end the step's run).
-          if (j == 0 || tiles.empty() || tiles.back().n_queries == tile_queries) {
-            tiles.push_back({r, 0});
-          }
-          ++tiles.back().n_queries;
-          continue;
-        }
-        if (!quest_row) {
-          decode.push_back(d);
-          continue;
-        }
+  m.quest_first_layer = c.n_layers;
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    const SequenceStep& st = steps[i];
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    PagedKv kv = LayerView(pool, 0, *st.pages, st.first_pos + n);
+    kv.page_table = pages[i];
+    if (st.pages->packed()) kv.head_slices = slices[i];
+    views[i] = kv;
+    append[i] = {kv, st.first_pos, first_row[i], n};
+    if (st.attention != nullptr) staged[i] = &params.Get(st);
+    for (int32_t j = 0; j < n; ++j) {
+      const int32_t r = first_row[i] + j, pos = st.first_pos + j;
+      DecodeSequence& d = entries[r];
+      d = DecodeSequence{};
+      d.kv = kv;
+      if (staged[i] == nullptr) {
+        d.params = dense;
+      } else {
+        d.layer_params = staged[i]->device;
+      }
+      d.query_pos = pos;
+      d.row = r;
+      if (range_at[r] < 0 && n > 1) {
+        // Consecutive queries of the step share a tile while it has room
+        // (Quest's trailing queries end the step's run).
+        if (j == 0 || tiles.empty() || tiles.back().n_queries == tile_queries) tiles.push_back({r, 0});
+        ++tiles.back().n_queries;
+        continue;
+      }
+      if (range_at[r] >= 0) {
+        // Quest's queries go to the decode kernel in every layer, their
+        // keys selected in the plan's sparse layers.
+        const SequenceAttentionParams& p = st.attention->layer(0);
         QuestSelectSequence q;
         q.kv = kv;
+        q.first_layer = st.attention->quest_dense_layers();
         q.query_pos = pos;
-        q.sink_tokens = p.sink_tokens;
+        q.sink_tokens = p.sink_tokens;  // the sequence's visible set, every layer's
         q.window_tokens = p.window_tokens;
         q.budget_pages = st.attention->quest_token_budget() / page_size;
         q.key_ranges = ranges + range_at[r];
@@ -212,20 +211,48 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         d.key_ranges = q.key_ranges;
         d.num_key_ranges = q.num_key_ranges;
         d.key_ranges_stride = q.budget_pages + 1;
-        decode.push_back(d);
+        d.key_ranges_from_layer = q.first_layer;
         quest.push_back(q);
         quest_rows.push_back(r);
+        m.quest_first_layer = std::min(m.quest_first_layer, q.first_layer);
         // Pages of the context rounded up as the split grid's: the
         // selection's workspace stride then stays that of the graph.
-        lm.quest_max_pages = std::max(lm.quest_max_pages, (DecodeTokensBound(pos + 1) + page_size - 1) / page_size);
+        m.quest_max_pages = std::max(m.quest_max_pages, (DecodeTokensBound(pos + 1) + page_size - 1) / page_size);
       }
+      decode.push_back(d);
+    }
+  }
+  m.n_decode = static_cast<int32_t>(decode.size());
+  // Every row a decode query (a decode step): the entries are the decode
+  // kernel's, in the same order, and are not staged twice.
+  m.decode = static_cast<int64_t>(decode.size()) == m.rows ? m.entries : index.Append(decode);
+  m.n_tiles = static_cast<int32_t>(tiles.size());
+  m.tiles = index.Append(tiles);
+  m.n_quest = static_cast<int32_t>(quest.size());
+  m.quest = index.Append(quest);
+  m.quest_rows = index.Append(quest_rows);
+
+  // The linear mode, layer by layer, as CpuBackend::LinearAttention: query at
+  // pos reads the state and, exactly weighted, the keys that left its window
+  // since the last fold; the keys the next query no longer sees are folded
+  // after.
+  m.folded_end.resize(n_seqs);
+  for (int32_t i = 0; i < n_seqs; ++i) {
+    if (steps[i].linear != nullptr) m.folded_end[i] = steps[i].linear->folded_end;
+  }
+  m.linear.resize(c.n_layers);
+  std::vector<LinearReadSequence> linear_read;
+  std::vector<LinearFoldSequence> linear_fold;
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    linear_read.clear(), linear_fold.clear();
+    for (int32_t i = 0; i < n_seqs; ++i) {
+      const SequenceStep& st = steps[i];
       if (st.linear == nullptr) continue;
-      // As CpuBackend::LinearAttention: query at pos reads the state and,
-      // exactly weighted, the keys that left its window since the last fold;
-      // the keys the next query no longer sees are folded after.
-      const int32_t sinks = p.sink_tokens;
-      const auto fold_end = [&](int32_t pos) { return LinearFoldEnd(sinks, p.window_tokens, pos); };
-      const int32_t folded = st.first_pos == 0 ? sinks : std::max(sinks, m.folded_end[i][l]);
+      const SequenceAttentionParams& p = staged[i]->layers[l];
+      const int32_t n = static_cast<int32_t>(st.tokens.size());
+      const PagedKv kv = views[i].AtLayer(l);
+      const auto fold_end = [&](int32_t pos) { return LinearFoldEnd(p.sink_tokens, p.window_tokens, pos); };
+      const int32_t folded = st.first_pos == 0 ? p.sink_tokens : std::max(p.sink_tokens, m.folded_end[i][l]);
       float* states = linear_states[i] + l * st.linear->layer_floats();
       for (int32_t j = 0; j < n; ++j) {
         LinearReadSequence rs;
@@ -237,24 +264,16 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         rs.pending_end = std::max(folded, fold_end(st.first_pos + j));
         linear_read.push_back(rs);
       }
-      const int32_t next_end = fold_end(num_tokens);
+      const int32_t next_end = fold_end(st.first_pos + n);
       if (next_end > folded) linear_fold.push_back({kv, folded, next_end, states});
       m.folded_end[i][l] = std::max(folded, next_end);
       m.wants_lse = true;
     }
-    lm.n_decode = static_cast<int32_t>(decode.size());
-    // Every row a decode query (a decode step): the entries are the decode
-    // kernel's, in the same order, and are not staged twice.
-    lm.decode = static_cast<int64_t>(decode.size()) == m.rows ? lm.entries : index.Append(decode);
-    lm.n_tiles = static_cast<int32_t>(tiles.size());
-    lm.tiles = index.Append(tiles);
-    lm.n_quest = static_cast<int32_t>(quest.size());
-    lm.quest = index.Append(quest);
-    lm.quest_rows = index.Append(quest_rows);
-    lm.n_linear_rows = static_cast<int32_t>(linear_read.size());
-    lm.linear_read = index.Append(linear_read);
-    lm.n_linear_folds = static_cast<int32_t>(linear_fold.size());
-    lm.linear_fold = index.Append(linear_fold);
+    LinearLayerWork& w = m.linear[l];
+    w.n_rows = static_cast<int32_t>(linear_read.size());
+    w.read = index.Append(linear_read);
+    w.n_folds = static_cast<int32_t>(linear_fold.size());
+    w.fold = index.Append(linear_fold);
   }
   return m;
 }
@@ -284,12 +303,11 @@ std::vector<uintptr_t> LaunchSignature(const StepMetadata& m) {
                               static_cast<uintptr_t>(m.decode_max_tokens),
                               static_cast<uintptr_t>(m.max_blocks_per_seq),
                               static_cast<uintptr_t>(m.wants_lse)};
-  for (const LayerMetadata& lm : m.layers) {
-    s.insert(s.end(), {a(lm.append), a(lm.entries), a(lm.decode), static_cast<uintptr_t>(lm.n_decode), a(lm.tiles),
-                       static_cast<uintptr_t>(lm.n_tiles), a(lm.quest), a(lm.quest_rows),
-                       static_cast<uintptr_t>(lm.n_quest), static_cast<uintptr_t>(lm.quest_max_pages),
-                       a(lm.linear_read), static_cast<uintptr_t>(lm.n_linear_rows), a(lm.linear_fold),
-                       static_cast<uintptr_t>(lm.n_linear_folds)});
+  s.insert(s.end(), {a(m.append), a(m.entries), a(m.decode), static_cast<uintptr_t>(m.n_decode), a(m.tiles),
+                     static_cast<uintptr_t>(m.n_tiles), a(m.quest), a(m.quest_rows), static_cast<uintptr_t>(m.n_quest),
+                     static_cast<uintptr_t>(m.quest_first_layer), static_cast<uintptr_t>(m.quest_max_pages)});
+  for (const LinearLayerWork& w : m.linear) {
+    s.insert(s.end(), {a(w.read), static_cast<uintptr_t>(w.n_rows), a(w.fold), static_cast<uintptr_t>(w.n_folds)});
   }
   return s;
 }

@@ -1,6 +1,6 @@
 // The host half of a GPU engine step: from the engine's SequenceSteps, the
-// kernels' per-sequence and per-row structs of every layer, staged in two
-// StagingArenas at the device addresses they will have. Plain C++: it reads
+// kernels' per-sequence and per-row structs, staged once for every layer in
+// two StagingArenas at the device addresses they will have. Plain C++: it reads
 // the page tables and plans, computes device addresses into the KV pool and
 // the arenas, and dereferences none of them, so CPU tests can check it.
 #pragma once
@@ -20,25 +20,13 @@
 
 namespace attnserve {
 
-// Where one layer's kernels find their structs (device addresses).
-struct LayerMetadata {
-  const KvAppendSequence* append = nullptr;     // [n_seqs]
-  const DecodeSequence* entries = nullptr;      // [rows]: row r's query (its row field r)
-  // Queries for the decode kernel (single-token steps, Quest's queries):
-  // copies of their entries.
-  const DecodeSequence* decode = nullptr;       // [n_decode]
-  int32_t n_decode = 0;
-  // The other queries of multi-token steps, in tiles over `entries`.
-  const PrefillTile* tiles = nullptr;           // [n_tiles]
-  int32_t n_tiles = 0;
-  const QuestSelectSequence* quest = nullptr;   // [n_quest]
-  const int32_t* quest_rows = nullptr;          // [n_quest]: their rows of q
-  int32_t n_quest = 0;
-  int32_t quest_max_pages = 0;                  // pages of its rows' longest context, rounded up as decode_max_tokens
-  const LinearReadSequence* linear_read = nullptr;  // [n_linear_rows]
-  int32_t n_linear_rows = 0;
-  const LinearFoldSequence* linear_fold = nullptr;  // [n_linear_folds]
-  int32_t n_linear_folds = 0;
+// The linear mode's work in one layer (device addresses): its pending keys
+// follow each layer's own folds, so it is staged per layer.
+struct LinearLayerWork {
+  const LinearReadSequence* read = nullptr;  // [n_rows]
+  int32_t n_rows = 0;
+  const LinearFoldSequence* fold = nullptr;  // [n_folds]
+  int32_t n_folds = 0;
 };
 
 struct StepMetadata {
@@ -67,7 +55,24 @@ struct StepMetadata {
   // rows' entries carry the plan's parameters for the layers that need sets;
   // the backend finds the sets and runs those rows again (StageParams).
   std::vector<int32_t> act_prompt_steps;
-  std::vector<LayerMetadata> layers;
+
+  // The kernels' structs, staged once for every layer: their views are
+  // layer 0's and each launch names its layer (AtLayer, PagedKv::AtLayer).
+  const KvAppendSequence* append = nullptr;  // [n_seqs]
+  const DecodeSequence* entries = nullptr;   // [rows]: row r's query (its row field r)
+  // Queries for the decode kernel (single-token steps, and every query
+  // Quest selects keys for in some layer): copies of their entries.
+  const DecodeSequence* decode = nullptr;    // [n_decode]
+  int32_t n_decode = 0;
+  // The other queries of multi-token steps, in tiles over `entries`.
+  const PrefillTile* tiles = nullptr;        // [n_tiles]
+  int32_t n_tiles = 0;
+  const QuestSelectSequence* quest = nullptr;  // [n_quest]
+  const int32_t* quest_rows = nullptr;         // [n_quest]: their rows of q
+  int32_t n_quest = 0;
+  int32_t quest_first_layer = 0;  // the lowest first_layer of `quest`
+  int32_t quest_max_pages = 0;    // pages of its rows' longest context, rounded up as decode_max_tokens
+  std::vector<LinearLayerWork> linear;  // [n_layers]
   // The linear states' folded_end after the step, per step index and layer
   // (empty for sequences without linear state).
   std::vector<std::vector<int32_t>> folded_end;
