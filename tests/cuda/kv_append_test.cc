@@ -1,8 +1,8 @@
 // AppendKvCuda against the CPU's WriteKv: the same steps (chunks that cross
 // page boundaries, several sequences, a table packed by head, a block
-// rewritten from its first slot) leave the same keys, values and key bounds
-// in the pool, byte for byte. GPU cases skip without a device; argument
-// checks run everywhere.
+// rewritten from its first slot), written to layer 1 through views of layer
+// 0, leave the same keys, values and key bounds in the pool, byte for byte.
+// GPU cases skip without a device; argument checks run everywhere.
 #include "kernels/cuda/kv_append.h"
 
 #include <gtest/gtest.h>
@@ -93,7 +93,8 @@ void Step(KvCachePool& pool, DevicePool& dev, std::vector<PageTable*>& tables, c
     k.insert(k.end(), ki.begin(), ki.end());
     v.insert(v.end(), vi.begin(), vi.end());
     row_seq.insert(row_seq.end(), counts[i], static_cast<int32_t>(i));
-    const PagedKv host = LayerView(pool, kLayer, t, firsts[i] + counts[i]);
+    // Layer 0's view, moved to kLayer by the launch, as the backend stages it.
+    const PagedKv host = LayerView(pool, 0, t, firsts[i] + counts[i]);
     const std::vector<int32_t>& table = t.packed() ? t.slices.table : t.pages;
     device_tables.push_back(Upload(table.data(), table.size()));
     KvAppendSequence s;
@@ -109,6 +110,7 @@ void Step(KvCachePool& pool, DevicePool& dev, std::vector<PageTable*>& tables, c
   KvAppendArgs a;
   a.seqs = d_seqs.as<KvAppendSequence>();
   a.n_seqs = static_cast<int32_t>(seqs.size());
+  a.layer = kLayer;
   a.row_seq = d_rows.as<int32_t>();
   a.n_rows = static_cast<int32_t>(row_seq.size());
   a.max_blocks_per_seq = max_blocks;
