@@ -84,8 +84,7 @@ TEST_P(ColumnMassCudaTest, SumsTheProbabilitiesTheCpuSums) {
   m.n_keys = tokens;
   ASSERT_TRUE(ColumnMassCuda(m, nullptr).ok());
   ASSERT_TRUE(CudaStreamSync(nullptr).ok());
-  std::vector<double> got(want.size());
-  ASSERT_TRUE(mass.CopyToHost(got.data(), got.size() * sizeof(double)).ok());
+  const std::vector<double> got = Download<double>(mass, want.size());
   int bad = 0;
   for (size_t i = 0; i < got.size() && bad < 5; ++i) {
     if (!(std::fabs(got[i] - want[i]) <= 1e-3 * (1.0 + want[i]))) {

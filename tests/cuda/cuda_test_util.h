@@ -47,6 +47,15 @@ DeviceBuffer Upload(const std::vector<T>& v) {
   return Upload(v.data(), v.size());
 }
 
+// Elements [offset, offset + count) of a device buffer.
+template <typename T>
+std::vector<T> Download(const DeviceBuffer& buf, size_t count, size_t offset = 0) {
+  std::vector<T> out(count + offset);
+  const absl::Status s = buf.CopyToHost(out.data(), out.size() * sizeof(T));
+  EXPECT_TRUE(s.ok()) << s;
+  return std::vector<T>(out.begin() + static_cast<std::ptrdiff_t>(offset), out.end());
+}
+
 // |got - want| <= rel * (1 + |want|) elementwise; the first five misses reported.
 inline void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float rel, const char* what) {
   ASSERT_EQ(got.size(), want.size());

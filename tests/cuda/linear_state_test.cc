@@ -68,9 +68,7 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
     ASSERT_TRUE(FoldKeysCuda(d_seq.as<LinearFoldSequence>(), 1, n_kv, head_dim, nullptr).ok());
     ASSERT_TRUE(CudaStreamSync(nullptr).ok());
   }
-  std::vector<float> got(want.size());
-  ASSERT_TRUE(states.CopyToHost(got.data(), got.size() * sizeof(float)).ok());
-  ExpectNear(got, want, 1e-4f, "state");
+  ExpectNear(Download<float>(states, want.size()), want, 1e-4f, "state");
 
   // Join: out = (o · e^lse + φ(q)ᵀS) / (e^lse + φ(q)·z) per query head.
   const int n_q = n_kv * group;
@@ -106,9 +104,7 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
   a.head_dim = head_dim;
   ASSERT_TRUE(JoinLinearStateCuda(a, nullptr).ok());
   ASSERT_TRUE(CudaStreamSync(nullptr).ok());
-  std::vector<float> got_out(exact.size());
-  ASSERT_TRUE(out.CopyToHost(got_out.data(), got_out.size() * sizeof(float)).ok());
-  ExpectNear(got_out, joined, 1e-4f, "output");
+  ExpectNear(Download<float>(out, exact.size()), joined, 1e-4f, "output");
 
   // A prefill query whose window has left keys [60, 70) behind since the
   // fold: they join with their Taylor weights. Its row is 1 of 2.
@@ -151,9 +147,7 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
   a.out = out2.as<float>();
   ASSERT_TRUE(JoinLinearStateCuda(a, nullptr).ok());
   ASSERT_TRUE(CudaStreamSync(nullptr).ok());
-  std::vector<float> got_out2(exact2.size());
-  ASSERT_TRUE(out2.CopyToHost(got_out2.data(), got_out2.size() * sizeof(float)).ok());
-  ExpectNear(got_out2, joined2, 1e-4f, "output with pending keys");
+  ExpectNear(Download<float>(out2, exact2.size()), joined2, 1e-4f, "output with pending keys");
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, LinearStateCudaTest, ::testing::Values(32, 64, 128));

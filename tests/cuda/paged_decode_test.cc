@@ -70,9 +70,8 @@ void ExpectBatchMatches(std::vector<Case>& cases) {
   ASSERT_TRUE(s.ok()) << s;
   s = CudaStreamSync(nullptr);
   ASSERT_TRUE(s.ok()) << s;
-  std::vector<float> got(q.size()), lse_got(cases.size() * first.n_q_heads());
-  ASSERT_TRUE(out->CopyToHost(got.data(), got.size() * sizeof(float)).ok());
-  ASSERT_TRUE(lse->CopyToHost(lse_got.data(), lse_got.size() * sizeof(float)).ok());
+  const std::vector<float> got = Download<float>(*out, q.size());
+  const std::vector<float> lse_got = Download<float>(*lse, cases.size() * first.n_q_heads());
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::vector<float> want = cases[i].Reference();
     const std::vector<float> mine(got.begin() + i * want.size(), got.begin() + (i + 1) * want.size());

@@ -133,10 +133,8 @@ void ExpectSameSelection(std::vector<QuestCase>& cases) {
   ASSERT_TRUE(CudaStreamSync(nullptr).ok());
   for (size_t i = 0; i < cases.size(); ++i) {
     const QuestCase& c = cases[i];
-    std::vector<int32_t> counts(c.pr->n_kv_heads);
-    std::vector<KeyRange> ranges((c.budget + 1) * c.pr->n_kv_heads);
-    ASSERT_TRUE(counts_out[i].CopyToHost(counts.data(), counts.size() * sizeof(int32_t)).ok());
-    ASSERT_TRUE(ranges_out[i].CopyToHost(ranges.data(), ranges.size() * sizeof(KeyRange)).ok());
+    const std::vector<int32_t> counts = Download<int32_t>(counts_out[i], c.pr->n_kv_heads);
+    const std::vector<KeyRange> ranges = Download<KeyRange>(ranges_out[i], (c.budget + 1) * c.pr->n_kv_heads);
     for (int g = 0; g < c.pr->n_kv_heads; ++g) {
       SCOPED_TRACE("sequence " + std::to_string(i) + " KV head " + std::to_string(g));
       const std::vector<KeyRange> want = c.Expected(g);

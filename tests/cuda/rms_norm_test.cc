@@ -67,14 +67,6 @@ DeviceBuffer UploadAt(const std::vector<T>& v, size_t offset) {
   return *std::move(buf);
 }
 
-template <typename T>
-std::vector<T> Download(const DeviceBuffer& buf, size_t count, size_t offset = 0) {
-  std::vector<T> out(count + offset);
-  const absl::Status s = buf.CopyToHost(out.data(), out.size() * sizeof(T));
-  EXPECT_TRUE(s.ok()) << s;
-  return std::vector<T>(out.begin() + offset, out.end());
-}
-
 void ExpectMatches(const std::vector<float>& got, const std::vector<float>& want, int64_t n) {
   ASSERT_EQ(got.size(), want.size());
   int failures = 0;

@@ -29,13 +29,6 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-template <typename T>
-std::vector<T> Download(const DeviceBuffer& b, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_TRUE(b.CopyToHost(v.data(), n * sizeof(T)).ok());
-  return v;
-}
-
 class TransformerOpsCudaTest : public ::testing::Test {
  protected:
   void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
