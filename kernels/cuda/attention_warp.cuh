@@ -3,21 +3,9 @@
 
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/block_reduce.cuh"
+
 namespace attnserve {
-
-inline constexpr int kWarp = 32;
-
-__device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // acc[2c], acc[2c + 1] += p * the value columns 2 * (lane + 32c), + 1 of
 // the value row v (head_dim = kCols * 32 halves).

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/common/taylor.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
@@ -43,18 +44,6 @@ __global__ void FoldKeysKernel(const LinearFoldSequence* seqs, int32_t n_kv_head
   } else {
     state[static_cast<int64_t>(features) * head_dim + f] += acc;
   }
-}
-
-// Sums v over the block (whole warps of at most kMaxHeadDim threads).
-// `partial` is shared scratch of a warp count's floats; called by every thread.
-__device__ float BlockSum(float v, float* partial) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // the previous call's readers are done with partial
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
-  return total;
 }
 
 // Block per (query head, sequence), thread per column: φ(q) in shared

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/common/quest.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
@@ -19,18 +20,6 @@ __device__ __forceinline__ uint32_t OrderedKey(float x) {
   const uint32_t b = __float_as_uint(x);
   const uint32_t key = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return key == 0xffffffffu ? key : key + 1;
-}
-
-// Sum over the block; every thread gets it. Called by all threads.
-__device__ int32_t BlockSum(int32_t v, int32_t* scratch) {
-  __syncthreads();
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
-    __syncthreads();
-  }
-  return scratch[0];
 }
 
 // Exclusive prefix sum over the block (thread order). Called by all threads.
@@ -67,7 +56,7 @@ __global__ void QuestSelectKernel(QuestSelectArgs a, uint32_t* keys_ws) {
   for (int32_t p = p_begin; p < p_end; ++p) {
     mine += QuestPageVisible(p, ps, s.sink_tokens, s.window_tokens, s.query_pos);
   }
-  const int32_t candidates = BlockSum(mine, scratch);
+  const int32_t candidates = BlockTreeSum(mine, scratch);
   if (candidates <= s.budget_pages) {
     if (threadIdx.x == 0) {
       ranges[0] = {0, s.query_pos + 1};
@@ -94,7 +83,7 @@ __global__ void QuestSelectKernel(QuestSelectArgs a, uint32_t* keys_ws) {
     const uint32_t mid = lo + (hi - lo + 1) / 2;
     int32_t count = 0;
     for (int32_t p = p_begin; p < p_end; ++p) count += keys[p] >= mid;
-    if (BlockSum(count, scratch) >= s.budget_pages) {
+    if (BlockTreeSum(count, scratch) >= s.budget_pages) {
       lo = mid;
     } else {
       hi = mid - 1;
@@ -106,7 +95,7 @@ __global__ void QuestSelectKernel(QuestSelectArgs a, uint32_t* keys_ws) {
     above += keys[p] > t;
     equal += keys[p] == t;
   }
-  const int32_t equal_wanted = s.budget_pages - BlockSum(above, scratch);
+  const int32_t equal_wanted = s.budget_pages - BlockTreeSum(above, scratch);
   int32_t equal_before = BlockExclusiveScan(equal, scratch);
   // Selected pages (and the own page) become key 1, the rest 0.
   for (int32_t p = p_begin; p < p_end; ++p) {

@@ -9,37 +9,13 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/common/rms_norm_math.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kMaxThreads = 1024;
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// blockDim.x must be a multiple of 32 (full-mask shuffles). Called once per block.
-__device__ __forceinline__ float BlockSum(float v) {
-  __shared__ float partial[kMaxThreads / kWarp];
-  __shared__ float total;
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  v = WarpSum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / kWarp) ? partial[lane] : 0.0f;
-    v = WarpSum(v);
-    if (lane == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
 
 template <typename Out>
 __device__ __forceinline__ Out Convert(float v) {
@@ -75,7 +51,8 @@ __global__ void __launch_bounds__(kMaxThreads)
       sum_sq += v * v;
     }
   }
-  const float inv_rms = RmsNormInvRms(BlockSum(sum_sq), n, eps);
+  __shared__ float partial[kMaxThreads / kWarp];  // blockDim.x: whole warps
+  const float inv_rms = RmsNormInvRms(BlockSum(sum_sq, partial), n, eps);
 
   for (int64_t i = threadIdx.x; i < n_vec; i += blockDim.x) {
     const VecIn v = xr[i];

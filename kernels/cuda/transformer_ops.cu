@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/device.h"
 
 namespace attnserve {
@@ -95,19 +96,6 @@ __global__ void FillRandomBf16Kernel(uint16_t* out, int64_t n, uint64_t seed, fl
 
 constexpr int kPickThreads = 512;
 
-// Sum over the block in a fixed tree order (the same bits every run).
-__device__ float BlockSum(float v, float* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const float total = scratch[0];
-  __syncthreads();  // scratch is free again
-  return total;
-}
-
 // Block per row. The largest value first (each thread its first largest,
 // then a tree merge preferring the larger value, then the lower id), then,
 // at temperature > 0, the cuts by bisection and the draw in id order.
@@ -140,7 +128,7 @@ __device__ void TopLogprobs(const float* row, int32_t vocab, float max, float* s
                             float* log_sum) {
   float e = 0.0f;
   for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) e += row[i] > -INFINITY ? expf(row[i] - max) : 0.0f;
-  *log_sum = logf(BlockSum(e, scratch));
+  *log_sum = logf(BlockTreeSum(e, scratch));
   const int top = min(r->top_logprobs, kMaxPickTop);
   r->n_top = 0;
   for (int k = 0; k < top; ++k) {
@@ -205,7 +193,7 @@ __global__ void PickTokensKernel(float* logits, int32_t vocab, const TokenPick* 
   auto count_from = [&](float cut) {
     float n = 0.0f;
     for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) n += ScaledLogit(row[i], max, inv_t) >= cut ? 1.0f : 0.0f;
-    return BlockSum(n, scratch);
+    return BlockTreeSum(n, scratch);
   };
   auto mass_from = [&](float cut) {
     float m = 0.0f;
@@ -213,7 +201,7 @@ __global__ void PickTokensKernel(float* logits, int32_t vocab, const TokenPick* 
       const float x = ScaledLogit(row[i], max, inv_t);
       m += x >= cut ? PickWeight(x) : 0.0f;
     }
-    return BlockSum(m, scratch);
+    return BlockTreeSum(m, scratch);
   };
   const float cut = PickCut(p, vocab, count_from, mass_from);
   // The draw: each thread's contiguous chunk of ids, chunks in order.
