@@ -24,6 +24,18 @@ struct KeyRange {
   int32_t end = 0;
 };
 
+// Whether `key` lies in one of ranges[0, n) (sorted, disjoint): a binary
+// search for the first range ending after it (Quest's selection has up to
+// budget / page_size + 1 ranges).
+ATTN_HD bool InRanges(const KeyRange* ranges, int32_t n, int32_t key) {
+  int32_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (ranges[mid].end <= key) lo = mid + 1; else hi = mid;
+  }
+  return lo < n && key >= ranges[lo].begin;
+}
+
 // One query head of one layer of one sequence.
 struct AttentionHeadParams {
   float logit_scale = 0.0f;          // 1/sqrt(head_dim) divided by the head's temperature
@@ -107,11 +119,7 @@ ATTN_HD KeyRange HiddenKeys(const SequenceAttentionParams& p, int first_head, in
 }
 
 ATTN_HD bool InSpans(const SequenceAttentionParams& p, int32_t key_pos) {
-  for (int32_t s = 0; s < p.num_spans; ++s) {
-    if (key_pos < p.spans[s].begin) return false;
-    if (key_pos < p.spans[s].end) return true;
-  }
-  return false;
+  return InRanges(p.spans, p.num_spans, key_pos);
 }
 
 ATTN_HD float KeyBias(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t key_pos) {

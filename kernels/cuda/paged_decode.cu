@@ -33,16 +33,8 @@ int32_t NumSplits(int32_t max_tokens) { return (max_tokens + kDecodeSplitKeys - 
 // head's selected ranges.
 __device__ bool KeyRead(const DecodeSequence& s, const AttentionHeadParams& hp, int g, int32_t j) {
   if (!HeadKeyVisible(s.params, hp, s.query_pos, j)) return false;
-  if (s.key_ranges == nullptr) return true;
-  // The first range ending after j (ranges are sorted and disjoint): a
-  // binary search, since a budget of 2048 tokens is up to 129 ranges.
-  const KeyRange* r = s.key_ranges + static_cast<int64_t>(g) * s.key_ranges_stride;
-  int32_t lo = 0, hi = s.num_key_ranges[g];
-  while (lo < hi) {
-    const int32_t mid = (lo + hi) / 2;
-    if (r[mid].end <= j) lo = mid + 1; else hi = mid;
-  }
-  return lo < s.num_key_ranges[g] && j >= r[lo].begin;
+  return s.key_ranges == nullptr ||
+         InRanges(s.key_ranges + static_cast<int64_t>(g) * s.key_ranges_stride, s.num_key_ranges[g], j);
 }
 
 // Block (split, g, seq), one warp per query head of KV head g. Each lane

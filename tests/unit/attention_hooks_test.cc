@@ -1,6 +1,8 @@
 // HiddenKeys, the band of keys the GPU prefill kernel skips: no key in it is
 // visible to any head of the group at the query or after, and it covers the
-// band a streaming sequence or a group of duo streaming heads hides.
+// band a streaming sequence or a group of duo streaming heads hides. InRanges,
+// the binary search of emphasis spans and Quest's selected ranges, against
+// a scan.
 #include "kernels/common/attention_hooks.h"
 
 #include <gtest/gtest.h>
@@ -54,6 +56,26 @@ TEST(AttentionHooksTest, HiddenKeysCoverAStreamingWindowAndAStreamingGroup) {
   heads[1].window_tokens = 0;  // a retrieval head sees everything
   band = HiddenKeys(p, 0, 2, 1000);
   EXPECT_EQ(band.begin, band.end);
+}
+
+TEST(AttentionHooksTest, InRangesFindsTheKeysOfSortedDisjointRanges) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> gap(0, 6), width(1, 6);
+  for (int trial = 0; trial < 500; ++trial) {
+    std::vector<KeyRange> ranges(trial % 9);
+    int32_t at = gap(rng);
+    for (KeyRange& r : ranges) {
+      r.begin = at;
+      r.end = at + width(rng);
+      at = r.end + gap(rng);  // adjacent ranges too
+    }
+    const int32_t n = static_cast<int32_t>(ranges.size());
+    for (int32_t key = -1; key <= at + 2; ++key) {
+      bool want = false;
+      for (const KeyRange& r : ranges) want = want || (key >= r.begin && key < r.end);
+      ASSERT_EQ(InRanges(ranges.data(), n, key), want) << "trial " << trial << " key " << key;
+    }
+  }
 }
 
 }  // namespace
