@@ -153,4 +153,27 @@ ATTN_HD ReweightScales ComputeReweightScales(float beta, float mass_in_set, floa
   return {beta, 1.0f + (1.0f - beta) * mass_in_set / mass_rest};
 }
 
+// The end of one query head's online softmax (the GPU kernels'): from the
+// summed weights of ACT's key set and of the rest, both against the maximum
+// `m` (>= the virtual sink's logit), the denominator with the virtual sink
+// in it, the log denominator and ACT's scales.
+struct SoftmaxTotals {
+  float den = 0.0f;
+  float lse = -INFINITY;
+  ReweightScales scales{1.0f, 1.0f};
+
+  // The output column from the two value sums (zero when nothing is seen).
+  ATTN_HD float Output(float acc_set, float acc_rest) const {
+    return den > 0.0f ? (scales.in_set * acc_set + scales.rest * acc_rest) / den : 0.0f;
+  }
+};
+ATTN_HD SoftmaxTotals CloseSoftmax(const AttentionHeadParams& h, float m, float sum_set, float sum_rest) {
+  SoftmaxTotals t;
+  const float sink = h.virtual_sink_logit == -INFINITY ? 0.0f : expf(h.virtual_sink_logit - m);
+  t.den = sum_set + sum_rest + sink;
+  if (t.den > 0.0f) t.lse = m + logf(t.den);
+  t.scales = ComputeReweightScales(h.reweight_beta, sum_set, sum_rest);
+  return t;
+}
+
 }  // namespace attnserve

@@ -129,12 +129,10 @@ __global__ void DecodeMergeKernel(DecodeAttentionArgs a, Workspace ws, int32_t n
     acc_set += w * acc[col];
     acc_rest += w * acc[kHeadDim + col];
   }
-  const float sink = hp.virtual_sink_logit == -INFINITY ? 0.0f : __expf(hp.virtual_sink_logit - m);
-  const float den = sum_set + sum_rest + sink;
-  const ReweightScales scales = ComputeReweightScales(hp.reweight_beta, sum_set, sum_rest);
+  const SoftmaxTotals totals = CloseSoftmax(hp, m, sum_set, sum_rest);
   const int64_t row = static_cast<int64_t>(QueryRow(s, seq)) * a.n_q_heads + h;
-  a.out[row * kHeadDim + col] = den > 0.0f ? (scales.in_set * acc_set + scales.rest * acc_rest) / den : 0.0f;
-  if (a.lse != nullptr && col == 0) a.lse[row] = den > 0.0f ? m + logf(den) : -INFINITY;
+  a.out[row * kHeadDim + col] = totals.Output(acc_set, acc_rest);
+  if (a.lse != nullptr && col == 0) a.lse[row] = totals.lse;
 }
 
 template <int kHeadDim>

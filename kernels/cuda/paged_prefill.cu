@@ -229,15 +229,11 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
   // decode kernel's merge of a single split.
   const float top = fmaxf(sm.m, hp.virtual_sink_logit);
   const float w = sm.m == -INFINITY ? 0.0f : __expf(sm.m - top);
-  const float sum_set = sm.sum_set * w, sum_rest = sm.sum_rest * w;
-  const float sink = hp.virtual_sink_logit == -INFINITY ? 0.0f : __expf(hp.virtual_sink_logit - top);
-  const float den = sum_set + sum_rest + sink;
-  const ReweightScales scales = ComputeReweightScales(hp.reweight_beta, sum_set, sum_rest);
+  const SoftmaxTotals totals = CloseSoftmax(hp, top, sm.sum_set * w, sm.sum_rest * w);
   for (int c = lane; c < kHeadDim; c += kWarp) {
-    const float o = (scales.in_set * sh.o[0][warp][c] + scales.rest * sh.o[1][warp][c]) * w;
-    a.out[row * kHeadDim + c] = den > 0.0f ? o / den : 0.0f;
+    a.out[row * kHeadDim + c] = totals.Output(sh.o[0][warp][c] * w, sh.o[1][warp][c] * w);
   }
-  if (a.lse != nullptr && lane == 0) a.lse[row] = den > 0.0f ? top + logf(den) : -INFINITY;
+  if (a.lse != nullptr && lane == 0) a.lse[row] = totals.lse;
 }
 
 template <int kHeadDim>

@@ -2,11 +2,13 @@
 // visible to any head of the group at the query or after, and it covers the
 // band a streaming sequence or a group of duo streaming heads hides. InRanges,
 // the binary search of emphasis spans and Quest's selected ranges, against
-// a scan.
+// a scan; CloseSoftmax, the GPU kernels' last step, against the softmax
+// written out.
 #include "kernels/common/attention_hooks.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -76,6 +78,28 @@ TEST(AttentionHooksTest, InRangesFindsTheKeysOfSortedDisjointRanges) {
       ASSERT_EQ(InRanges(ranges.data(), n, key), want) << "trial " << trial << " key " << key;
     }
   }
+}
+
+TEST(AttentionHooksTest, CloseSoftmaxNormalisesWithTheSinkAndActsScales) {
+  // Keys with logits 1, 2 (ACT's set) and 3, the virtual sink at 0.5.
+  AttentionHeadParams h;
+  h.virtual_sink_logit = 0.5f;
+  h.reweight_beta = 0.4f;
+  const double e1 = std::exp(1.0 - 3.0), e2 = std::exp(2.0 - 3.0), e3 = 1.0, sink = std::exp(0.5 - 3.0);
+  const SoftmaxTotals t = CloseSoftmax(h, 3.0f, static_cast<float>(e2), static_cast<float>(e1 + e3));
+  const double den = e1 + e2 + e3 + sink;
+  EXPECT_NEAR(t.den, den, 1e-6);
+  EXPECT_NEAR(t.lse, 3.0 + std::log(den), 1e-6);
+  // The set's probability times beta; what it gave up goes to the others.
+  const double p_set = e2 / den, p_rest = (e1 + e3) / den;
+  EXPECT_NEAR(t.scales.in_set * e2 / den, 0.4 * p_set, 1e-6);
+  EXPECT_NEAR(t.scales.rest * (e1 + e3) / den, p_rest + 0.6 * p_set, 1e-6);
+  EXPECT_NEAR(t.Output(static_cast<float>(e2 * 10.0), static_cast<float>(e1 * 20.0 + e3 * 30.0)),
+              (t.scales.in_set * e2 * 10.0 + t.scales.rest * (e1 * 20.0 + e3 * 30.0)) / den, 1e-5);
+  // Nothing seen and no sink: zeros, and a log denominator of -inf.
+  const SoftmaxTotals none = CloseSoftmax(AttentionHeadParams{}, -INFINITY, 0.0f, 0.0f);
+  EXPECT_EQ(none.Output(0.0f, 0.0f), 0.0f);
+  EXPECT_EQ(none.lse, -INFINITY);
 }
 
 }  // namespace
