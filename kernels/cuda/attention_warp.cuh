@@ -19,6 +19,19 @@ __device__ __forceinline__ void AccumulateRow(const __half2* v, int lane, float 
   }
 }
 
+// q · k over kHeadDim columns, k as fp16 pairs, in one fixed order (the
+// decode kernel's scores and the prefill kernel's CUDA-core ones).
+template <int kHeadDim>
+__device__ __forceinline__ float DotHalf2(const float* q, const __half2* k) {
+  float dot = 0.0f;
+#pragma unroll 8
+  for (int c = 0; c < kHeadDim / 2; ++c) {
+    const float2 kf = __half22float2(k[c]);
+    dot = fmaf(q[2 * c], kf.x, fmaf(q[2 * c + 1], kf.y, dot));
+  }
+  return dot;
+}
+
 // One query head's online softmax over tiles of 32 keys, held by a warp (a
 // key per lane): the running maximum, and the sums over ACT's key set and
 // over the rest.

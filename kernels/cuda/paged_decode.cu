@@ -69,14 +69,8 @@ __global__ void DecodePartialKernel(DecodeAttentionArgs a, Workspace ws, int32_t
     float logit = -INFINITY;
     bool in_set = false;
     if (j < end && KeyRead(s, hp, g, j)) {
-      const auto* k = reinterpret_cast<const __half2*>(s.kv.Row(s.kv.keys, g, j));
-      const float* qv = j < s.params.sink_tokens ? sink_q_sh[warp] : q_sh[warp];
-      float dot = 0.0f;
-#pragma unroll 8
-      for (int c = 0; c < kHeadDim / 2; ++c) {
-        const float2 kf = __half22float2(k[c]);
-        dot = fmaf(qv[2 * c], kf.x, fmaf(qv[2 * c + 1], kf.y, dot));
-      }
+      const float dot = DotHalf2<kHeadDim>(j < s.params.sink_tokens ? sink_q_sh[warp] : q_sh[warp],
+                                           reinterpret_cast<const __half2*>(s.kv.Row(s.kv.keys, g, j)));
       logit = dot * hp.logit_scale + KeyBias(s.params, hp, j);
       in_set = reweights && InReweightSet(s.params, hp, j);
     }

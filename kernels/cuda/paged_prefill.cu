@@ -175,14 +175,8 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
         float dot = sh.s[warp][lane];
         if (sink_key || !q_fits) {
           // Sink keys meet the query turned at its cache slot.
-          const float* qv = sink_key ? sh.sink_q[warp] : sh.q[warp];
-          const __half2* kr = reinterpret_cast<const __half2*>(sh.k[lane]);
-          dot = 0.0f;
-#pragma unroll 8
-          for (int c = 0; c < kPairs; ++c) {
-            const float2 kf = __half22float2(kr[c]);
-            dot = fmaf(qv[2 * c], kf.x, fmaf(qv[2 * c + 1], kf.y, dot));
-          }
+          dot = DotHalf2<kHeadDim>(sink_key ? sh.sink_q[warp] : sh.q[warp],
+                                   reinterpret_cast<const __half2*>(sh.k[lane]));
         }
         logit = dot * hp.logit_scale + KeyBias(params, hp, j);
         in_set = reweights && InReweightSet(params, hp, j);
