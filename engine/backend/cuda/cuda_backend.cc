@@ -252,7 +252,6 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::
   // Padded whether or not graphs are on, so that turning them off changes
   // no result.
   const std::span<const SequenceStep> steps = padding->Pad(given);
-  padding_rows += static_cast<int64_t>(steps.size() - given.size());
   // The linear mode's states live on the device with their sequence; a step
   // from position 0 starts them afresh.
   std::vector<float*> linear_states(steps.size(), nullptr);
@@ -312,6 +311,7 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].linear != nullptr) steps[i].linear->folded_end = m.folded_end[i];
   }
+  padding_rows += static_cast<int64_t>(steps.size() - given.size());
   return absl::OkStatus();
 }
 

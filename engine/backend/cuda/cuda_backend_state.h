@@ -38,7 +38,7 @@ struct CudaBackend::State {
 
   std::optional<KvCachePool> pool;
   std::optional<BatchPadding> padding;  // over the pool's scratch pages
-  int64_t padding_rows = 0;
+  int64_t padding_rows = 0;  // added to the steps run
 
   // Activations, [rows][width] each.
   int64_t rows = 0;
