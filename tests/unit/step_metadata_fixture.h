@@ -72,10 +72,12 @@ class StepMetadataFixture : public ::testing::Test {
   StepMetadata Build(std::span<const SequenceStep> steps, std::span<float* const> linear_states) {
     staging_.index.Reset(index_.data());
     staging_.data.Reset(data_.data());
+    staging_.outputs.Reset(outputs_.data());
     absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, staging_);
     EXPECT_TRUE(m.ok()) << m.status();
     EXPECT_LE(staging_.index.size(), index_.size());
     EXPECT_LE(staging_.data.size(), data_.size());
+    EXPECT_LE(staging_.outputs.size(), outputs_.size());
     std::memcpy(index_.data(), staging_.index.data(), staging_.index.size());
     std::memcpy(data_.data(), staging_.data.data(), staging_.data.size());
     return m.ok() ? *std::move(m) : StepMetadata{};
@@ -90,6 +92,7 @@ class StepMetadataFixture : public ::testing::Test {
   StepStaging staging_;
   alignas(64) std::array<uint8_t, 1 << 20> index_{};
   alignas(64) std::array<uint8_t, 1 << 20> data_{};
+  alignas(64) std::array<uint8_t, 1 << 16> outputs_{};
 };
 
 }  // namespace attnserve

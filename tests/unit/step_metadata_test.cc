@@ -76,6 +76,12 @@ TEST_F(StepMetadataTest, RowsKeysPoliciesQuestAndLinearWork) {
   ASSERT_EQ(m.n_quest, 2);
   EXPECT_EQ(m.quest_first_layer, 1);
   EXPECT_EQ(m.quest[1].key_ranges - m.quest[0].key_ranges, c_.n_kv_heads * 2);
+  // The ranges are the selection's output: device memory, never staged.
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(m.quest[0].key_ranges), outputs_.data());
+  EXPECT_GE(reinterpret_cast<const uint8_t*>(m.quest[1].num_key_ranges),
+            reinterpret_cast<const uint8_t*>(m.quest[1].key_ranges + 2 * c_.n_kv_heads));
+  EXPECT_LE(reinterpret_cast<const uint8_t*>(m.quest[1].num_key_ranges + c_.n_kv_heads),
+            outputs_.data() + staging_.outputs.size());
   for (int32_t i = 0; i < m.n_quest; ++i) {
     EXPECT_EQ(m.quest_rows[i], 4 + i);
     EXPECT_EQ(m.quest[i].query_pos, 3 + i);

@@ -322,12 +322,15 @@ absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, 
   for (int attempt = 0;; ++attempt) {
     staging.index.Reset(step_index.data());
     staging.data.Reset(step_data.data());
+    staging.outputs.Reset(step_outputs.data());
     ATTN_ASSIGN_OR_RETURN(m, BuildStepMetadata(model.config, *pool, steps, linear_states, dense_heads, staging));
-    const bool fits = staging.index.size() <= step_index.size() && staging.data.size() <= step_data.size();
+    const bool fits = staging.index.size() <= step_index.size() && staging.data.size() <= step_data.size() &&
+                      staging.outputs.size() <= step_outputs.size();
     if (fits) return absl::OkStatus();
     if (attempt > 0) return absl::InternalError("step metadata: its size changed when staged again");
     ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size() + staging.index.size() / 2));
     ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size() + staging.data.size() / 2));
+    ATTN_RETURN_IF_ERROR(ReserveData(step_outputs, staging.outputs.size() + staging.outputs.size() / 2));
   }
 }
 

@@ -49,8 +49,8 @@ struct CudaBackend::State {
   uint64_t buffers_moved = 0;
   std::vector<TokenPick> picked_host;
   // A step's metadata: the arrays kernel arguments point to, the data they
-  // point to (StepStaging).
-  DeviceBuffer step_index, step_data;
+  // point to, what kernels leave for later ones (StepStaging).
+  DeviceBuffer step_index, step_data, step_outputs;
   StepStaging staging;
   std::optional<StepGraphs> graphs;
   absl::Status health;  // not OK once a fault spoiled the context

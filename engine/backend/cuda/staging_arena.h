@@ -14,6 +14,14 @@
 
 namespace attnserve {
 
+// Where an array of n T goes after `size` bytes: on 16 bytes (and T's
+// alignment), as the kernels' vector loads want.
+template <typename T>
+size_t AlignedOffset(size_t size) {
+  constexpr size_t kAlign = alignof(T) > 16 ? alignof(T) : 16;
+  return (size + kAlign - 1) / kAlign * kAlign;
+}
+
 class StagingArena {
  public:
   // Starts over for a device buffer at `device_base`.
@@ -23,13 +31,11 @@ class StagingArena {
   }
 
   // Room for `n` values, to be written through Staged: their device
-  // address. Arrays start on 16 bytes (and their type's alignment), as the
-  // kernels' vector loads want.
+  // address (AlignedOffset).
   template <typename T>
   T* Allocate(size_t n) {
     static_assert(std::is_trivially_copyable_v<T>);
-    constexpr size_t kAlign = alignof(T) > 16 ? alignof(T) : 16;
-    const size_t offset = (size_ + kAlign - 1) / kAlign * kAlign;
+    const size_t offset = AlignedOffset<T>(size_);
     Reserve(offset + n * sizeof(T));
     size_ = offset + n * sizeof(T);
     return reinterpret_cast<T*>(base_ + offset);
@@ -79,6 +85,30 @@ class StagingArena {
   uintptr_t base_ = 0;
   std::unique_ptr<uint8_t[]> bytes_;
   size_t size_ = 0, capacity_ = 0;
+};
+
+// Device memory that a step's kernels write and read and the host neither
+// stages nor copies (Quest's selected key ranges), laid out as an arena.
+class DeviceScratch {
+ public:
+  void Reset(void* device_base) {
+    base_ = reinterpret_cast<uintptr_t>(device_base);
+    size_ = 0;
+  }
+
+  template <typename T>
+  T* Allocate(size_t n) {
+    const size_t offset = AlignedOffset<T>(size_);
+    size_ = offset + n * sizeof(T);
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+
+  // Bytes the device buffer needs.
+  size_t size() const { return size_; }
+
+ private:
+  uintptr_t base_ = 0;
+  size_t size_ = 0;
 };
 
 }  // namespace attnserve

@@ -144,8 +144,10 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
       n_counts += c.n_kv_heads;
     }
   }
-  KeyRange* ranges = n_ranges > 0 ? data.Append(std::vector<KeyRange>(n_ranges)) : nullptr;
-  int32_t* range_counts = n_counts > 0 ? data.Append(std::vector<int32_t>(n_counts)) : nullptr;
+  // Written by the selection before the decode kernel reads them, in every
+  // layer that selects: device memory only.
+  KeyRange* ranges = n_ranges > 0 ? staging.outputs.Allocate<KeyRange>(n_ranges) : nullptr;
+  int32_t* range_counts = n_counts > 0 ? staging.outputs.Allocate<int32_t>(n_counts) : nullptr;
 
   // Every row's entry and every sequence's append, for all layers: written
   // in place, since at large batches they are most of the step's bytes.

@@ -82,13 +82,15 @@ struct StepMetadata {
 // only: arrays whose sizes follow from the step's counts (rows, sequences,
 // decode queries, ...), so that steps with the same counts put them at the
 // same addresses, which a captured CUDA graph can replay. What those arrays
-// point to (page tables, policy parameters, logit edits, Quest's ranges)
-// varies with the sequences and goes to `data`. The caller Resets both at
-// their device buffers' addresses before BuildStepMetadata and copies both
-// up after.
+// point to (page tables, policy parameters, logit edits) varies with the
+// sequences and goes to `data`; what kernels write for later ones (Quest's
+// ranges) to `outputs`, which is never copied. The caller Resets all three
+// at their device buffers' addresses before BuildStepMetadata and copies
+// the arenas up after.
 struct StepStaging {
   StagingArena index;
   StagingArena data;
+  DeviceScratch outputs;
 };
 
 // Stages `p` (its per-head parameters, spans and ACT key sets) for an
