@@ -128,9 +128,13 @@ __device__ void TopLogprobs(const float* row, int32_t vocab, float max, float* s
                             float* log_sum) {
   float e = 0.0f;
   for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) e += row[i] > -INFINITY ? expf(row[i] - max) : 0.0f;
-  *log_sum = logf(BlockTreeSum(e, scratch));
+  const float sum = BlockTreeSum(e, scratch);
+  // Thread 0 writes what only it reads (after the barriers below).
+  if (threadIdx.x == 0) {
+    *log_sum = logf(sum);
+    r->n_top = 0;
+  }
   const int top = min(r->top_logprobs, kMaxPickTop);
-  r->n_top = 0;
   for (int k = 0; k < top; ++k) {
     const int32_t prev = k > 0 ? r->top_tokens[k - 1] : -1;
     const float prev_v = prev >= 0 ? row[prev] : 0.0f;

@@ -40,8 +40,14 @@ absl::Status CudaBackend::State::Reserve(DeviceBuffer& b, size_t bytes) {
 
 absl::Status CudaBackend::State::ReserveData(DeviceBuffer& b, size_t bytes) {
   if (b.size() >= bytes) return absl::OkStatus();
+  // Half again at least, so that a batch ramping up moves buffers (and
+  // recaptures graphs) a few times rather than at every new size; just
+  // what is asked when that much is not free.
+  const size_t grown = std::max(bytes, b.size() + b.size() / 2);
   b = DeviceBuffer();
-  ATTN_ASSIGN_OR_RETURN(b, DeviceBuffer::Allocate(bytes));
+  absl::StatusOr<DeviceBuffer> got = DeviceBuffer::Allocate(grown);
+  if (!got.ok() && grown > bytes) got = DeviceBuffer::Allocate(bytes);
+  ATTN_ASSIGN_OR_RETURN(b, std::move(got));
   return absl::OkStatus();
 }
 
@@ -76,6 +82,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
   if (!CudaDeviceAvailable(&why_not)) return absl::UnavailableError(why_not);
   if (c.head_dim != 64 && c.head_dim != 128) {
     return absl::UnimplementedError(absl::StrCat("cuda backend: head_dim ", c.head_dim, " (its kernels cover 64 and 128)"));
+  }
+  if (c.rope_dim % 2 != 0 || c.rope_dim < 0 || c.rope_dim > c.head_dim) {
+    return absl::UnimplementedError(absl::StrCat("cuda backend: rotary dimension ", c.rope_dim, " of head_dim ",
+                                                 c.head_dim, " (its RoPE kernel rotates an even number up to it)"));
   }
   if (c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 16) {
     return absl::UnimplementedError(absl::StrCat("cuda backend: ", c.n_heads, " query heads over ", c.n_kv_heads,
@@ -227,6 +237,7 @@ absl::Status CudaBackend::Forward(std::span<const SequenceStep> steps, std::vect
   State& s = *s_;
   const ModelConfig& c = s.model.config;
   if (!s.pool) return absl::FailedPreconditionError("cuda backend: no KV cache (CreateKvPool first)");
+  if (!s.health.ok()) return s.health;
   ATTN_RETURN_IF_ERROR(CheckSteps(c, s.pool->shape().page_size, steps));
   logits.clear();
   if (steps.empty()) return absl::OkStatus();
@@ -328,9 +339,9 @@ absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, 
                       staging.outputs.size() <= step_outputs.size();
     if (fits) return absl::OkStatus();
     if (attempt > 0) return absl::InternalError("step metadata: its size changed when staged again");
-    ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size() + staging.index.size() / 2));
-    ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size() + staging.data.size() / 2));
-    ATTN_RETURN_IF_ERROR(ReserveData(step_outputs, staging.outputs.size() + staging.outputs.size() / 2));
+    ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size()));
+    ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size()));
+    ATTN_RETURN_IF_ERROR(ReserveData(step_outputs, staging.outputs.size()));
   }
 }
 
