@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -15,6 +16,10 @@ namespace attnserve {
 // given) reads "no CUDA device: <CUDA error string>".
 bool CudaDeviceAvailable(std::string* why_not = nullptr);
 
+// The most blocks a launch's grid has along y or z: launchers whose y or z
+// counts sequences or rows launch in chunks of it.
+inline constexpr int32_t kMaxGridYZ = 65535;
+
 // cudaSuccess -> OkStatus; cudaErrorMemoryAllocation -> ResourceExhausted;
 // anything else -> Internal. The message is "<context>: <name>: <CUDA message>".
 // `cuda_error` is a cudaError_t.
@@ -22,7 +27,7 @@ absl::Status CudaErrorToStatus(int cuda_error, std::string_view context);
 
 // Whether `cuda_error` (a cudaError_t) leaves the context unusable: a
 // kernel fault (illegal address or instruction, misaligned access, trap,
-// assert) or an uncorrectable ECC error. Every later call fails with it;
+// assert, timeout), an uncorrectable ECC error, a terminated MPS client. Every later call fails with it;
 // only a new process gets a working device.
 bool CudaErrorIsSticky(int cuda_error);
 

@@ -51,9 +51,11 @@ __global__ void BlockBoundsKernel(KvAppendArgs a) {
 }  // namespace
 
 absl::Status AppendKvCuda(const KvAppendArgs& a, void* stream) {
-  if (a.n_rows < 0 || a.n_seqs < 0 || a.n_kv_heads < 1 || a.head_dim < 1 || a.max_blocks_per_seq < 0) {
+  if (a.n_rows < 0 || a.n_seqs < 0 || a.n_kv_heads < 1 || a.n_kv_heads > kMaxGridYZ || a.head_dim < 1 ||
+      a.max_blocks_per_seq < 0 || a.max_blocks_per_seq > kMaxGridYZ) {
     return absl::InvalidArgumentError(absl::StrCat("AppendKvCuda: rows=", a.n_rows, " seqs=", a.n_seqs, " heads=",
-                                                   a.n_kv_heads, " head_dim=", a.head_dim));
+                                                   a.n_kv_heads, " head_dim=", a.head_dim, " blocks per sequence ",
+                                                   a.max_blocks_per_seq, " (at most ", kMaxGridYZ, ")"));
   }
   if (a.n_rows == 0) return absl::OkStatus();
   if (a.seqs == nullptr || a.row_seq == nullptr || a.k == nullptr || a.v == nullptr) {

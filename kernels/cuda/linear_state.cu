@@ -2,6 +2,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -96,9 +98,13 @@ absl::Status FoldKeysCuda(const LinearFoldSequence* seqs, int32_t n_seqs, int32_
   if (n_seqs == 0) return absl::OkStatus();
   if (seqs == nullptr) return absl::InvalidArgumentError("FoldKeysCuda: null pointer");
   const int64_t elements = static_cast<int64_t>(LinearStateFloats(head_dim));
-  const dim3 grid(static_cast<unsigned>((elements + kThreads - 1) / kThreads), n_kv_heads, n_seqs);
-  FoldKeysKernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(seqs, n_kv_heads, head_dim);
-  return CudaErrorToStatus(cudaGetLastError(), "FoldKeysKernel");
+  for (int32_t i = 0; i < n_seqs; i += kMaxGridYZ) {
+    const dim3 grid(static_cast<unsigned>((elements + kThreads - 1) / kThreads), n_kv_heads,
+                    std::min(kMaxGridYZ, n_seqs - i));
+    FoldKeysKernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(seqs + i, n_kv_heads, head_dim);
+    if (absl::Status st = CudaErrorToStatus(cudaGetLastError(), "FoldKeysKernel"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status JoinLinearStateCuda(const LinearReadArgs& a, void* stream) {
@@ -114,8 +120,15 @@ absl::Status JoinLinearStateCuda(const LinearReadArgs& a, void* stream) {
   }
   // φ(q): 33 KB at head_dim 128, under the 48 KB a launch gets by default.
   const size_t shared = static_cast<size_t>(TaylorFeatureCount(a.head_dim)) * sizeof(float);
-  JoinLinearKernel<<<dim3(a.n_q_heads, a.n_seqs), a.head_dim, shared, static_cast<cudaStream_t>(stream)>>>(a);
-  return CudaErrorToStatus(cudaGetLastError(), "JoinLinearKernel");
+  for (int32_t i = 0; i < a.n_seqs; i += kMaxGridYZ) {
+    LinearReadArgs chunk = a;
+    chunk.seqs = a.seqs + i;  // each names its own row
+    chunk.n_seqs = std::min(kMaxGridYZ, a.n_seqs - i);
+    JoinLinearKernel<<<dim3(a.n_q_heads, chunk.n_seqs), a.head_dim, shared, static_cast<cudaStream_t>(stream)>>>(
+        chunk);
+    if (absl::Status st = CudaErrorToStatus(cudaGetLastError(), "JoinLinearKernel"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attnserve

@@ -2,6 +2,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/common/half.h"
 #include "kernels/common/quest.h"
@@ -140,9 +142,18 @@ absl::Status QuestSelectCuda(const QuestSelectArgs& a, void* workspace, size_t w
     return absl::InvalidArgumentError(absl::StrCat("QuestSelectCuda: workspace of ", workspace_bytes,
                                                    " bytes is short"));
   }
-  QuestSelectKernel<<<dim3(a.n_kv_heads, a.n_seqs), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      a, static_cast<uint32_t*>(workspace));
-  return CudaErrorToStatus(cudaGetLastError(), "QuestSelectKernel");
+  for (int32_t i = 0; i < a.n_seqs; i += kMaxGridYZ) {
+    // A chunk's sequences, their query rows and their workspace.
+    QuestSelectArgs chunk = a;
+    chunk.seqs = a.seqs + i;
+    chunk.n_seqs = std::min(kMaxGridYZ, a.n_seqs - i);
+    chunk.q = a.q + static_cast<int64_t>(i) * a.n_q_heads * a.head_dim;
+    uint32_t* keys = static_cast<uint32_t*>(workspace) + static_cast<int64_t>(i) * a.n_kv_heads * a.max_pages;
+    QuestSelectKernel<<<dim3(a.n_kv_heads, chunk.n_seqs), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(chunk,
+                                                                                                          keys);
+    if (absl::Status st = CudaErrorToStatus(cudaGetLastError(), "QuestSelectKernel"); !st.ok()) return st;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attnserve

@@ -23,7 +23,7 @@ absl::Status CudaBackend::State::DecodeRows(int32_t l, const DecodeSequence* ent
   // Entries in launches whose split partials fit the workspace; each entry
   // names its own row of q and out.
   const size_t per_entry = DecodeAttentionWorkspaceBytes(1, c.n_heads, c.head_dim, m.decode_max_tokens);
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, decode_ws.size() / per_entry));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(kMaxGridYZ, decode_ws.size() / per_entry));
   for (int64_t i = 0; i < n; i += chunk) {
     DecodeAttentionArgs a;
     a.seqs = entries + i;

@@ -43,13 +43,18 @@ absl::Status StepGraphs::Capture(Graph& g, std::vector<uintptr_t> signature, abs
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
   const std::unique_ptr<CUgraph_st, cudaError_t (*)(cudaGraph_t)> owned(graph, cudaGraphDestroy);
+  if (!enqueued.ok()) {
+    // The step's own error (which may also have ended the capture): nothing
+    // ran, and graphs stay on for the steps after it.
+    cudaGetLastError();
+    return enqueued;
+  }
   if (ended != cudaSuccess) {
     // A launch the capture could not take: not the step's fault.
     cudaGetLastError();
     disabled_ = true;
     return absl::OkStatus();
   }
-  if (!enqueued.ok()) return enqueued;
   if (g.exec != nullptr) {
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(g.exec, graph, &info) != cudaSuccess) {

@@ -37,8 +37,9 @@ class StepGraphs {
   // batch size when its signature is `signature`, else `enqueue` (which
   // enqueues every kernel of the step on the stream, and nothing else) runs
   // directly or is captured into one first. A capture the driver refuses
-  // turns graphs off for good, and `enqueue` runs directly. An
-  // error of `enqueue` itself is returned; while capturing, nothing ran.
+  // turns graphs off for good, and `enqueue` runs directly. An error of
+  // `enqueue` itself is returned (while capturing, nothing ran), and graphs
+  // stay on.
   absl::Status Run(int32_t batch, std::vector<uintptr_t> signature, absl::FunctionRef<absl::Status()> enqueue);
 
   int64_t replays() const { return replays_; }
