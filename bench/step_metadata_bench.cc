@@ -1,8 +1,9 @@
 // The host's share of a GPU decode step: BuildStepMetadata (the kernels'
-// structs, page tables and every layer's policy parameters staged) at Llama-3-8B's
+// structs, page tables and the policies' parameters staged) at Llama-3-8B's
 // shape, batch 1-256, every sequence at 1024 tokens of context; dense, and
-// five policies mixed. Runs on any machine: the pool's device addresses are
-// computed, never touched. Set against the step's weight-bytes roofline on
+// five policies mixed, shared or a plan per sequence; the plans kept on the
+// device across steps (PlanStore) or, as the peer, staged again every step.
+// Runs on any machine: the device addresses are computed, never touched. Set against the step's weight-bytes roofline on
 // an H100-class device (3.35 TB/s of HBM, DESIGN.md §7): the GPU waits for
 // this much host time every step, graphs or not.
 #include <benchmark/benchmark.h>
@@ -21,9 +22,12 @@ namespace {
 constexpr int32_t kContext = 1024, kPageSize = 16;
 constexpr double kHbmBytesPerSecond = 3.35e12;
 
-std::vector<std::shared_ptr<const AttentionPlan>> Plans(const ModelConfig& c, bool mixed) {
+// policies 0: every sequence dense; 1: dense and four policies, one plan
+// each, shared by the sequences; 2: the same policies, a plan per sequence
+// (requests of their own, as a server sees them).
+std::vector<std::shared_ptr<const AttentionPlan>> Plans(const ModelConfig& c, int policies, int32_t batch) {
   std::vector<std::shared_ptr<const AttentionPlan>> plans(1);
-  if (!mixed) return plans;
+  if (policies == 0) return plans;
   std::vector<PolicySpec> specs(4);
   StreamingSpec streaming;
   streaming.window_tokens = 256;
@@ -33,13 +37,17 @@ std::vector<std::shared_ptr<const AttentionPlan>> Plans(const ModelConfig& c, bo
   specs[3].mode = SparseSpec{2048, 2};
   PromptInfo prompt;
   prompt.num_tokens = kContext;
-  for (const PolicySpec& spec : specs) plans.push_back(PlanAttention(spec, c, prompt).value());
+  const int32_t n = policies == 1 ? 5 : batch;
+  for (int32_t i = 1; i < n; ++i) {
+    plans.push_back(i % 5 == 0 ? nullptr : PlanAttention(specs[i % 5 - 1], c, prompt).value());
+  }
   return plans;
 }
 
 void BM_BuildDecodeStep(benchmark::State& state) {
   const int32_t batch = static_cast<int32_t>(state.range(0));
-  const bool mixed = state.range(1) != 0;
+  const int policies = static_cast<int>(state.range(1));
+  const bool plans_kept = state.range(2) != 0;
   const ModelConfig c = ModelShape("llama-3-8b").value();
   const int32_t pages_per_seq = kContext / kPageSize + 1;
   // Addresses only: nothing reads or writes the pool here.
@@ -49,7 +57,7 @@ void BM_BuildDecodeStep(benchmark::State& state) {
   KvCachePool pool =
       KvCachePool::Create({c.n_layers, c.n_kv_heads, c.head_dim, kPageSize}, batch * pages_per_seq, addresses, true)
           .value();
-  const std::vector<std::shared_ptr<const AttentionPlan>> plans = Plans(c, mixed);
+  const std::vector<std::shared_ptr<const AttentionPlan>> plans = Plans(c, policies, batch);
   std::vector<PageTable> tables(batch);
   std::vector<TokenPick> picks(batch);
   std::vector<SequenceStep> steps(batch);
@@ -72,9 +80,13 @@ void BM_BuildDecodeStep(benchmark::State& state) {
     staging.index.Reset(index.data());
     staging.data.Reset(data.data());
     staging.outputs.Reset(nullptr);  // laid out, never touched
+    staging.plans.BeginStep(reinterpret_cast<void*>(uintptr_t{1} << 44), size_t{1} << 30);
     absl::StatusOr<StepMetadata> m = BuildStepMetadata(c, pool, steps, no_linear, dense_heads, staging);
     benchmark::DoNotOptimize(m);
-    staged = staging.index.size() + staging.data.size();
+    // What is copied up: both arenas and the plans new this step (none
+    // once every request's is on the device).
+    staged = staging.index.size() + staging.data.size() + staging.plans.size() - staging.plans.upload_begin();
+    if (plans_kept) staging.plans.Uploaded();  // else the next step stages them all again
   }
   const double host = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
                       static_cast<double>(state.iterations());
@@ -89,8 +101,8 @@ void BM_BuildDecodeStep(benchmark::State& state) {
 }
 
 BENCHMARK(BM_BuildDecodeStep)
-    ->ArgsProduct({{1, 16, 64, 256}, {0, 1}})
-    ->ArgNames({"batch", "mixed"})
+    ->ArgsProduct({{1, 16, 64, 256}, {0, 1, 2}, {0, 1}})
+    ->ArgNames({"batch", "policies", "plans_kept"})
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -29,6 +29,7 @@ class ActKeySets {
 
   // Every layer with calibrated heads has its sets.
   bool complete() const { return missing_ == 0; }
+  uint64_t id() const { return id_; }  // NewPolicyObjectId
   // Layer l has calibrated heads whose sets are still to be found.
   bool needs(int32_t layer) const { return needed_[layer]; }
 
@@ -48,6 +49,7 @@ class ActKeySets {
   std::vector<SequenceAttentionParams> layers_;
   std::vector<bool> needed_;
   int32_t missing_ = 0;
+  const uint64_t id_ = NewPolicyObjectId();
 };
 
 }  // namespace attnserve

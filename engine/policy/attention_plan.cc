@@ -1,6 +1,7 @@
 #include "engine/policy/attention_plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <utility>
 
@@ -29,6 +30,11 @@ bool SameHead(const AttentionHeadParams& a, const AttentionHeadParams& b) {
 }
 
 }  // namespace
+
+uint64_t NewPolicyObjectId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 
 AttentionPlan::AttentionPlan(AttentionPlanContents contents) : c_(std::move(contents)) {
   layers_.resize(c_.n_layers);

@@ -54,6 +54,10 @@ struct AttentionPlanContents {
   PolicyLabels labels;
 };
 
+// A number no other plan or key-set object of this process had: caches
+// keyed by object use it, since a freed object's address comes back.
+uint64_t NewPolicyObjectId();
+
 class AttentionPlan {
  public:
   explicit AttentionPlan(AttentionPlanContents contents);
@@ -98,6 +102,7 @@ class AttentionPlan {
   // attention over the full cache computes, so such requests share pages
   // with requests that have no policy.
   uint64_t prefill_signature() const { return signature_; }
+  uint64_t id() const { return id_; }
 
  private:
   uint64_t ComputeSignature() const;
@@ -109,6 +114,7 @@ class AttentionPlan {
   std::vector<int32_t> windowed_kv_heads_;
   VisibleSet kv_head_window_;
   uint64_t signature_ = 0;
+  const uint64_t id_ = NewPolicyObjectId();
 };
 
 // The most tokens (prompt and generated) a sequence of `plan` (null: dense)

@@ -73,13 +73,18 @@ class StepMetadataFixture : public ::testing::Test {
     staging_.index.Reset(index_.data());
     staging_.data.Reset(data_.data());
     staging_.outputs.Reset(outputs_.data());
+    staging_.plans.BeginStep(plans_.data(), plans_.size());
     absl::StatusOr<StepMetadata> m = BuildStepMetadata(c_, pool_, steps, linear_states, dense_heads_, staging_);
     EXPECT_TRUE(m.ok()) << m.status();
     EXPECT_LE(staging_.index.size(), index_.size());
     EXPECT_LE(staging_.data.size(), data_.size());
     EXPECT_LE(staging_.outputs.size(), outputs_.size());
+    EXPECT_LE(staging_.plans.size(), plans_.size());
     std::memcpy(index_.data(), staging_.index.data(), staging_.index.size());
     std::memcpy(data_.data(), staging_.data.data(), staging_.data.size());
+    const size_t new_plans = staging_.plans.upload_begin();
+    std::memcpy(plans_.data() + new_plans, staging_.plans.data() + new_plans, staging_.plans.size() - new_plans);
+    staging_.plans.Uploaded();
     return m.ok() ? *std::move(m) : StepMetadata{};
   }
   StepMetadata Build(std::span<const SequenceStep> steps) {
@@ -93,6 +98,7 @@ class StepMetadataFixture : public ::testing::Test {
   alignas(64) std::array<uint8_t, 1 << 20> index_{};
   alignas(64) std::array<uint8_t, 1 << 20> data_{};
   alignas(64) std::array<uint8_t, 1 << 16> outputs_{};
+  alignas(64) std::array<uint8_t, 1 << 20> plans_{};
 };
 
 }  // namespace attnserve

@@ -294,6 +294,11 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_data.data(), staging.data.data(), staging.data.size(),
                                             cudaMemcpyHostToDevice, stream),
                             "cudaMemcpyAsync(step data)"));
+  const size_t new_plans = staging.plans.upload_begin();
+  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_plans.as<uint8_t>() + new_plans, staging.plans.data() + new_plans,
+                                            staging.plans.size() - new_plans, cudaMemcpyHostToDevice, stream),
+                            "cudaMemcpyAsync(plans)"));
+  staging.plans.Uploaded();
   const auto enqueue = [&] { return EnqueueStep(m, steps); };
   if (graphs.has_value() && GraphReplayable(m)) {
     std::vector<uintptr_t> signature = LaunchSignature(m);
@@ -334,14 +339,17 @@ absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, 
     staging.index.Reset(step_index.data());
     staging.data.Reset(step_data.data());
     staging.outputs.Reset(step_outputs.data());
+    staging.plans.BeginStep(step_plans.data(), step_plans.size());
     ATTN_ASSIGN_OR_RETURN(m, BuildStepMetadata(model.config, *pool, steps, linear_states, dense_heads, staging));
     const bool fits = staging.index.size() <= step_index.size() && staging.data.size() <= step_data.size() &&
-                      staging.outputs.size() <= step_outputs.size();
+                      staging.outputs.size() <= step_outputs.size() && staging.plans.size() <= step_plans.size();
     if (fits) return absl::OkStatus();
     if (attempt > 0) return absl::InternalError("step metadata: its size changed when staged again");
     ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size()));
     ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size()));
     ATTN_RETURN_IF_ERROR(ReserveData(step_outputs, staging.outputs.size()));
+    // Room for the plans of requests still to come.
+    ATTN_RETURN_IF_ERROR(ReserveData(step_plans, 2 * staging.plans.size()));
   }
 }
 

@@ -49,8 +49,9 @@ struct CudaBackend::State {
   uint64_t buffers_moved = 0;
   std::vector<TokenPick> picked_host;
   // A step's metadata: the arrays kernel arguments point to, the data they
-  // point to, what kernels leave for later ones (StepStaging).
-  DeviceBuffer step_index, step_data, step_outputs;
+  // point to, what kernels leave for later ones, the policies' parameters
+  // (StepStaging).
+  DeviceBuffer step_index, step_data, step_outputs, step_plans;
   StepStaging staging;
   std::optional<StepGraphs> graphs;
   absl::Status health;  // not OK once a fault spoiled the context

@@ -52,6 +52,10 @@ class StagingArena {
   T* Append(const std::vector<T>& values) {
     return Append(std::span<const T>(values));
   }
+  template <typename T>
+  T* Append(const T* values, int64_t n) {
+    return Append(n > 0 ? std::span<const T>(values, static_cast<size_t>(n)) : std::span<const T>());
+  }
 
   // Where to write what will be at `device` (an address Append or Allocate
   // returned), until the next Append or Allocate moves the staged bytes.

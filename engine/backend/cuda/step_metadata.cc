@@ -1,66 +1,12 @@
 #include "engine/backend/cuda/step_metadata.h"
 
 #include <algorithm>
-#include <unordered_map>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/common/taylor.h"
 
 namespace attnserve {
-namespace {
-
-template <typename T>
-std::span<const T> Span(const T* data, int64_t n) {
-  return n > 0 ? std::span<const T>(data, static_cast<size_t>(n)) : std::span<const T>();
-}
-
-// Every layer's parameters of each distinct policy of the step, staged
-// once: sequences that share a plan (the completions of one request) share
-// them. Dense sequences need none (DecodeSequence::params serves every
-// layer).
-class ParamsStager {
- public:
-  struct Staged {
-    const SequenceAttentionParams* device = nullptr;  // [n_layers]
-    std::vector<SequenceAttentionParams> layers;      // what is there
-  };
-
-  ParamsStager(const ModelConfig& c, StagingArena& arena) : c_(c), arena_(arena) {}
-
-  // An ACT sequence's are its key sets' (the plan's until found).
-  const Staged& Get(const SequenceStep& st) {
-    const void* source = st.act_sets != nullptr ? static_cast<const void*>(st.act_sets) : st.attention;
-    auto [it, inserted] = staged_.try_emplace(source);
-    if (inserted) {
-      for (int32_t l = 0; l < c_.n_layers; ++l) {
-        const SequenceAttentionParams& p = st.act_sets != nullptr ? st.act_sets->layer(l) : st.attention->layer(l);
-        it->second.layers.push_back(StageParams(p, c_.n_heads, arena_));
-      }
-      it->second.device = arena_.Append(it->second.layers);
-    }
-    return it->second;
-  }
-
- private:
-  const ModelConfig& c_;
-  StagingArena& arena_;
-  std::unordered_map<const void*, Staged> staged_;
-};
-
-}  // namespace
-
-SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena) {
-  SequenceAttentionParams d = p;
-  d.heads = arena.Append(Span(p.heads, n_heads));
-  d.spans = p.num_spans > 0 ? arena.Append(Span(p.spans, p.num_spans)) : nullptr;
-  int32_t reweight_keys = 0;
-  for (int h = 0; h < n_heads; ++h) {
-    reweight_keys = std::max(reweight_keys, p.heads[h].reweight_keys_begin + p.heads[h].reweight_keys_size);
-  }
-  d.reweight_keys = p.reweight_keys != nullptr ? arena.Append(Span(p.reweight_keys, reweight_keys)) : nullptr;
-  return d;
-}
 
 absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool& pool,
                                                std::span<const SequenceStep> steps,
@@ -104,7 +50,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         pick_rows.push_back(first_row[i] + j);
         m.pick_steps.push_back(i);
         TokenPick staged = *st.pick;
-        staged.edits = staged.n_edits > 0 ? data.Append(Span(st.pick->edits, st.pick->n_edits)) : nullptr;
+        staged.edits = staged.n_edits > 0 ? data.Append(st.pick->edits, st.pick->n_edits) : nullptr;
         picks.push_back(staged);
       }
     }
@@ -154,8 +100,7 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   SequenceAttentionParams dense;
   dense.heads = dense_heads.data();
   dense = StageParams(dense, c.n_heads, data);
-  ParamsStager params(c, data);
-  std::vector<const ParamsStager::Staged*> staged(n_seqs, nullptr);
+  const std::vector<const PlanStore::Staged*> staged = staging.plans.Stage(c, steps, data);
   std::vector<PagedKv> views(n_seqs);
   KvAppendSequence* const append_at = index.Allocate<KvAppendSequence>(n_seqs);
   DecodeSequence* const entries_at = index.Allocate<DecodeSequence>(m.rows);
@@ -177,7 +122,6 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
     if (st.pages->packed()) kv.head_slices = slices[i];
     views[i] = kv;
     append[i] = {kv, st.first_pos, first_row[i], n};
-    if (st.attention != nullptr) staged[i] = &params.Get(st);
     for (int32_t j = 0; j < n; ++j) {
       const int32_t r = first_row[i] + j, pos = st.first_pos + j;
       DecodeSequence& d = entries[r];

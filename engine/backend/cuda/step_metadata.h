@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/plan_store.h"
 #include "engine/backend/cuda/staging_arena.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/linear_state.h"
@@ -84,18 +85,17 @@ struct StepMetadata {
 // same addresses, which a captured CUDA graph can replay. What those arrays
 // point to (page tables, policy parameters, logit edits) varies with the
 // sequences and goes to `data`; what kernels write for later ones (Quest's
-// ranges) to `outputs`, which is never copied. The caller Resets all three
-// at their device buffers' addresses before BuildStepMetadata and copies
-// the arenas up after.
+// ranges) to `outputs`, which is never copied; the policies' parameters to
+// `plans`, which keeps them on the device across steps. The caller Resets
+// the first three and begins a step of `plans` at their device buffers'
+// addresses before BuildStepMetadata, and copies the arenas and what
+// `plans` appended up after.
 struct StepStaging {
   StagingArena index;
   StagingArena data;
   DeviceScratch outputs;
+  PlanStore plans;
 };
-
-// Stages `p` (its per-head parameters, spans and ACT key sets) for an
-// SequenceAttentionParams with device pointers into `arena`.
-SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena);
 
 // `linear_states[i]`: the device states of steps[i]'s linear sequence (its
 // LinearAttentionState::device_states), null for the others. `pool` gives
