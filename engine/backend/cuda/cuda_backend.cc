@@ -294,10 +294,13 @@ absl::Status CudaBackend::State::Step(std::span<const SequenceStep> given, std::
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_data.data(), staging.data.data(), staging.data.size(),
                                             cudaMemcpyHostToDevice, stream),
                             "cudaMemcpyAsync(step data)"));
+  // Only the plans new this step: the others are on the device already.
   const size_t new_plans = staging.plans.upload_begin();
-  ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_plans.as<uint8_t>() + new_plans, staging.plans.data() + new_plans,
-                                            staging.plans.size() - new_plans, cudaMemcpyHostToDevice, stream),
-                            "cudaMemcpyAsync(plans)"));
+  if (staging.plans.size() > new_plans) {
+    ATTN_RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(step_plans.as<uint8_t>() + new_plans, staging.plans.data() + new_plans,
+                                              staging.plans.size() - new_plans, cudaMemcpyHostToDevice, stream),
+                              "cudaMemcpyAsync(plans)"));
+  }
   staging.plans.Uploaded();
   const auto enqueue = [&] { return EnqueueStep(m, steps); };
   if (graphs.has_value() && GraphReplayable(m)) {
