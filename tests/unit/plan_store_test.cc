@@ -96,6 +96,14 @@ TEST_F(PlanStoreTest, ANewBufferOrAMissedUploadStagesEverythingAgain) {
                                                                    data_arena_);
   EXPECT_EQ(store_.upload_begin(), 0u);
   EXPECT_EQ(reinterpret_cast<const uint8_t*>(moved[0]->layers[0].heads), plans_.data() + 64);
+  // A buffer freed and allocated again at the same address: dropped too.
+  Stage({Step(streaming_.get())});
+  Stage({Step(streaming_.get())});
+  EXPECT_EQ(Appended(), 0u);
+  store_.Invalidate();
+  Stage({Step(streaming_.get())});
+  EXPECT_EQ(store_.upload_begin(), 0u);
+  EXPECT_GT(Appended(), 0u);
 }
 
 TEST_F(PlanStoreTest, AFullBufferStartsOverWithTheStepsOwnPlans) {

@@ -33,6 +33,12 @@ class PlanStore {
   // bytes. A moved buffer, or a step whose appended bytes were not
   // uploaded, drops everything.
   void BeginStep(void* device_base, size_t capacity);
+  // Drops everything: the device buffer was freed (a new one may lie at
+  // the same address).
+  void Invalidate() {
+    base_ = nullptr;
+    Clear();
+  }
 
   // The parameters of steps[i]'s plan (or key sets), null for dense
   // sequences: on the device already, appended to the store, or staged in
