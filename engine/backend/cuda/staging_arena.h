@@ -14,15 +14,11 @@
 
 namespace attnserve {
 
-// Where an array of n T goes after `size` bytes: on 16 bytes (and T's
-// alignment), as the kernels' vector loads want.
-template <typename T>
-size_t AlignedOffset(size_t size) {
-  constexpr size_t kAlign = alignof(T) > 16 ? alignof(T) : 16;
-  return (size + kAlign - 1) / kAlign * kAlign;
-}
-
-class StagingArena {
+// Arrays laid out in a device buffer: each at the next 16 bytes (and its
+// type's alignment), as the kernels' vector loads want. On its own, the
+// memory a step's kernels write and read and the host neither stages nor
+// copies (Quest's selected key ranges).
+class DeviceScratch {
  public:
   // Starts over for a device buffer at `device_base`.
   void Reset(void* device_base) {
@@ -30,15 +26,38 @@ class StagingArena {
     size_ = 0;
   }
 
-  // Room for `n` values, to be written through Staged: their device
-  // address (AlignedOffset).
+  // The device address of room for `n` values.
+  template <typename T>
+  T* Allocate(size_t n) {
+    constexpr size_t kAlign = alignof(T) > 16 ? alignof(T) : 16;
+    const size_t offset = (size_ + kAlign - 1) / kAlign * kAlign;
+    size_ = offset + n * sizeof(T);
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+
+  // Bytes the device buffer needs.
+  size_t size() const { return size_; }
+
+ protected:
+  uintptr_t base_ = 0;
+  size_t size_ = 0;
+};
+
+// The same layout with a host copy of the bytes, written where they will
+// lie and copied up with one memcpy.
+class StagingArena : private DeviceScratch {
+ public:
+  using DeviceScratch::Reset;
+  using DeviceScratch::size;
+
+  // Room for `n` values, to be written through Staged: their device address.
   template <typename T>
   T* Allocate(size_t n) {
     static_assert(std::is_trivially_copyable_v<T>);
-    const size_t offset = AlignedOffset<T>(size_);
-    Reserve(offset + n * sizeof(T));
-    size_ = offset + n * sizeof(T);
-    return reinterpret_cast<T*>(base_ + offset);
+    const size_t staged = size_;
+    T* at = DeviceScratch::Allocate<T>(n);
+    Reserve(size_, staged);
+    return at;
   }
 
   // Appends `values` and returns their device address.
@@ -70,49 +89,24 @@ class StagingArena {
     return reinterpret_cast<const T*>(bytes_.get() + (reinterpret_cast<uintptr_t>(device) - base_));
   }
 
-  // Bytes the device buffer needs; the staged bytes to copy there.
-  size_t size() const { return size_; }
+  // The staged bytes to copy to the device buffer (size() of them).
   const uint8_t* data() const { return bytes_.get(); }
 
  private:
-  // Kept across Resets and never zeroed (a step stages megabytes at large
-  // batches): the padding between arrays is copied but never read.
-  void Reserve(size_t bytes) {
+  // Room for `bytes`, the first `staged` kept. Kept across Resets and never
+  // zeroed (a step stages megabytes at large batches): the padding between
+  // arrays is copied but never read.
+  void Reserve(size_t bytes, size_t staged) {
     if (bytes <= capacity_) return;
     const size_t capacity = std::max(bytes, 2 * capacity_);
     std::unique_ptr<uint8_t[]> grown = std::make_unique_for_overwrite<uint8_t[]>(capacity);
-    if (size_ > 0) std::memcpy(grown.get(), bytes_.get(), size_);
+    if (staged > 0) std::memcpy(grown.get(), bytes_.get(), staged);
     bytes_ = std::move(grown);
     capacity_ = capacity;
   }
 
-  uintptr_t base_ = 0;
   std::unique_ptr<uint8_t[]> bytes_;
-  size_t size_ = 0, capacity_ = 0;
-};
-
-// Device memory that a step's kernels write and read and the host neither
-// stages nor copies (Quest's selected key ranges), laid out as an arena.
-class DeviceScratch {
- public:
-  void Reset(void* device_base) {
-    base_ = reinterpret_cast<uintptr_t>(device_base);
-    size_ = 0;
-  }
-
-  template <typename T>
-  T* Allocate(size_t n) {
-    const size_t offset = AlignedOffset<T>(size_);
-    size_ = offset + n * sizeof(T);
-    return reinterpret_cast<T*>(base_ + offset);
-  }
-
-  // Bytes the device buffer needs.
-  size_t size() const { return size_; }
-
- private:
-  uintptr_t base_ = 0;
-  size_t size_ = 0;
+  size_t capacity_ = 0;
 };
 
 }  // namespace attnserve
