@@ -36,6 +36,12 @@ in_time() {
   SKIPPED+=("$*")
   return 1
 }
+# A program's time limit: `limit` seconds, or what is left before DEADLINE_S.
+limit() {
+  local s=$1
+  [[ -n ${DEADLINE_S:-} ]] && ((DEADLINE_S - SECONDS - 10 < s)) && s=$((DEADLINE_S - SECONDS - 10))
+  echo "$s"
+}
 
 step "GPU present"
 command -v nvidia-smi >/dev/null || die "nvidia-smi not found: not a GPU machine"
@@ -81,7 +87,9 @@ else
   done
 fi
 mapfile -t CUDA_TESTS < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_test$' | sort)
-mapfile -t CUDA_BENCHES < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_cuda_bench$' | sort)
+# The kernels' benchmarks first, the whole engine under load (the longest) last.
+mapfile -t CUDA_BENCHES < <(printf '%s\n' "${!PROGRAMS[@]}" | grep '_cuda_bench$' \
+  | awk '{print (/^paged_/ ? 0 : /^engine_decode/ ? 1 : /^engine_load/ ? 3 : 2), $0}' | sort | cut -d' ' -f2)
 ((${#CUDA_TESTS[@]})) || die "no CUDA tests found"
 
 # The engine test compares with the CPU on the default model (scripts/setup.sh
@@ -94,7 +102,7 @@ export ATTNSERVE_REQUIRE_GPU=1
 ((${#CUDA_TESTS[@]})) && step "CUDA tests"
 for t in "${CUDA_TESTS[@]}"; do
   in_time "$t" || continue
-  run timeout 300 "${LAUNCH[@]}" "${PROGRAMS[$t]}" --gtest_brief=1 || fail "$t"
+  run timeout "$(limit 300)" "${LAUNCH[@]}" "${PROGRAMS[$t]}" --gtest_brief=1 || fail "$t"
 done
 
 # GPU benchmarks: every <name>_cuda_bench is a Google Benchmark binary;
@@ -108,7 +116,7 @@ else
   [[ -n ${BENCH_FILTER:-} ]] && filter=(--benchmark_filter="$BENCH_FILTER")
   for b in "${CUDA_BENCHES[@]}"; do
     in_time "$b" || continue
-    run timeout 300 "${LAUNCH[@]}" "${PROGRAMS[$b]}" --benchmark_out="${RESULTS_DIR}/${b}-${GPU_NAME}.json" \
+    run timeout "$(limit 300)" "${LAUNCH[@]}" "${PROGRAMS[$b]}" --benchmark_out="${RESULTS_DIR}/${b}-${GPU_NAME}.json" \
       --benchmark_out_format=json "${filter[@]}" || fail "benchmark ${b}"
   done
   # torch's SDPA on the decode kernel's shapes: the baseline that
@@ -116,7 +124,7 @@ else
   if ! python3 -c 'import torch' 2>/dev/null; then
     echo "python3 has no torch: torch_decode_attention skipped"
   elif in_time torch_decode_attention; then
-    run timeout 300 python3 bench/torch_decode_attention.py \
+    run timeout "$(limit 300)" python3 bench/torch_decode_attention.py \
       --out "${RESULTS_DIR}/torch_decode_attention-${GPU_NAME}.json" || fail "torch_decode_attention"
   fi
   if [[ -x .venv/bin/python ]]; then
@@ -138,7 +146,7 @@ for tool in memcheck racecheck; do
     filter='*'
     [[ $t == cuda_engine_test ]] && filter='*TokenLogprobs*'
     in_time "${tool} ${t}" || continue
-    run timeout 240 "$SANITIZER" --tool "$tool" "${extra[@]}" --error-exitcode 1 \
+    run timeout "$(limit 240)" "$SANITIZER" --tool "$tool" "${extra[@]}" --error-exitcode 1 \
       "${LAUNCH[@]}" "${PROGRAMS[$t]}" --gtest_brief=1 --gtest_filter="$filter" || fail "compute-sanitizer ${tool} on ${t}"
   done
 done
