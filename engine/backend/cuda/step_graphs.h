@@ -5,9 +5,9 @@
 // differs between replays, and it lies at addresses the graph already holds.
 //
 // One graph per batch size (BatchPadding keeps them few), the least
-// recently used dropped past kMaxGraphs. A signature is captured the second time it comes: the first
-// step runs its kernels directly, which loads their modules and lets cuBLAS
-// settle, as capture wants. A batch size whose signature changed (its split
+// recently used dropped past kMaxGraphs. A signature is captured the second
+// time it comes: the first step runs its kernels directly, which loads
+// their modules and lets cuBLAS settle, as capture wants. A batch size whose signature changed (its split
 // grid grew, a buffer moved) is captured again and its instantiated graph
 // updated in place where the topology allows (cudaGraphExecUpdate), else
 // rebuilt.
