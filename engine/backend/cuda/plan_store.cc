@@ -5,6 +5,13 @@
 #include "engine/policy/act_key_sets.h"
 
 namespace attnserve {
+namespace {
+
+// What a sequence's parameters are kept under: its key sets' once they are
+// found (the plan's with the sets), else its plan's.
+uint64_t ParamsId(const SequenceStep& st) { return st.act_sets != nullptr ? st.act_sets->id() : st.attention->id(); }
+
+}  // namespace
 
 SequenceAttentionParams StageParams(const SequenceAttentionParams& p, int32_t n_heads, StagingArena& arena) {
   SequenceAttentionParams d = p;
@@ -42,8 +49,7 @@ const PlanStore::Staged& PlanStore::Append(const ModelConfig& c, const SequenceS
   }
   staged->device = arena.Append(staged->layers);
   if (&arena != &arena_) return *this_step_.emplace_back(std::move(staged));
-  const uint64_t id = st.act_sets != nullptr ? st.act_sets->id() : st.attention->id();
-  return resident_.emplace(id, std::move(*staged)).first->second;
+  return resident_.emplace(ParamsId(st), std::move(*staged)).first->second;
 }
 
 std::vector<const PlanStore::Staged*> PlanStore::Stage(const ModelConfig& c, std::span<const SequenceStep> steps,
@@ -53,8 +59,7 @@ std::vector<const PlanStore::Staged*> PlanStore::Stage(const ModelConfig& c, std
     for (size_t i = 0; i < steps.size(); ++i) {
       const SequenceStep& st = steps[i];
       if (st.attention == nullptr || (st.act_sets != nullptr && !st.act_sets->complete())) continue;
-      const uint64_t id = st.act_sets != nullptr ? st.act_sets->id() : st.attention->id();
-      const auto it = resident_.find(id);
+      const auto it = resident_.find(ParamsId(st));
       staged[i] = it != resident_.end() ? &it->second : &Append(c, st, arena_);
     }
     // Full: start over with this step's plans alone (the caller grows the
