@@ -1,7 +1,7 @@
-// The five policies the engine benchmarks mix in one batch, sequence i
-// taking plans[i % 5]: dense (null), streaming (4 sinks, 256 window), a
-// virtual sink, per-head temperatures, DuoAttention (every other head a
-// retrieval head, the rest 4 sinks + 256 recent).
+// The five policies the benchmarks mix in one batch, sequence i taking
+// plans[i % 5]: dense (null), streaming (4 sinks, 256 window), a virtual
+// sink, per-head temperatures, DuoAttention (every other head a retrieval
+// head, the rest 4 sinks + 256 recent).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,8 @@
 
 namespace attnserve {
 
-inline std::vector<std::shared_ptr<const AttentionPlan>> MixedPlans(const ModelConfig& c, int32_t prompt_tokens) {
+// The specs; specs[0] is dense.
+inline std::vector<PolicySpec> MixedPolicySpecs(const ModelConfig& c) {
   std::vector<PolicySpec> specs(5);
   StreamingSpec streaming;
   streaming.window_tokens = 256;
@@ -27,6 +28,12 @@ inline std::vector<std::shared_ptr<const AttentionPlan>> MixedPlans(const ModelC
   duo.sink_tokens = 4;
   duo.recent_tokens = 256;
   specs[4].mode = duo;
+  return specs;
+}
+
+// Their plans for a prompt of `prompt_tokens`; plans[0] is null (dense).
+inline std::vector<std::shared_ptr<const AttentionPlan>> MixedPlans(const ModelConfig& c, int32_t prompt_tokens) {
+  const std::vector<PolicySpec> specs = MixedPolicySpecs(c);
   PromptInfo prompt;
   prompt.num_tokens = prompt_tokens;
   std::vector<std::shared_ptr<const AttentionPlan>> plans(1);

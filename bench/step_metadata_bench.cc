@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "bench/mixed_plans.h"
 #include "engine/backend/cuda/step_metadata.h"
 #include "engine/model/model_shapes.h"
 #include "engine/policy/planner.h"
@@ -22,24 +23,19 @@ namespace {
 constexpr int32_t kContext = 1024, kPageSize = 16;
 constexpr double kHbmBytesPerSecond = 3.35e12;
 
-// policies 0: every sequence dense; 1: dense and four policies, one plan
-// each, shared by the sequences; 2: the same policies, a plan per sequence
-// (requests of their own, as a server sees them).
+// policies 0: every sequence dense; 1: the engine benchmarks' five mixed
+// policies (bench/mixed_plans.h), one plan each, shared by the sequences;
+// 2: the same policies, a plan per sequence (requests of their own, as a
+// server sees them).
 std::vector<std::shared_ptr<const AttentionPlan>> Plans(const ModelConfig& c, int policies, int32_t batch) {
-  std::vector<std::shared_ptr<const AttentionPlan>> plans(1);
-  if (policies == 0) return plans;
-  std::vector<PolicySpec> specs(4);
-  StreamingSpec streaming;
-  streaming.window_tokens = 256;
-  specs[0].sink = streaming;
-  specs[1].virtual_sink = VirtualSinkSpec{1.5f, {}};
-  specs[2].temperature = TemperatureSpec{std::vector<float>(static_cast<size_t>(c.n_layers) * c.n_heads, 0.8f)};
-  specs[3].mode = SparseSpec{2048, 2};
+  if (policies == 0) return {nullptr};
+  if (policies == 1) return MixedPlans(c, kContext);
+  const std::vector<PolicySpec> specs = MixedPolicySpecs(c);
   PromptInfo prompt;
   prompt.num_tokens = kContext;
-  const int32_t n = policies == 1 ? 5 : batch;
-  for (int32_t i = 1; i < n; ++i) {
-    plans.push_back(i % 5 == 0 ? nullptr : PlanAttention(specs[i % 5 - 1], c, prompt).value());
+  std::vector<std::shared_ptr<const AttentionPlan>> plans;
+  for (int32_t i = 0; i < batch; ++i) {
+    plans.push_back(i % 5 == 0 ? nullptr : PlanAttention(specs[i % 5], c, prompt).value());
   }
   return plans;
 }
