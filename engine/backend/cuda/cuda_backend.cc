@@ -32,7 +32,6 @@ constexpr size_t kStepReserveBytes = size_t{512} << 20;
 
 }  // namespace
 
-
 absl::Status CudaBackend::State::Reserve(DeviceBuffer& b, size_t bytes) {
   if (b.size() < bytes) ++buffers_moved;
   return ReserveData(b, bytes);
@@ -128,7 +127,6 @@ int64_t CudaBackend::decode_weight_bytes() const { return s_->weights.DecodeByte
 std::string CudaBackend::device() const { return s_->device_name; }
 
 absl::Status CudaBackend::AllocateLinearState(LinearAttentionState& state) {
-  if (state.device_states != nullptr) return absl::OkStatus();
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(s_->options.device), "cudaSetDevice"));
   return s_->AllocateLinearState(state);
 }
