@@ -108,6 +108,9 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
   m.entries = entries_at;
   KvAppendSequence* append = index.Staged(append_at);
   DecodeSequence* entries = index.Staged(entries_at);
+  // A decode step (a row per sequence): every row is a decode query, and
+  // the entries are the decode kernel's, not staged twice.
+  const bool decode_step = m.rows == n_seqs;
   std::vector<DecodeSequence> decode;
   std::vector<PrefillTile> tiles;
   const int32_t tile_queries = PrefillQueriesPerTile(c.n_heads / c.n_kv_heads);
@@ -165,13 +168,11 @@ absl::StatusOr<StepMetadata> BuildStepMetadata(const ModelConfig& c, KvCachePool
         // selection's workspace stride then stays that of the graph.
         m.quest_max_pages = std::max(m.quest_max_pages, (DecodeTokensBound(pos + 1) + page_size - 1) / page_size);
       }
-      decode.push_back(d);
+      if (!decode_step) decode.push_back(d);
     }
   }
-  m.n_decode = static_cast<int32_t>(decode.size());
-  // Every row a decode query (a decode step): the entries are the decode
-  // kernel's, in the same order, and are not staged twice.
-  m.decode = static_cast<int64_t>(decode.size()) == m.rows ? m.entries : index.Append(decode);
+  m.n_decode = decode_step ? static_cast<int32_t>(m.rows) : static_cast<int32_t>(decode.size());
+  m.decode = decode_step ? m.entries : index.Append(decode);
   m.n_tiles = static_cast<int32_t>(tiles.size());
   m.tiles = index.Append(tiles);
   m.n_quest = static_cast<int32_t>(quest.size());
