@@ -19,15 +19,25 @@ __device__ __forceinline__ void AccumulateRow(const __half2* v, int lane, float 
   }
 }
 
-// q · k over kHeadDim columns, k as fp16 pairs, in one fixed order (the
-// decode kernel's scores and the prefill kernel's CUDA-core ones).
+// q · k over kHeadDim columns, k as fp16 read 16 bytes at a time (k
+// 16-byte aligned), in one fixed order (the decode kernel's scores and the
+// prefill kernel's CUDA-core ones). Lanes reading their own key rows of a
+// shared tile whose rows are padded by 16 bytes meet no other lane of their
+// quarter-warp on a bank.
 template <int kHeadDim>
-__device__ __forceinline__ float DotHalf2(const float* q, const __half2* k) {
+__device__ __forceinline__ float DotHalf(const float* q, const __half* k) {
   float dot = 0.0f;
-#pragma unroll 8
-  for (int c = 0; c < kHeadDim / 2; ++c) {
-    const float2 kf = __half22float2(k[c]);
-    dot = fmaf(q[2 * c], kf.x, fmaf(q[2 * c + 1], kf.y, dot));
+#pragma unroll 4
+  for (int c = 0; c < kHeadDim / 8; ++c) {
+    const uint4 raw = reinterpret_cast<const uint4*>(k)[c];
+    __half2 k2[4];
+    memcpy(static_cast<void*>(k2), &raw, sizeof(raw));  // register moves; a cast of &raw would break aliasing
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 kf = __half22float2(k2[i]);
+      const int col = 8 * c + 2 * i;
+      dot = fmaf(q[col], kf.x, fmaf(q[col + 1], kf.y, dot));
+    }
   }
   return dot;
 }

@@ -175,8 +175,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) PrefillKernel(PrefillAttent
         float dot = sh.s[warp][lane];
         if (sink_key || !q_fits) {
           // Sink keys meet the query turned at its cache slot.
-          dot = DotHalf2<kHeadDim>(sink_key ? sh.sink_q[warp] : sh.q[warp],
-                                   reinterpret_cast<const __half2*>(sh.k[lane]));
+          dot = DotHalf<kHeadDim>(sink_key ? sh.sink_q[warp] : sh.q[warp], sh.k[lane]);
         }
         logit = dot * hp.logit_scale + KeyBias(params, hp, j);
         in_set = reweights && InReweightSet(params, hp, j);

@@ -12,10 +12,12 @@
 #include <utility>
 #include <vector>
 
+#include "engine/kv/kv_cache.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/paged_decode.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_memory.h"
 #include "tests/unit/attention_problem.h"
 
 namespace attnserve {
@@ -49,15 +51,16 @@ struct Case {
   }
 };
 
-// The device copies of cases and the batch's DecodeSequence table.
-struct DeviceBatch {
-  std::vector<DeviceBuffer> buffers;
+// The kernels' copies of cases and the batch's DecodeSequence table.
+struct KernelBatch {
+  explicit KernelBatch(KernelMemory& memory) : memory(memory) {}
+
+  KernelMemory& memory;
   std::vector<DecodeSequence> seqs;
 
   template <typename T>
   const T* Keep(const std::vector<T>& v) {
-    buffers.push_back(Upload(v));
-    return buffers.back().as<T>();
+    return memory.Upload(v);
   }
 
   void Add(Case& c) {
@@ -131,6 +134,20 @@ inline std::vector<std::pair<std::string, Policy>> Policies() {
       {"streaming", [](Case& c, std::mt19937&) {
          c.pr->params.sink_tokens = 4;
          c.pr->params.window_tokens = 37;
+       }},
+      {"streaming_released", [](Case& c, std::mt19937&) {
+         // As the engine's tables: the pages behind the window of the
+         // earliest query are given back, so a kernel that touched them
+         // would read before the pool (memcheck reports it).
+         Problem& pr = *c.pr;
+         pr.params.sink_tokens = 4;
+         pr.params.window_tokens = 37;
+         const int32_t hidden_end = pr.positions.front() - pr.params.window_tokens + 1;
+         for (int32_t b = 0; b < static_cast<int32_t>(pr.page_table.size()); ++b) {
+           if (b * pr.page_size >= pr.params.sink_tokens && (b + 1) * pr.page_size <= hidden_end) {
+             pr.page_table[b] = kReleasedPage;
+           }
+         }
        }},
       {"streaming_cache", [](Case& c, std::mt19937& rng) {
          c.pr->params.sink_tokens = 4;

@@ -1,10 +1,11 @@
 // DecodeAttentionCuda against the CPU reference (PagedAttentionReference,
 // in double) over odd sizes, both head dims, every policy hook, packed
 // (by-head) page tables and a batch whose sequences all have different
-// policies. GPU cases skip with the reason where no device is present (fail
-// when ATTNSERVE_REQUIRE_GPU is set, as scripts/gpu-check.sh does); argument
-// checks run everywhere.
-#include "kernels/cuda/paged_decode.h"
+// policies; on the GPU, and on the host under the emulator (every machine).
+// GPU cases skip with the reason where no device is present (fail when
+// ATTNSERVE_REQUIRE_GPU is set, as scripts/gpu-check.sh does).
+#include "tests/cuda_emu/device_shims.h"  // first: the kernels compile for the emulator
+#include "kernels/cuda/paged_decode_kernels.cuh"
 
 #include <gtest/gtest.h>
 
@@ -32,10 +33,17 @@ using testing_attention::Problem;
 // nothing. Values are in [-2, 2].
 constexpr float kTolerance = 2e-3f;
 
+absl::Status Run(KernelBackend backend, const DecodeAttentionArgs& a, void* workspace, size_t bytes) {
+  if (backend == KernelBackend::kEmulator) return RunDecodeAttention(a, workspace, bytes, emu::Launcher{});
+  if (absl::Status s = DecodeAttentionCuda(a, workspace, bytes, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
 // Runs the cases as one batch (same heads and head_dim) and checks each
 // output against its reference (and that every lse was written).
-void ExpectBatchMatches(std::vector<Case>& cases) {
-  DeviceBatch batch;
+void ExpectBatchMatches(KernelBackend backend, std::vector<Case>& cases) {
+  KernelMemory memory(backend);
+  KernelBatch batch{memory};
   std::vector<float> q, sink_q;
   int32_t max_tokens = 1;
   bool any_sink_q = false;
@@ -49,29 +57,22 @@ void ExpectBatchMatches(std::vector<Case>& cases) {
   }
   const Problem& first = *cases[0].pr;
   DecodeAttentionArgs a;
-  DeviceBuffer seqs = Upload(batch.seqs), d_q = Upload(q), d_sink_q = Upload(sink_q);
-  auto out = DeviceBuffer::Allocate(q.size() * sizeof(float));
-  auto lse = DeviceBuffer::Allocate(cases.size() * first.n_q_heads() * sizeof(float));
-  ASSERT_TRUE(out.ok() && lse.ok());
-  a.seqs = seqs.as<DecodeSequence>();
+  a.seqs = memory.Upload(batch.seqs);
   a.n_seqs = static_cast<int32_t>(cases.size());
   a.max_tokens = max_tokens;
-  a.q = d_q.as<float>();
-  a.sink_q = any_sink_q ? d_sink_q.as<float>() : nullptr;
+  a.q = memory.Upload(q);
+  a.sink_q = any_sink_q ? memory.Upload(sink_q) : nullptr;
   a.n_q_heads = first.n_q_heads();
   a.n_kv_heads = first.n_kv_heads;
   a.head_dim = first.head_dim;
-  a.out = out->as<float>();
-  a.lse = lse->as<float>();
+  a.out = memory.Allocate<float>(q.size());
+  a.lse = memory.Allocate<float>(cases.size() * first.n_q_heads());
   const size_t bytes = DecodeAttentionWorkspaceBytes(a.n_seqs, a.n_q_heads, a.head_dim, a.max_tokens);
-  auto workspace = DeviceBuffer::Allocate(bytes);
-  ASSERT_TRUE(workspace.ok()) << workspace.status();
-  absl::Status s = DecodeAttentionCuda(a, workspace->data(), bytes, nullptr);
+  void* workspace = memory.Allocate<unsigned char>(bytes);
+  const absl::Status s = Run(backend, a, workspace, bytes);
   ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  const std::vector<float> got = Download<float>(*out, q.size());
-  const std::vector<float> lse_got = Download<float>(*lse, cases.size() * first.n_q_heads());
+  const std::vector<float> got = memory.Download(a.out, q.size());
+  const std::vector<float> lse_got = memory.Download(a.lse, cases.size() * first.n_q_heads());
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::vector<float> want = cases[i].Reference();
     const std::vector<float> mine(got.begin() + i * want.size(), got.begin() + (i + 1) * want.size());
@@ -86,13 +87,18 @@ Case MakeCase(int num_tokens, int head_dim, int group, uint32_t seed) {
   return c;
 }
 
-class DecodeAttentionCudaTest : public ::testing::TestWithParam<std::tuple<int, int, int>> {
+std::string SizeName(const ::testing::TestParamInfo<std::tuple<KernelBackend, int, int, int>>& info) {
+  const auto [backend, num_tokens, head_dim, group] = info.param;
+  return absl::StrCat(KernelBackendName({backend, 0}), "_", num_tokens, "_d", head_dim, "_g", group);
+}
+
+class DecodeAttentionCudaTest : public ::testing::TestWithParam<std::tuple<KernelBackend, int, int, int>> {
  protected:
-  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(std::get<0>(GetParam())); }
 };
 
 TEST_P(DecodeAttentionCudaTest, EveryPolicyMatchesTheReference) {
-  const auto [num_tokens, head_dim, group] = GetParam();
+  const auto [backend, num_tokens, head_dim, group] = GetParam();
   uint32_t seed = 1;
   for (const auto& [name, apply] : Policies()) {
     SCOPED_TRACE(name);
@@ -100,18 +106,23 @@ TEST_P(DecodeAttentionCudaTest, EveryPolicyMatchesTheReference) {
     cases.push_back(MakeCase(num_tokens, head_dim, group, seed));
     std::mt19937 rng(seed++);
     apply(cases.back(), rng);
-    ExpectBatchMatches(cases);
+    ExpectBatchMatches(backend, cases);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, DecodeAttentionCudaTest,
-                         ::testing::Combine(::testing::Values(1, 3, 17, 63, 64, 65, 255, 257, 1000, 4099),
-                                            ::testing::Values(64, 128), ::testing::Values(1, 3, 4)));
+                         ::testing::Combine(::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator),
+                                            ::testing::Values(1, 3, 17, 63, 64, 65, 255, 257, 1000, 4099),
+                                            ::testing::Values(64, 128), ::testing::Values(1, 3, 4)),
+                         SizeName);
 
-class DecodeAttentionCudaBatchTest : public DecodeAttentionCudaTest {};
+class DecodeAttentionCudaBatchTest : public ::testing::TestWithParam<KernelBackend> {
+ protected:
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(GetParam()); }
+};
 
 // One launch, every sequence its own policy and length.
-TEST_F(DecodeAttentionCudaBatchTest, MixedPoliciesInOneBatch) {
+TEST_P(DecodeAttentionCudaBatchTest, MixedPoliciesInOneBatch) {
   std::vector<Case> cases;
   uint32_t seed = 100;
   int length = 5;
@@ -121,8 +132,11 @@ TEST_F(DecodeAttentionCudaBatchTest, MixedPoliciesInOneBatch) {
     apply(cases.back(), rng);
     length = length * 2 + 7;
   }
-  ExpectBatchMatches(cases);
+  ExpectBatchMatches(GetParam(), cases);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, DecodeAttentionCudaBatchTest,
+                         ::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator), KernelBackendName);
 
 TEST(DecodeAttentionCudaArgsTest, ShapesTheKernelsDoNotCoverAreRejected) {
   DecodeAttentionArgs a;

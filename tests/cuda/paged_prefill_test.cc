@@ -21,7 +21,8 @@ constexpr float kTolerance = 2e-3f;
 // Runs every query of every case in tiles of one launch; checks each
 // case's outputs against its reference and that every lse was written.
 void ExpectTilesMatch(std::vector<Case>& cases) {
-  DeviceBatch batch;
+  KernelMemory memory(KernelBackend::kGpu);
+  KernelBatch batch{memory};
   std::vector<DecodeSequence> entries;
   std::vector<PrefillTile> tiles;
   std::vector<float> q, sink_q;
@@ -44,17 +45,14 @@ void ExpectTilesMatch(std::vector<Case>& cases) {
     const std::vector<float>& sq = c.sink_q.empty() ? c.pr->q : c.sink_q;
     sink_q.insert(sink_q.end(), sq.begin(), sq.end());
   }
-  DeviceBuffer d_entries = Upload(entries), d_tiles = Upload(tiles), d_q = Upload(q), d_sink_q = Upload(sink_q);
-  DeviceBuffer out = Upload(std::vector<float>(q.size(), NAN));
-  DeviceBuffer lse = Upload(std::vector<float>(entries.size() * first.n_q_heads(), NAN));
   PrefillAttentionArgs a;
-  a.entries = d_entries.as<DecodeSequence>();
-  a.tiles = d_tiles.as<PrefillTile>();
+  a.entries = memory.Upload(entries);
+  a.tiles = memory.Upload(tiles);
   a.n_tiles = static_cast<int32_t>(tiles.size());
-  a.q = d_q.as<float>();
-  a.sink_q = any_sink_q ? d_sink_q.as<float>() : nullptr;
-  a.out = out.as<float>();
-  a.lse = lse.as<float>();
+  a.q = memory.Upload(q);
+  a.sink_q = any_sink_q ? memory.Upload(sink_q) : nullptr;
+  a.out = memory.Upload(std::vector<float>(q.size(), NAN));
+  a.lse = memory.Upload(std::vector<float>(entries.size() * first.n_q_heads(), NAN));
   a.n_q_heads = first.n_q_heads();
   a.n_kv_heads = first.n_kv_heads;
   a.head_dim = first.head_dim;
@@ -62,8 +60,8 @@ void ExpectTilesMatch(std::vector<Case>& cases) {
   ASSERT_TRUE(s.ok()) << s;
   s = CudaStreamSync(nullptr);
   ASSERT_TRUE(s.ok()) << s;
-  const std::vector<float> got = Download<float>(out, q.size());
-  const std::vector<float> lse_got = Download<float>(lse, entries.size() * first.n_q_heads());
+  const std::vector<float> got = memory.Download(a.out, q.size());
+  const std::vector<float> lse_got = memory.Download(a.lse, entries.size() * first.n_q_heads());
   size_t at = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::vector<float> want = cases[i].Reference();

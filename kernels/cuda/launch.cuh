@@ -1,0 +1,37 @@
+// Kernel launches on a stream, for the Run* templates of the kernel headers
+// (the emulator's Launcher in tests/cuda_emu takes their place there).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "kernels/cuda/device.h"
+
+namespace attnserve {
+
+struct StreamLauncher {
+  cudaStream_t stream;
+
+  // kernel<<<grid, block, shared_bytes, stream>>>(args...), its launch error
+  // named `name`. Dynamic shared memory past the 48 KB a launch gets unasked
+  // is asked for first: that is no stream operation, so a graph capture
+  // allows it.
+  template <typename... Params, typename... Args>
+  absl::Status operator()(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                          Args&&... args) const {
+    if (shared_bytes > 48 * 1024) {
+      if (absl::Status st = CudaErrorToStatus(
+              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)),
+              name);
+          !st.ok()) {
+        return st;
+      }
+    }
+    kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+    return CudaErrorToStatus(cudaGetLastError(), name);
+  }
+};
+
+}  // namespace attnserve

@@ -1,0 +1,53 @@
+// Shared memory of a block: copies from global memory that each SM carries
+// out while the threads compute (cp.async, sm_80 and later), so that a tile
+// is staged while the one before it is read, and the launch's dynamic
+// shared memory. Device code only; under ATTN_CUDA_EMULATION
+// (tests/cuda_emu/device_shims.h) the emulator's.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace attnserve {
+
+// 16 bytes from global `src` to shared `dst`, both 16-byte aligned, through
+// L2 only (.cg: what a block streams once has no use in L1).
+__device__ __forceinline__ void CopyAsync16(void* dst, const void* src) {
+#ifdef ATTN_CUDA_EMULATION
+  emu::CopyAsync(dst, src, 16);
+#else
+  const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(src) : "memory");
+#endif
+}
+
+// Closes the group of copies issued since the last call (one per tile).
+__device__ __forceinline__ void CommitCopies() {
+#ifdef ATTN_CUDA_EMULATION
+  emu::CommitCopies();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this thread's groups are still in flight.
+// Other threads' copies are seen only after a barrier.
+template <int kPending>
+__device__ __forceinline__ void WaitCopies() {
+#ifdef ATTN_CUDA_EMULATION
+  emu::WaitCopies(kPending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// The block's dynamic shared memory (the launch's shared_bytes).
+__device__ __forceinline__ unsigned char* DynamicShared() {
+#ifdef ATTN_CUDA_EMULATION
+  return emu::DynamicShared();
+#else
+  extern __shared__ __align__(16) unsigned char bytes[];
+  return bytes;
+#endif
+}
+
+}  // namespace attnserve

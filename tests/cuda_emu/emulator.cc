@@ -1,0 +1,314 @@
+#include "tests/cuda_emu/emulator.h"
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+// Fibers switch by saving the callee-saved registers and the floating-point
+// control words on their own stack (x86-64 System V): a few nanoseconds,
+// where swapcontext's signal-mask system call would dominate a kernel's
+// thousands of warp operations.
+extern "C" void attnserve_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .pushsection .text
+  .globl attnserve_emu_switch
+  .type attnserve_emu_switch, @function
+attnserve_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size attnserve_emu_switch, .-attnserve_emu_switch
+  .popsection
+)");
+
+namespace attnserve::emu {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kMaxThreads = 1024;
+constexpr size_t kMaxSharedBytes = 227 * 1024;
+constexpr size_t kStackBytes = 128 * 1024;
+
+struct Copy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+
+enum class Wait { kNone, kBarrier, kWarp };
+
+struct Fiber {
+  void* sp = nullptr;
+  std::unique_ptr<unsigned char[]> stack;
+  uint3 idx{};
+  int warp = 0, lane = 0;
+  bool done = false;
+  Wait wait = Wait::kNone;
+  int64_t wait_gen = 0;  // the barrier's or warp's generation waited past
+  std::vector<std::vector<Copy>> groups;  // committed, oldest first
+  std::vector<Copy> open;
+};
+
+struct WarpState {
+  int size = 0, live = 0, arrived = 0;
+  int64_t gen = 0;
+  uint64_t slots[2][kWarpSize] = {};  // by generation parity: a lane may run one operation ahead
+};
+
+struct BlockState {
+  uint3 idx{};
+  dim3 dim, grid;
+  int live = 0, arrived = 0;
+  int64_t barrier_gen = 0;
+  std::vector<WarpState> warps;
+  std::vector<unsigned char> shared;
+  std::string error;  // the first; the block stops at it
+};
+
+struct Emulator {
+  std::vector<Fiber> fibers;
+  BlockState block;
+  Fiber* current = nullptr;
+  void* scheduler_sp = nullptr;
+  const std::function<void()>* body = nullptr;
+};
+
+thread_local Emulator* emulator = nullptr;
+
+Emulator& Self() {
+  if (emulator == nullptr || emulator->current == nullptr) {
+    std::fprintf(stderr, "attnserve::emu: device code called outside emu::Run\n");
+    std::abort();
+  }
+  return *emulator;
+}
+
+void Yield() {
+  Emulator& e = Self();
+  attnserve_emu_switch(&e.current->sp, e.scheduler_sp);
+}
+
+void Fail(std::string message) {
+  Emulator& e = Self();
+  if (e.block.error.empty()) {
+    const uint3 b = e.block.idx, t = e.current->idx;
+    e.block.error = absl::StrCat(message, " (block ", b.x, ",", b.y, ",", b.z, " thread ", t.x, ",", t.y, ",", t.z, ")");
+  }
+  // Parked for good: the block is abandoned once no fiber can go on.
+  e.current->wait = Wait::kBarrier;
+  e.current->wait_gen = INT64_MAX;
+  for (;;) Yield();
+}
+
+void Perform(const std::vector<Copy>& group) {
+  for (const Copy& c : group) std::memcpy(c.dst, c.src, c.bytes);
+}
+
+[[noreturn]] void FiberMain() {
+  Emulator& e = *emulator;
+  (*e.body)();
+  Fiber& f = *e.current;
+  for (const std::vector<Copy>& g : f.groups) Perform(g);  // copies not waited for still land
+  Perform(f.open);
+  f.done = true;
+  BlockState& b = e.block;
+  WarpState& w = b.warps[f.warp];
+  --b.live;
+  --w.live;
+  // Threads that have exited no longer hold up a barrier.
+  if (b.arrived > 0 && b.arrived == b.live) {
+    b.arrived = 0;
+    ++b.barrier_gen;
+  }
+  for (;;) attnserve_emu_switch(&f.sp, e.scheduler_sp);
+}
+
+// A fresh stack whose first switch "returns" into FiberMain with the
+// caller's floating-point control words.
+void Prepare(Fiber& f) {
+  if (!f.stack) f.stack = std::make_unique<unsigned char[]>(kStackBytes);
+  auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes) & ~uintptr_t{15};
+  auto* sp = reinterpret_cast<uint64_t*>(top - 72);  // FiberMain starts with rsp = 8 mod 16, as after a call
+  uint32_t mxcsr;
+  uint16_t fcw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fcw));
+  std::memcpy(&sp[0], &mxcsr, 4);
+  std::memcpy(reinterpret_cast<unsigned char*>(&sp[0]) + 4, &fcw, 2);
+  for (int i = 1; i <= 6; ++i) sp[i] = 0;  // r15 … rbp
+  sp[7] = reinterpret_cast<uint64_t>(&FiberMain);
+  f.sp = sp;
+}
+
+bool Ready(const Emulator& e, const Fiber& f) {
+  switch (f.wait) {
+    case Wait::kNone:
+      return true;
+    case Wait::kBarrier:
+      return e.block.barrier_gen != f.wait_gen;
+    case Wait::kWarp:
+      return e.block.warps[f.warp].gen != f.wait_gen;
+  }
+  return false;
+}
+
+std::string Stuck(const Emulator& e) {
+  int at_barrier = 0, at_warp = 0;
+  for (const Fiber& f : e.fibers) {
+    if (f.done) continue;
+    (f.wait == Wait::kWarp ? at_warp : at_barrier) += 1;
+  }
+  return absl::StrCat("deadlock: ", at_barrier, " threads wait at __syncthreads and ", at_warp,
+                      " at warp operations, ", e.block.live, " live (a barrier not every thread reaches?)");
+}
+
+absl::Status RunBlock(Emulator& e) {
+  BlockState& b = e.block;
+  const unsigned n = b.dim.x * b.dim.y * b.dim.z;
+  b.live = static_cast<int>(n);
+  b.arrived = 0;
+  b.error.clear();
+  b.warps.assign((n + kWarpSize - 1) / kWarpSize, WarpState{});
+  std::fill(b.shared.begin(), b.shared.end(), 0xff);
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber& f = e.fibers[i];
+    f.idx = {i % b.dim.x, i / b.dim.x % b.dim.y, i / (b.dim.x * b.dim.y)};
+    f.warp = static_cast<int>(i / kWarpSize);
+    f.lane = static_cast<int>(i % kWarpSize);
+    f.done = false;
+    f.wait = Wait::kNone;
+    f.groups.clear();
+    f.open.clear();
+    ++b.warps[f.warp].size;
+    ++b.warps[f.warp].live;
+    Prepare(f);
+  }
+  for (;;) {
+    bool ran = false, all_done = true;
+    for (unsigned i = 0; i < n && b.error.empty(); ++i) {
+      Fiber& f = e.fibers[i];
+      if (f.done) continue;
+      all_done = false;
+      if (!Ready(e, f)) continue;
+      f.wait = Wait::kNone;
+      e.current = &f;
+      attnserve_emu_switch(&e.scheduler_sp, f.sp);
+      e.current = nullptr;
+      ran = true;
+    }
+    if (!b.error.empty()) return absl::InternalError(b.error);
+    if (all_done) return absl::OkStatus();
+    if (!ran) return absl::InternalError(absl::StrCat(Stuck(e), " in block ", b.idx.x, ",", b.idx.y, ",", b.idx.z));
+  }
+}
+
+}  // namespace
+
+absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
+  const unsigned n = block.x * block.y * block.z;
+  if (n == 0 || n > kMaxThreads) return absl::InternalError(absl::StrCat("a block of ", n, " threads"));
+  if (shared_bytes > kMaxSharedBytes) {
+    return absl::InternalError(absl::StrCat(shared_bytes, " bytes of dynamic shared memory"));
+  }
+  if (emulator != nullptr) return absl::InternalError("a launch from inside a kernel");
+  Emulator e;
+  e.fibers.resize(n);
+  e.block.dim = block;
+  e.block.grid = grid;
+  e.block.shared.resize(shared_bytes);
+  e.body = &body;
+  emulator = &e;
+  absl::Status s = absl::OkStatus();
+  for (unsigned z = 0; z < grid.z && s.ok(); ++z) {
+    for (unsigned y = 0; y < grid.y && s.ok(); ++y) {
+      for (unsigned x = 0; x < grid.x && s.ok(); ++x) {
+        e.block.idx = {x, y, z};
+        s = RunBlock(e);
+      }
+    }
+  }
+  emulator = nullptr;
+  return s;
+}
+
+const uint3& ThreadIdx() { return Self().current->idx; }
+const uint3& BlockIdx() { return Self().block.idx; }
+const dim3& BlockDim() { return Self().block.dim; }
+const dim3& GridDim() { return Self().block.grid; }
+
+void SyncThreads() {
+  Emulator& e = Self();
+  BlockState& b = e.block;
+  const int64_t gen = b.barrier_gen;
+  if (++b.arrived == b.live) {
+    b.arrived = 0;
+    ++b.barrier_gen;
+    return;
+  }
+  e.current->wait = Wait::kBarrier;
+  e.current->wait_gen = gen;
+  Yield();
+}
+
+const uint64_t* WarpExchange(unsigned mask, uint64_t value) {
+  Emulator& e = Self();
+  Fiber& f = *e.current;
+  WarpState& w = e.block.warps[f.warp];
+  const unsigned whole = w.size == kWarpSize ? 0xffffffffu : (1u << w.size) - 1;
+  if (mask != 0xffffffffu && mask != whole) Fail(absl::StrCat("a warp operation with mask ", mask));
+  if (w.live != w.size) Fail("a warp operation after a lane of the warp exited");
+  const int64_t gen = w.gen;
+  uint64_t* slots = w.slots[gen & 1];
+  slots[f.lane] = value;
+  if (++w.arrived == w.live) {
+    for (int i = w.size; i < kWarpSize; ++i) slots[i] = 0;
+    w.arrived = 0;
+    ++w.gen;
+    return slots;
+  }
+  f.wait = Wait::kWarp;
+  f.wait_gen = gen;
+  Yield();
+  return slots;
+}
+
+unsigned char* DynamicShared() { return Self().block.shared.data(); }
+
+void CopyAsync(void* dst, const void* src, size_t bytes) { Self().current->open.push_back({dst, src, bytes}); }
+
+void CommitCopies() {
+  Fiber& f = *Self().current;
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+void WaitCopies(int pending) {
+  Fiber& f = *Self().current;
+  while (static_cast<int>(f.groups.size()) > pending) {
+    Perform(f.groups.front());
+    f.groups.erase(f.groups.begin());
+  }
+}
+
+}  // namespace attnserve::emu

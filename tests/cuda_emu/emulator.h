@@ -1,0 +1,66 @@
+// A CUDA emulator on the host, for the kernels' tests on machines without a
+// GPU: the kernels of kernels/cuda, compiled as plain C++ (device_shims.h),
+// run here with the semantics they rely on. Each block runs alone, its
+// threads as fibers switched at every barrier and warp operation, so that
+// __syncthreads, the warp shuffles and votes, shared memory (static and
+// dynamic) and cp.async copies behave as on the device; what the device
+// leaves undefined is reported as an error rather than guessed at:
+//   - a barrier some threads never reach (deadlock, divergent __syncthreads);
+//   - a warp operation after a lane of the warp has exited, or with a mask
+//     other than the whole warp;
+//   - a block larger than 1024 threads, dynamic shared memory past 227 KB.
+// Dynamic shared memory starts as 0xff bytes (NaN in fp16 and fp32), so
+// that reading what was never written shows in the results; async copies
+// land only when their thread waits for them. Races between threads are not
+// found here: that is compute-sanitizer's racecheck on a GPU.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "absl/status/status.h"
+
+namespace attnserve::emu {
+
+// Runs `body` as every thread of every block of the grid, blocks in x, y, z
+// order. INTERNAL with what went wrong (above) and where.
+absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+
+// The calling thread's place, as threadIdx and friends read it.
+const uint3& ThreadIdx();
+const uint3& BlockIdx();
+const dim3& BlockDim();
+const dim3& GridDim();
+
+void SyncThreads();
+// Every lane of the warp deposits `value`; returns the warp's 32 deposits
+// (lanes past a partial warp's end hold 0).
+const uint64_t* WarpExchange(unsigned mask, uint64_t value);
+unsigned char* DynamicShared();
+
+// cp.async: queued by the calling thread, done when it waits for them.
+void CopyAsync(void* dst, const void* src, size_t bytes);
+void CommitCopies();
+void WaitCopies(int pending);
+
+// The launches of kernels/cuda's Run* templates, as StreamLauncher's on a
+// GPU: launch(name, kernel, grid, block, shared_bytes, args...).
+struct Launcher {
+  template <typename... Params, typename... Args>
+  absl::Status operator()(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                          Args&&... args) const {
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    absl::Status s = Run(grid, block, shared_bytes, [&] { std::apply(kernel, params); });
+    if (!s.ok()) return absl::Status(s.code(), std::string(name) + ": " + std::string(s.message()));
+    return s;
+  }
+};
+
+}  // namespace attnserve::emu
