@@ -45,7 +45,7 @@ __device__ __forceinline__ unsigned char* DynamicShared() {
 #ifdef ATTN_CUDA_EMULATION
   return emu::DynamicShared();
 #else
-  extern __shared__ __align__(16) unsigned char bytes[];
+  extern __shared__ __align__(128) unsigned char bytes[];
   return bytes;
 #endif
 }

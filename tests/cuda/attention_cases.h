@@ -44,8 +44,12 @@ struct Case {
       }
       std::vector<float> all(pr->q.size());
       PagedAttentionReference(q, pr->Kv(), p, all.data());
+      // Rows [query][q head][head_dim]: KV head g's heads of every query.
       const int64_t per_kv = static_cast<int64_t>(pr->group) * pr->head_dim;
-      std::copy_n(all.begin() + g * per_kv, per_kv, out.begin() + g * per_kv);
+      for (int i = 0; i < pr->n_queries; ++i) {
+        const int64_t at = (static_cast<int64_t>(i) * pr->n_kv_heads + g) * per_kv;
+        std::copy_n(all.begin() + at, per_kv, out.begin() + at);
+      }
     }
     return out;
   }

@@ -3,11 +3,15 @@
 // over odd lengths and chunk sizes, both head dims, 1 to 8 query heads per
 // KV head, every policy hook but Quest's (its queries go to the decode
 // kernel), and tiles of several sequences with different policies in one
-// launch. GPU cases skip without a device; argument checks run everywhere.
-#include "kernels/cuda/paged_prefill.h"
+// launch; on the GPU, and on the host under the emulator (every machine,
+// fewer sizes: its tensor-core products are slow). GPU cases skip without a
+// device.
+#include "tests/cuda_emu/device_shims.h"  // first: the kernel compiles for the emulator
+#include "kernels/cuda/paged_prefill_kernels.cuh"
 
 #include <gtest/gtest.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -20,8 +24,14 @@ constexpr float kTolerance = 2e-3f;
 
 // Runs every query of every case in tiles of one launch; checks each
 // case's outputs against its reference and that every lse was written.
-void ExpectTilesMatch(std::vector<Case>& cases) {
-  KernelMemory memory(KernelBackend::kGpu);
+absl::Status Run(KernelBackend backend, const PrefillAttentionArgs& a) {
+  if (backend == KernelBackend::kEmulator) return RunPrefillAttention(a, emu::Launcher{});
+  if (absl::Status s = PrefillAttentionCuda(a, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+void ExpectTilesMatch(KernelBackend backend, std::vector<Case>& cases) {
+  KernelMemory memory(backend);
   KernelBatch batch{memory};
   std::vector<DecodeSequence> entries;
   std::vector<PrefillTile> tiles;
@@ -56,9 +66,7 @@ void ExpectTilesMatch(std::vector<Case>& cases) {
   a.n_q_heads = first.n_q_heads();
   a.n_kv_heads = first.n_kv_heads;
   a.head_dim = first.head_dim;
-  absl::Status s = PrefillAttentionCuda(a, nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
+  const absl::Status s = Run(backend, a);
   ASSERT_TRUE(s.ok()) << s;
   const std::vector<float> got = memory.Download(a.out, q.size());
   const std::vector<float> lse_got = memory.Download(a.lse, entries.size() * first.n_q_heads());
@@ -72,13 +80,15 @@ void ExpectTilesMatch(std::vector<Case>& cases) {
   for (float x : lse_got) EXPECT_FALSE(std::isnan(x));
 }
 
-class PrefillAttentionCudaTest : public ::testing::TestWithParam<std::tuple<int, int, int, int>> {
+using SizeParam = std::tuple<KernelBackend, int, int, int, int>;  // backend, tokens, queries, head_dim, group
+
+class PrefillAttentionCudaTest : public ::testing::TestWithParam<SizeParam> {
  protected:
-  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(std::get<0>(GetParam())); }
 };
 
 TEST_P(PrefillAttentionCudaTest, EveryPolicyMatchesTheReference) {
-  const auto [num_tokens, n_queries, head_dim, group] = GetParam();
+  const auto [backend, num_tokens, n_queries, head_dim, group] = GetParam();
   uint32_t seed = 1;
   for (const auto& [name, apply] : Policies()) {
     if (name == "quest") continue;
@@ -87,16 +97,33 @@ TEST_P(PrefillAttentionCudaTest, EveryPolicyMatchesTheReference) {
     cases[0].pr = std::make_unique<Problem>(16, head_dim, 2, group, num_tokens, std::min(n_queries, num_tokens), seed);
     std::mt19937 rng(seed++);
     apply(cases[0], rng);
-    ExpectTilesMatch(cases);
+    ExpectTilesMatch(backend, cases);
   }
 }
 
+std::string SizeName(const ::testing::TestParamInfo<SizeParam>& info) {
+  const auto [backend, num_tokens, n_queries, head_dim, group] = info.param;
+  return absl::StrCat(KernelBackendName({backend, 0}), "_", num_tokens, "_q", n_queries, "_d", head_dim, "_g", group);
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, PrefillAttentionCudaTest,
-                         ::testing::Combine(::testing::Values(1, 65, 300, 1031), ::testing::Values(7, 64),
-                                            ::testing::Values(64, 128), ::testing::Values(1, 3, 8)));
+                         ::testing::Combine(::testing::Values(KernelBackend::kGpu), ::testing::Values(1, 65, 300, 1031),
+                                            ::testing::Values(7, 64), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 3, 8)),
+                         SizeName);
+INSTANTIATE_TEST_SUITE_P(EmulatedSizes, PrefillAttentionCudaTest,
+                         ::testing::Combine(::testing::Values(KernelBackend::kEmulator), ::testing::Values(1, 65, 300),
+                                            ::testing::Values(7, 40), ::testing::Values(64, 128),
+                                            ::testing::Values(1, 3, 8)),
+                         SizeName);
+
+class PrefillAttentionCudaBatchTest : public ::testing::TestWithParam<KernelBackend> {
+ protected:
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(GetParam()); }
+};
 
 // One launch, tiles of sequences of different policies and lengths.
-TEST_F(PrefillAttentionCudaTest, MixedPoliciesInOneLaunch) {
+TEST_P(PrefillAttentionCudaBatchTest, MixedPoliciesInOneLaunch) {
   std::vector<Case> cases;
   uint32_t seed = 100;
   int length = 5;
@@ -108,8 +135,11 @@ TEST_F(PrefillAttentionCudaTest, MixedPoliciesInOneLaunch) {
     apply(cases.back(), rng);
     length = length * 2 + 7;
   }
-  ExpectTilesMatch(cases);
+  ExpectTilesMatch(GetParam(), cases);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, PrefillAttentionCudaBatchTest,
+                         ::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator), KernelBackendName);
 
 TEST(PrefillAttentionCudaArgsTest, ShapesTheKernelDoesNotCoverAreRejected) {
   PrefillAttentionArgs a;

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "tests/cuda_emu/emulator.h"
+#include "tests/cuda_emu/wmma_shim.h"
 
 #define ATTN_CUDA_EMULATION 1
 
@@ -43,8 +44,6 @@ T FromBits(uint64_t bits) {
   std::memcpy(&v, &bits, sizeof(T));
   return v;
 }
-
-inline int Lane() { return static_cast<int>((ThreadIdx().x + BlockDim().x * (ThreadIdx().y + BlockDim().y * ThreadIdx().z)) % 32); }
 
 // The value of `src` within the lane's segment of `width` lanes.
 template <typename T>

@@ -60,7 +60,7 @@ enum class Wait { kNone, kBarrier, kWarp };
 
 struct Fiber {
   void* sp = nullptr;
-  std::unique_ptr<unsigned char[]> stack;
+  unsigned char* stack = nullptr;  // kStackBytes, from the calling thread's pool
   uint3 idx{};
   int warp = 0, lane = 0;
   bool done = false;
@@ -82,7 +82,9 @@ struct BlockState {
   int live = 0, arrived = 0;
   int64_t barrier_gen = 0;
   std::vector<WarpState> warps;
-  std::vector<unsigned char> shared;
+  std::vector<unsigned char> shared_storage;
+  unsigned char* shared = nullptr;  // 128-byte aligned, as the device's
+  size_t shared_bytes = 0;
   std::string error;  // the first; the block stops at it
 };
 
@@ -95,6 +97,14 @@ struct Emulator {
 };
 
 thread_local Emulator* emulator = nullptr;
+
+// Fiber i's stack, kept across launches: a launch of 512 threads would
+// otherwise map and fault in 64 MB.
+unsigned char* Stack(size_t i) {
+  thread_local std::vector<std::unique_ptr<unsigned char[]>> stacks;
+  while (stacks.size() <= i) stacks.push_back(std::make_unique_for_overwrite<unsigned char[]>(kStackBytes));
+  return stacks[i].get();
+}
 
 Emulator& Self() {
   if (emulator == nullptr || emulator->current == nullptr) {
@@ -109,17 +119,6 @@ void Yield() {
   attnserve_emu_switch(&e.current->sp, e.scheduler_sp);
 }
 
-void Fail(std::string message) {
-  Emulator& e = Self();
-  if (e.block.error.empty()) {
-    const uint3 b = e.block.idx, t = e.current->idx;
-    e.block.error = absl::StrCat(message, " (block ", b.x, ",", b.y, ",", b.z, " thread ", t.x, ",", t.y, ",", t.z, ")");
-  }
-  // Parked for good: the block is abandoned once no fiber can go on.
-  e.current->wait = Wait::kBarrier;
-  e.current->wait_gen = INT64_MAX;
-  for (;;) Yield();
-}
 
 void Perform(const std::vector<Copy>& group) {
   for (const Copy& c : group) std::memcpy(c.dst, c.src, c.bytes);
@@ -147,8 +146,7 @@ void Perform(const std::vector<Copy>& group) {
 // A fresh stack whose first switch "returns" into FiberMain with the
 // caller's floating-point control words.
 void Prepare(Fiber& f) {
-  if (!f.stack) f.stack = std::make_unique<unsigned char[]>(kStackBytes);
-  auto top = reinterpret_cast<uintptr_t>(f.stack.get() + kStackBytes) & ~uintptr_t{15};
+  auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t{15};
   auto* sp = reinterpret_cast<uint64_t*>(top - 72);  // FiberMain starts with rsp = 8 mod 16, as after a call
   uint32_t mxcsr;
   uint16_t fcw;
@@ -190,7 +188,7 @@ absl::Status RunBlock(Emulator& e) {
   b.arrived = 0;
   b.error.clear();
   b.warps.assign((n + kWarpSize - 1) / kWarpSize, WarpState{});
-  std::fill(b.shared.begin(), b.shared.end(), 0xff);
+  std::memset(b.shared, 0xff, b.shared_bytes);
   for (unsigned i = 0; i < n; ++i) {
     Fiber& f = e.fibers[i];
     f.idx = {i % b.dim.x, i / b.dim.x % b.dim.y, i / (b.dim.x * b.dim.y)};
@@ -202,6 +200,7 @@ absl::Status RunBlock(Emulator& e) {
     f.open.clear();
     ++b.warps[f.warp].size;
     ++b.warps[f.warp].live;
+    f.stack = Stack(i);
     Prepare(f);
   }
   for (;;) {
@@ -236,7 +235,10 @@ absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function
   e.fibers.resize(n);
   e.block.dim = block;
   e.block.grid = grid;
-  e.block.shared.resize(shared_bytes);
+  e.block.shared_storage.resize(shared_bytes + 128);
+  const auto base = reinterpret_cast<uintptr_t>(e.block.shared_storage.data());
+  e.block.shared = e.block.shared_storage.data() + ((128 - base % 128) % 128);
+  e.block.shared_bytes = shared_bytes;
   e.body = &body;
   emulator = &e;
   absl::Status s = absl::OkStatus();
@@ -251,6 +253,20 @@ absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function
   emulator = nullptr;
   return s;
 }
+
+[[noreturn]] void Fail(std::string message) {
+  Emulator& e = Self();
+  if (e.block.error.empty()) {
+    const uint3 b = e.block.idx, t = e.current->idx;
+    e.block.error = absl::StrCat(message, " (block ", b.x, ",", b.y, ",", b.z, " thread ", t.x, ",", t.y, ",", t.z, ")");
+  }
+  // Parked for good: the block is abandoned once no fiber can go on.
+  e.current->wait = Wait::kBarrier;
+  e.current->wait_gen = INT64_MAX;
+  for (;;) Yield();
+}
+
+int Lane() { return Self().current->lane; }
 
 const uint3& ThreadIdx() { return Self().current->idx; }
 const uint3& BlockIdx() { return Self().block.idx; }
@@ -293,7 +309,7 @@ const uint64_t* WarpExchange(unsigned mask, uint64_t value) {
   return slots;
 }
 
-unsigned char* DynamicShared() { return Self().block.shared.data(); }
+unsigned char* DynamicShared() { return Self().block.shared; }
 
 void CopyAsync(void* dst, const void* src, size_t bytes) { Self().current->open.push_back({dst, src, bytes}); }
 

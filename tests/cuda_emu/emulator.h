@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -39,11 +40,16 @@ const uint3& BlockIdx();
 const dim3& BlockDim();
 const dim3& GridDim();
 
+int Lane();  // threadIdx's linear index % 32
 void SyncThreads();
 // Every lane of the warp deposits `value`; returns the warp's 32 deposits
-// (lanes past a partial warp's end hold 0).
+// (lanes past a partial warp's end hold 0), valid until the lane's next
+// exchange.
 const uint64_t* WarpExchange(unsigned mask, uint64_t value);
 unsigned char* DynamicShared();
+
+// Ends the launch with INTERNAL: `message` and the calling thread's place.
+[[noreturn]] void Fail(std::string message);
 
 // cp.async: queued by the calling thread, done when it waits for them.
 void CopyAsync(void* dst, const void* src, size_t bytes);
