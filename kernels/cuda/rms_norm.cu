@@ -1,108 +1,18 @@
 #include "kernels/cuda/rms_norm.h"
 
-#include <cuda_runtime.h>
-
-#include <cstdint>
-#include <limits>
-#include <type_traits>
-
-#include "absl/strings/str_cat.h"
-#include "kernels/common/half.h"
-#include "kernels/common/rms_norm_math.h"
-#include "kernels/cuda/block_reduce.cuh"
-#include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/rms_norm_kernels.cuh"
 
 namespace attnserve {
-namespace {
-
-constexpr int kMaxThreads = 1024;
-
-template <typename Out>
-__device__ __forceinline__ Out Convert(float v) {
-  if constexpr (std::is_same_v<Out, float>) {
-    return v;
-  } else {
-    return FloatToBf16(v);
-  }
-}
-
-// One block per row. kVec = 4 moves 16-byte float4s (the kernel is bandwidth
-// bound); kVec = 1 covers rows whose length or pointers are not aligned. The
-// second pass re-reads x, which is then in L1/L2. x is not __restrict__
-// because y may alias it: each element is read and written by the same thread.
-template <int kVec, typename Out>
-__global__ void __launch_bounds__(kMaxThreads)
-    RmsNormKernel(const float* x, const float* __restrict__ weight, Out* y, int64_t n, float eps) {
-  static_assert(kVec == 1 || kVec == 4);
-  using VecIn = std::conditional_t<kVec == 4, float4, float>;
-  using VecOut = std::conditional_t<kVec == 4, std::conditional_t<std::is_same_v<Out, float>, float4, ushort4>, Out>;
-  const int64_t row = blockIdx.x;
-  const auto* xr = reinterpret_cast<const VecIn*>(x + row * n);
-  const auto* wr = reinterpret_cast<const VecIn*>(weight);
-  auto* yr = reinterpret_cast<VecOut*>(y + row * n);
-  const int64_t n_vec = n / kVec;
-
-  float sum_sq = 0.0f;
-  for (int64_t i = threadIdx.x; i < n_vec; i += blockDim.x) {
-    const VecIn v = xr[i];
-    if constexpr (kVec == 4) {
-      sum_sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    } else {
-      sum_sq += v * v;
-    }
-  }
-  __shared__ float partial[kMaxThreads / kWarp];  // blockDim.x: whole warps
-  const float inv_rms = RmsNormInvRms(BlockSum(sum_sq, partial), n, eps);
-
-  for (int64_t i = threadIdx.x; i < n_vec; i += blockDim.x) {
-    const VecIn v = xr[i];
-    const VecIn w = wr[i];
-    if constexpr (kVec == 4) {
-      yr[i] = VecOut{Convert<Out>(RmsNormApply(v.x, inv_rms, w.x)), Convert<Out>(RmsNormApply(v.y, inv_rms, w.y)),
-                     Convert<Out>(RmsNormApply(v.z, inv_rms, w.z)), Convert<Out>(RmsNormApply(v.w, inv_rms, w.w))};
-    } else {
-      yr[i] = Convert<Out>(RmsNormApply(v, inv_rms, w));
-    }
-  }
-}
-
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-template <typename Out>
-absl::Status Launch(const char* name, const float* x, const float* weight, Out* y, int64_t rows, int64_t n, float eps,
-                    void* stream) {
-  if (n <= 0 || rows < 0) return absl::InvalidArgumentError(absl::StrCat(name, ": rows=", rows, " n=", n));
-  // gridDim.x limit; a row count this large would never fit in memory anyway.
-  if (rows > std::numeric_limits<int32_t>::max()) return absl::InvalidArgumentError(absl::StrCat(name, ": rows=", rows));
-  if (rows == 0) return absl::OkStatus();
-  if (x == nullptr || weight == nullptr || y == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, ": null pointer"));
-
-  const bool vec4 = n % 4 == 0 && Aligned(x, 16) && Aligned(weight, 16) && Aligned(y, 4 * sizeof(Out));
-  const int64_t n_vec = vec4 ? n / 4 : n;
-  // Enough threads that each loads about one vector, rounded to whole warps:
-  // a batch-1 decode row must not leave memory parallelism on the table.
-  const int64_t want = (n_vec + kWarp - 1) / kWarp * kWarp;
-  const int threads = static_cast<int>(want < kMaxThreads ? want : kMaxThreads);
-  const auto s = static_cast<cudaStream_t>(stream);
-  const dim3 grid(static_cast<unsigned>(rows));
-  if (vec4) {
-    RmsNormKernel<4, Out><<<grid, threads, 0, s>>>(x, weight, y, n, eps);
-  } else {
-    RmsNormKernel<1, Out><<<grid, threads, 0, s>>>(x, weight, y, n, eps);
-  }
-  return CudaErrorToStatus(cudaGetLastError(), name);
-}
-
-}  // namespace
 
 absl::Status RmsNormCuda(const float* d_x, const float* d_weight, float* d_y, int64_t rows, int64_t n, float eps,
                          void* stream) {
-  return Launch("RmsNormCuda", d_x, d_weight, d_y, rows, n, eps, stream);
+  return RunRmsNorm(d_x, d_weight, d_y, rows, n, eps, StreamLauncher{static_cast<cudaStream_t>(stream)});
 }
 
 absl::Status RmsNormCudaBf16(const float* d_x, const float* d_weight, uint16_t* d_y, int64_t rows, int64_t n,
                              float eps, void* stream) {
-  return Launch("RmsNormCudaBf16", d_x, d_weight, d_y, rows, n, eps, stream);
+  return RunRmsNormBf16(d_x, d_weight, d_y, rows, n, eps, StreamLauncher{static_cast<cudaStream_t>(stream)});
 }
 
 }  // namespace attnserve

@@ -1,20 +1,26 @@
 // The linear mode's GPU kernels against the CPU's FoldKey and
 // ReadLinearState: the state after folds in two steps, and the joined output
-// of decode queries. GPU cases skip without a device; argument checks run
-// everywhere.
-#include "kernels/cuda/linear_state.h"
+// of decode queries; on the GPU, and on the host under the emulator (every
+// machine, head_dim 96 in place of 128: its fold is slow to emulate). GPU
+// cases skip without a device; argument checks run everywhere.
+#include "tests/cuda_emu/device_shims.h"  // first: the kernels compile for the emulator
+#include "kernels/cuda/linear_state_kernels.cuh"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/common/taylor.h"
 #include "kernels/cpu/linear_attention.h"
 #include "kernels/cuda/device.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_memory.h"
 #include "tests/unit/attention_problem.h"
 
 namespace attnserve {
@@ -22,13 +28,29 @@ namespace {
 
 using testing_attention::Problem;
 
-class LinearStateCudaTest : public ::testing::TestWithParam<int> {
+absl::Status Fold(KernelBackend backend, const LinearFoldSequence* seq, int32_t n_kv_heads, int32_t head_dim) {
+  if (backend == KernelBackend::kEmulator) return RunFoldKeys(seq, 1, n_kv_heads, head_dim, emu::Launcher{});
+  if (absl::Status s = FoldKeysCuda(seq, 1, n_kv_heads, head_dim, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+absl::Status Join(KernelBackend backend, const LinearReadArgs& a) {
+  if (backend == KernelBackend::kEmulator) return RunJoinLinearState(a, emu::Launcher{});
+  if (absl::Status s = JoinLinearStateCuda(a, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+using SizeParam = std::tuple<KernelBackend, int>;  // backend, head_dim
+
+class LinearStateCudaTest : public ::testing::TestWithParam<SizeParam> {
  protected:
-  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(std::get<0>(GetParam())); }
 };
 
 TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
-  const int head_dim = GetParam(), n_kv = 2, group = 3, tokens = 77;
+  const auto [backend, head_dim] = GetParam();
+  const int n_kv = 2, group = 3, tokens = 77;
+  KernelMemory memory(backend);
   Problem pr(16, head_dim, n_kv, group, tokens, 1, 9, 0.3f);
   const PagedKv host_kv = pr.Kv();
   const int features = TaylorFeatureCount(head_dim);
@@ -52,23 +74,22 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
     std::copy(cpu[g].z.begin(), cpu[g].z.end(), want.begin() + g * per_head + cpu[g].s.size());
   }
 
-  // GPU: the same keys in two folds.
-  DeviceBuffer keys = Upload(pr.keys), values = Upload(pr.values), table = Upload(pr.page_table);
-  DeviceBuffer states = Upload(std::vector<float>(per_head * n_kv, 0.0f));
+  // The kernel: the same keys in two folds.
+  PagedKv kv = host_kv;
+  kv.keys = memory.Upload(pr.keys);
+  kv.values = memory.Upload(pr.values);
+  kv.page_table = memory.Upload(pr.page_table);
+  float* states = memory.Upload(std::vector<float>(per_head * n_kv, 0.0f));
   for (const auto& [begin, end] : {std::pair{4, 41}, std::pair{41, 60}}) {
     LinearFoldSequence s;
-    s.kv = host_kv;
-    s.kv.keys = keys.as<fp16_t>();
-    s.kv.values = values.as<fp16_t>();
-    s.kv.page_table = table.as<int32_t>();
+    s.kv = kv;
     s.fold_begin = begin;
     s.fold_end = end;
-    s.states = states.as<float>();
-    DeviceBuffer d_seq = Upload(std::vector<LinearFoldSequence>{s});
-    ASSERT_TRUE(FoldKeysCuda(d_seq.as<LinearFoldSequence>(), 1, n_kv, head_dim, nullptr).ok());
-    ASSERT_TRUE(CudaStreamSync(nullptr).ok());
+    s.states = states;
+    const absl::Status st = Fold(backend, memory.Upload(std::vector<LinearFoldSequence>{s}), n_kv, head_dim);
+    ASSERT_TRUE(st.ok()) << st;
   }
-  ExpectNear(Download<float>(states, want.size()), want, 1e-4f, "state");
+  ExpectNear(memory.Download(states, want.size()), want, 1e-4f, "state");
 
   // Join: out = (o · e^lse + φ(q)ᵀS) / (e^lse + φ(q)·z) per query head.
   const int n_q = n_kv * group;
@@ -88,23 +109,21 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
       joined[h * head_dim + c] = static_cast<float>(w * exact[h * head_dim + c] + (1.0 - w) * num[c] / den);
     }
   }
-  DeviceBuffer heads = Upload(pr.heads), d_q = Upload(pr.q), d_lse = Upload(lse), out = Upload(exact);
   LinearReadSequence rs;
-  rs.states = states.as<float>();
-  rs.heads = heads.as<AttentionHeadParams>();
-  DeviceBuffer d_rs = Upload(std::vector<LinearReadSequence>{rs});
+  rs.states = states;
+  rs.heads = memory.Upload(pr.heads);
   LinearReadArgs a;
-  a.seqs = d_rs.as<LinearReadSequence>();
+  a.seqs = memory.Upload(std::vector<LinearReadSequence>{rs});
   a.n_seqs = 1;
-  a.q = d_q.as<float>();
-  a.lse = d_lse.as<float>();
-  a.out = out.as<float>();
+  a.q = memory.Upload(pr.q);
+  a.lse = memory.Upload(lse);
+  a.out = memory.Upload(exact);
   a.n_q_heads = n_q;
   a.n_kv_heads = n_kv;
   a.head_dim = head_dim;
-  ASSERT_TRUE(JoinLinearStateCuda(a, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSync(nullptr).ok());
-  ExpectNear(Download<float>(out, exact.size()), joined, 1e-4f, "output");
+  absl::Status st = Join(backend, a);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(memory.Download(a.out, exact.size()), joined, 1e-4f, "output");
 
   // A prefill query whose window has left keys [60, 70) behind since the
   // fold: they join with their Taylor weights. Its row is 1 of 2.
@@ -132,25 +151,33 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
       joined2[exact.size() + h * head_dim + c] = static_cast<float>(w * exact[h * head_dim + c] + (1.0 - w) * num[c] / den);
     }
   }
-  DeviceBuffer d_q2 = Upload(q2), d_lse2 = Upload(lse2), out2 = Upload(exact2);
   rs.row = 1;
-  rs.kv = host_kv;
-  rs.kv.keys = keys.as<fp16_t>();
-  rs.kv.values = values.as<fp16_t>();
-  rs.kv.page_table = table.as<int32_t>();
+  rs.kv = kv;
   rs.pending_begin = pending_begin;
   rs.pending_end = pending_end;
-  DeviceBuffer d_rs2 = Upload(std::vector<LinearReadSequence>{rs});
-  a.seqs = d_rs2.as<LinearReadSequence>();
-  a.q = d_q2.as<float>();
-  a.lse = d_lse2.as<float>();
-  a.out = out2.as<float>();
-  ASSERT_TRUE(JoinLinearStateCuda(a, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSync(nullptr).ok());
-  ExpectNear(Download<float>(out2, exact2.size()), joined2, 1e-4f, "output with pending keys");
+  a.seqs = memory.Upload(std::vector<LinearReadSequence>{rs});
+  a.q = memory.Upload(q2);
+  a.lse = memory.Upload(lse2);
+  a.out = memory.Upload(exact2);
+  st = Join(backend, a);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(memory.Download(a.out, exact2.size()), joined2, 1e-4f, "output with pending keys");
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadDims, LinearStateCudaTest, ::testing::Values(32, 64, 128));
+std::string SizeName(const ::testing::TestParamInfo<SizeParam>& info) {
+  const auto [backend, head_dim] = info.param;
+  return absl::StrCat(KernelBackendName({backend, 0}), "_d", head_dim);
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, LinearStateCudaTest,
+                         ::testing::Combine(::testing::Values(KernelBackend::kGpu), ::testing::Values(32, 64, 128)),
+                         SizeName);
+// Each of a fold's keys is two barriers of every state element's thread:
+// 128's million threads take the emulator 9 s. 96 still has the join's
+// blocks of more than two warps (an odd number).
+INSTANTIATE_TEST_SUITE_P(EmulatedHeadDims, LinearStateCudaTest,
+                         ::testing::Combine(::testing::Values(KernelBackend::kEmulator), ::testing::Values(32, 64, 96)),
+                         SizeName);
 
 TEST(LinearStateCudaArgsTest, BadShapesAreRejected) {
   EXPECT_EQ(FoldKeysCuda(nullptr, 1, 2, 256, nullptr).code(), absl::StatusCode::kInvalidArgument);

@@ -1,9 +1,11 @@
 // QuestSelectCuda against the CPU's SelectQuestPages: the same ranges per
 // sequence and KV head for budgets below, at and above the candidates,
 // with and without a visible-set window, in one launch over several
-// sequences. GPU cases skip without a device; argument checks run
+// sequences; on the GPU, and on the host under the emulator (every
+// machine). GPU cases skip without a device; argument checks run
 // everywhere.
-#include "kernels/cuda/quest_select.h"
+#include "tests/cuda_emu/device_shims.h"  // first: the kernel compiles for the emulator
+#include "kernels/cuda/quest_select_kernels.cuh"
 
 #include <gtest/gtest.h>
 
@@ -17,6 +19,7 @@
 #include "kernels/cpu/quest.h"
 #include "kernels/cuda/device.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_memory.h"
 #include "tests/unit/attention_problem.h"
 
 namespace attnserve {
@@ -91,50 +94,54 @@ struct QuestCase {
   }
 };
 
-void ExpectSameSelection(std::vector<QuestCase>& cases) {
-  std::vector<DeviceBuffer> keep, ranges_out, counts_out;
+absl::Status Run(KernelBackend backend, const QuestSelectArgs& a, void* workspace, size_t bytes) {
+  if (backend == KernelBackend::kEmulator) return RunQuestSelect(a, workspace, bytes, emu::Launcher{});
+  if (absl::Status s = QuestSelectCuda(a, workspace, bytes, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+void ExpectSameSelection(KernelBackend backend, std::vector<QuestCase>& cases) {
+  KernelMemory memory(backend);
+  std::vector<KeyRange*> ranges_out;
+  std::vector<int32_t*> counts_out;
   std::vector<QuestSelectSequence> seqs;
   std::vector<float> q;
   int32_t max_pages = 1;
   for (QuestCase& c : cases) {
     QuestSelectSequence s;
     s.kv = c.pr->Kv();
-    keep.push_back(Upload(c.pr->page_table));
-    s.kv.page_table = keep.back().as<int32_t>();
-    keep.push_back(Upload(c.key_min));
-    s.kv.key_min = keep.back().as<fp16_t>();
-    keep.push_back(Upload(c.key_max));
-    s.kv.key_max = keep.back().as<fp16_t>();
+    s.kv.page_table = memory.Upload(c.pr->page_table);
+    s.kv.key_min = memory.Upload(c.key_min);
+    s.kv.key_max = memory.Upload(c.key_max);
     s.kv.keys = s.kv.values = nullptr;  // the selection reads bounds only
     s.query_pos = c.pr->positions.back();
     s.sink_tokens = c.sink_tokens;
     s.window_tokens = c.window_tokens;
     s.budget_pages = c.budget;
-    ranges_out.push_back(DeviceBuffer::Allocate(sizeof(KeyRange) * (c.budget + 1) * c.pr->n_kv_heads).value());
-    s.key_ranges = ranges_out.back().as<KeyRange>();
-    counts_out.push_back(DeviceBuffer::Allocate(sizeof(int32_t) * c.pr->n_kv_heads).value());
-    s.num_key_ranges = counts_out.back().as<int32_t>();
+    s.key_ranges = memory.Allocate<KeyRange>(static_cast<size_t>(c.budget + 1) * c.pr->n_kv_heads);
+    ranges_out.push_back(s.key_ranges);
+    s.num_key_ranges = memory.Allocate<int32_t>(c.pr->n_kv_heads);
+    counts_out.push_back(s.num_key_ranges);
     seqs.push_back(s);
     q.insert(q.end(), c.pr->q.begin(), c.pr->q.end());
     max_pages = std::max(max_pages, c.pr->num_tokens / c.pr->page_size + 1);
   }
-  DeviceBuffer d_seqs = Upload(seqs), d_q = Upload(q);
   QuestSelectArgs a;
-  a.seqs = d_seqs.as<QuestSelectSequence>();
+  a.seqs = memory.Upload(seqs);
   a.n_seqs = static_cast<int32_t>(seqs.size());
   a.max_pages = max_pages;
-  a.q = d_q.as<float>();
+  a.q = memory.Upload(q);
   a.n_q_heads = cases[0].pr->n_q_heads();
   a.n_kv_heads = cases[0].pr->n_kv_heads;
   a.head_dim = cases[0].pr->head_dim;
   const size_t bytes = QuestSelectWorkspaceBytes(a.n_seqs, a.n_kv_heads, a.max_pages);
-  DeviceBuffer workspace = DeviceBuffer::Allocate(bytes).value();
-  ASSERT_TRUE(QuestSelectCuda(a, workspace.data(), bytes, nullptr).ok());
-  ASSERT_TRUE(CudaStreamSync(nullptr).ok());
+  void* workspace = memory.Allocate<unsigned char>(bytes);
+  const absl::Status s = Run(backend, a, workspace, bytes);
+  ASSERT_TRUE(s.ok()) << s;
   for (size_t i = 0; i < cases.size(); ++i) {
     const QuestCase& c = cases[i];
-    const std::vector<int32_t> counts = Download<int32_t>(counts_out[i], c.pr->n_kv_heads);
-    const std::vector<KeyRange> ranges = Download<KeyRange>(ranges_out[i], (c.budget + 1) * c.pr->n_kv_heads);
+    const std::vector<int32_t> counts = memory.Download(counts_out[i], c.pr->n_kv_heads);
+    const std::vector<KeyRange> ranges = memory.Download(ranges_out[i], (c.budget + 1) * c.pr->n_kv_heads);
     for (int g = 0; g < c.pr->n_kv_heads; ++g) {
       SCOPED_TRACE("sequence " + std::to_string(i) + " KV head " + std::to_string(g));
       const std::vector<KeyRange> want = c.Expected(g);
@@ -164,8 +171,12 @@ void ExpectSameSelection(std::vector<QuestCase>& cases) {
   }
 }
 
-TEST(QuestSelectCudaTest, SelectsWhatTheCpuSelects) {
-  ATTNSERVE_SKIP_WITHOUT_GPU();
+class QuestSelectCudaTest : public ::testing::TestWithParam<KernelBackend> {
+ protected:
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(GetParam()); }
+};
+
+TEST_P(QuestSelectCudaTest, SelectsWhatTheCpuSelects) {
   uint32_t seed = 1;
   for (int tokens : {1, 17, 100, 1000, 5003}) {
     for (int budget : {1, 4, 16, 64, 1000}) {
@@ -173,13 +184,16 @@ TEST(QuestSelectCudaTest, SelectsWhatTheCpuSelects) {
         std::vector<QuestCase> cases;
         cases.emplace_back(tokens, budget, window ? 8 : 0, window, seed++);
         cases.emplace_back(tokens / 2 + 1, budget, 0, 0, seed++);
-        ExpectSameSelection(cases);
+        ExpectSameSelection(GetParam(), cases);
       }
     }
   }
 }
 
-TEST(QuestSelectCudaTest, BadArgumentsAreRejected) {
+INSTANTIATE_TEST_SUITE_P(Backends, QuestSelectCudaTest,
+                         ::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator), KernelBackendName);
+
+TEST(QuestSelectCudaArgsTest, BadArgumentsAreRejected) {
   QuestSelectArgs a;
   a.n_seqs = 1;
   a.n_kv_heads = 2;

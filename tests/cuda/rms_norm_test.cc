@@ -1,9 +1,11 @@
-// RmsNormCuda against the CPU reference (DESIGN.md §8). GPU cases skip with
-// the reason where no device is present (fail instead when
-// ATTNSERVE_REQUIRE_GPU is set, as scripts/gpu-check.sh does, so a GPU machine
-// whose device is invisible cannot pass by skipping); argument checks, the
-// no-device error path and the shared per-element math run everywhere.
-#include "kernels/cuda/rms_norm.h"
+// RmsNormCuda against the CPU reference (DESIGN.md §8), on the GPU and on
+// the host under the emulator (every machine). GPU cases skip with the
+// reason where no device is present (fail instead when ATTNSERVE_REQUIRE_GPU
+// is set, as scripts/gpu-check.sh does, so a GPU machine whose device is
+// invisible cannot pass by skipping); argument checks, the no-device error
+// path and the shared per-element math run everywhere.
+#include "tests/cuda_emu/device_shims.h"  // first: the kernel compiles for the emulator
+#include "kernels/cuda/rms_norm_kernels.cuh"
 
 #include <gtest/gtest.h>
 
@@ -21,6 +23,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_memory.h"
 
 namespace attnserve {
 namespace {
@@ -54,17 +57,26 @@ Inputs MakeInputs(int64_t rows, int64_t n) {
   return in;
 }
 
-// Uploads `v` at element `offset` of a fresh buffer (offset 1 misaligns it).
+absl::Status Norm(KernelBackend backend, const float* x, const float* weight, float* y, int64_t rows, int64_t n) {
+  if (backend == KernelBackend::kEmulator) return RunRmsNorm(x, weight, y, rows, n, kEps, emu::Launcher{});
+  if (absl::Status s = RmsNormCuda(x, weight, y, rows, n, kEps, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+absl::Status NormBf16(KernelBackend backend, const float* x, const float* weight, uint16_t* y, int64_t rows,
+                      int64_t n) {
+  if (backend == KernelBackend::kEmulator) return RunRmsNormBf16(x, weight, y, rows, n, kEps, emu::Launcher{});
+  if (absl::Status s = RmsNormCudaBf16(x, weight, y, rows, n, kEps, nullptr); !s.ok()) return s;
+  return CudaStreamSync(nullptr);
+}
+
+// `v` after `offset` elements of a fresh buffer (offset 1 misaligns it);
+// the buffer is the returned pointer - offset.
 template <typename T>
-DeviceBuffer UploadAt(const std::vector<T>& v, size_t offset) {
-  auto buf = DeviceBuffer::Allocate((v.size() + offset) * sizeof(T));
-  EXPECT_TRUE(buf.ok()) << buf.status();
-  if (!buf.ok()) return DeviceBuffer();
+T* UploadAt(KernelMemory& memory, const std::vector<T>& v, size_t offset) {
   std::vector<T> padded(offset, T{});
   padded.insert(padded.end(), v.begin(), v.end());
-  const absl::Status s = buf->CopyFromHost(padded.data(), padded.size() * sizeof(T));
-  EXPECT_TRUE(s.ok()) << s;
-  return *std::move(buf);
+  return memory.Upload(padded) + offset;
 }
 
 void ExpectMatches(const std::vector<float>& got, const std::vector<float>& want, int64_t n) {
@@ -78,58 +90,53 @@ void ExpectMatches(const std::vector<float>& got, const std::vector<float>& want
   }
 }
 
-class RmsNormCudaTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {
+using SizeParam = std::tuple<KernelBackend, int64_t, int64_t>;  // backend, n, rows
+
+class RmsNormCudaTest : public ::testing::TestWithParam<SizeParam> {
  protected:
-  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
-  int64_t n() const { return std::get<0>(GetParam()); }
-  int64_t rows() const { return std::get<1>(GetParam()); }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(backend()); }
+  KernelBackend backend() const { return std::get<0>(GetParam()); }
+  int64_t n() const { return std::get<1>(GetParam()); }
+  int64_t rows() const { return std::get<2>(GetParam()); }
 };
 
 TEST_P(RmsNormCudaTest, MatchesReference) {
   const Inputs in = MakeInputs(rows(), n());
-  DeviceBuffer x = Upload(in.x), w = Upload(in.weight);
-  auto y = DeviceBuffer::Allocate(in.x.size() * sizeof(float));
-  ASSERT_TRUE(y.ok()) << y.status();
-  absl::Status s = RmsNormCuda(x.as<float>(), w.as<float>(), y->as<float>(), rows(), n(), kEps, nullptr);
+  KernelMemory memory(backend());
+  float* y = memory.Allocate<float>(in.x.size());
+  const absl::Status s = Norm(backend(), memory.Upload(in.x), memory.Upload(in.weight), y, rows(), n());
   ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  ExpectMatches(Download<float>(*y, in.x.size()), in.want, n());
+  ExpectMatches(memory.Download(y, in.x.size()), in.want, n());
 }
 
 TEST_P(RmsNormCudaTest, InPlace) {
   const Inputs in = MakeInputs(rows(), n());
-  DeviceBuffer x = Upload(in.x), w = Upload(in.weight);
-  absl::Status s = RmsNormCuda(x.as<float>(), w.as<float>(), x.as<float>(), rows(), n(), kEps, nullptr);
+  KernelMemory memory(backend());
+  float* x = memory.Upload(in.x);
+  const absl::Status s = Norm(backend(), x, memory.Upload(in.weight), x, rows(), n());
   ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  ExpectMatches(Download<float>(x, in.x.size()), in.want, n());
+  ExpectMatches(memory.Download(x, in.x.size()), in.want, n());
 }
 
 // Pointers off a 16-byte boundary must take the scalar path, not fault.
 TEST_P(RmsNormCudaTest, Misaligned) {
   const Inputs in = MakeInputs(rows(), n());
-  DeviceBuffer x = UploadAt(in.x, 1), w = UploadAt(in.weight, 1);
-  auto y = DeviceBuffer::Allocate((in.x.size() + 1) * sizeof(float));
-  ASSERT_TRUE(y.ok()) << y.status();
-  absl::Status s = RmsNormCuda(x.as<float>() + 1, w.as<float>() + 1, y->as<float>() + 1, rows(), n(), kEps, nullptr);
+  KernelMemory memory(backend());
+  float* y = memory.Allocate<float>(in.x.size() + 1);
+  const absl::Status s = Norm(backend(), UploadAt(memory, in.x, 1), UploadAt(memory, in.weight, 1), y + 1, rows(), n());
   ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  ExpectMatches(Download<float>(*y, in.x.size(), 1), in.want, n());
+  std::vector<float> got = memory.Download(y, in.x.size() + 1);
+  got.erase(got.begin());
+  ExpectMatches(got, in.want, n());
 }
 
 TEST_P(RmsNormCudaTest, Bf16OutputMatchesReference) {
   const Inputs in = MakeInputs(rows(), n());
-  DeviceBuffer x = Upload(in.x), w = Upload(in.weight);
-  auto y = DeviceBuffer::Allocate(in.x.size() * sizeof(uint16_t));
-  ASSERT_TRUE(y.ok()) << y.status();
-  absl::Status s = RmsNormCudaBf16(x.as<float>(), w.as<float>(), y->as<uint16_t>(), rows(), n(), kEps, nullptr);
+  KernelMemory memory(backend());
+  uint16_t* y = memory.Allocate<uint16_t>(in.x.size());
+  const absl::Status s = NormBf16(backend(), memory.Upload(in.x), memory.Upload(in.weight), y, rows(), n());
   ASSERT_TRUE(s.ok()) << s;
-  s = CudaStreamSync(nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  const std::vector<uint16_t> got = Download<uint16_t>(*y, in.x.size());
+  const std::vector<uint16_t> got = memory.Download(y, in.x.size());
   int failures = 0;
   for (size_t i = 0; i < got.size() && failures < 10; ++i) {
     const float g = Bf16ToFloat(got[i]);
@@ -140,12 +147,16 @@ TEST_P(RmsNormCudaTest, Bf16OutputMatchesReference) {
   }
 }
 
+std::string SizeName(const ::testing::TestParamInfo<SizeParam>& info) {
+  const auto [backend, n, rows] = info.param;
+  return absl::StrCat(KernelBackendName({backend, 0}), "_n", n, "_rows", rows);
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, RmsNormCudaTest,
-                         ::testing::Combine(::testing::Values(1, 3, 17, 63, 64, 65, 576, 1000, 4096),
+                         ::testing::Combine(::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator),
+                                            ::testing::Values(1, 3, 17, 63, 64, 65, 576, 1000, 4096),
                                             ::testing::Values(1, 2, 7, 64)),
-                         [](const auto& info) {
-                           return absl::StrCat("n", std::get<0>(info.param), "_rows", std::get<1>(info.param));
-                         });
+                         SizeName);
 
 // Checked before any CUDA call, so these need no device.
 TEST(RmsNormCudaArgs, RejectsBadShapes) {

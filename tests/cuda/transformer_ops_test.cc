@@ -1,7 +1,9 @@
-// The CUDA backend's elementwise kernels and bf16 GEMM against the CPU ops
-// and references (DESIGN.md §8), at odd sizes. GPU cases skip without a
-// device; argument checks run everywhere.
-#include "kernels/cuda/transformer_ops.h"
+// The CUDA backend's elementwise kernels and token picks against the CPU
+// ops and references (DESIGN.md §8), at odd sizes, on the GPU and on the
+// host under the emulator (every machine); the bf16 GEMM (cuBLAS) on the GPU
+// only. GPU cases skip without a device; argument checks run everywhere.
+#include "tests/cuda_emu/device_shims.h"  // first: the kernels compile for the emulator
+#include "kernels/cuda/transformer_ops_kernels.cuh"
 
 #include <gtest/gtest.h>
 
@@ -17,9 +19,56 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/kernel_memory.h"
 
 namespace attnserve {
 namespace {
+
+// The launch's error, else the stream's: a kernel's faults show at a sync.
+absl::Status Synced(absl::Status launched) {
+  if (!launched.ok()) return launched;
+  return CudaStreamSync(nullptr);
+}
+
+// Each kernel under the emulator through its Run template, or on the GPU
+// through its public function.
+absl::Status EmbedRows(KernelBackend backend, const uint16_t* table, const int32_t* tokens, int64_t rows,
+                       int32_t hidden, float* x) {
+  if (backend == KernelBackend::kEmulator) return RunEmbedRows(table, tokens, rows, hidden, x, emu::Launcher{});
+  return Synced(EmbedRowsCuda(table, tokens, rows, hidden, x, nullptr));
+}
+
+absl::Status GatherRows(KernelBackend backend, const float* x, const int32_t* rows, int64_t n, int32_t width,
+                        float* out) {
+  if (backend == KernelBackend::kEmulator) return RunGatherRows(x, rows, n, width, out, emu::Launcher{});
+  return Synced(GatherRowsCuda(x, rows, n, width, out, nullptr));
+}
+
+absl::Status ToBf16(KernelBackend backend, const float* in, int64_t n, uint16_t* out) {
+  if (backend == KernelBackend::kEmulator) return RunToBf16(in, n, out, emu::Launcher{});
+  return Synced(ToBf16Cuda(in, n, out, nullptr));
+}
+
+absl::Status QkvSplitRope(KernelBackend backend, const QkvSplitArgs& a) {
+  if (backend == KernelBackend::kEmulator) return RunQkvSplitRope(a, emu::Launcher{});
+  return Synced(QkvSplitRopeCuda(a, nullptr));
+}
+
+absl::Status SwiGluBf16(KernelBackend backend, const float* gate_up, int64_t rows, int32_t ffn, uint16_t* out) {
+  if (backend == KernelBackend::kEmulator) return RunSwiGluBf16(gate_up, rows, ffn, out, emu::Launcher{});
+  return Synced(SwiGluBf16Cuda(gate_up, rows, ffn, out, nullptr));
+}
+
+absl::Status FillRandomBf16(KernelBackend backend, uint16_t* out, int64_t n, uint64_t seed, float scale) {
+  if (backend == KernelBackend::kEmulator) return RunFillRandomBf16(out, n, seed, scale, emu::Launcher{});
+  return Synced(FillRandomBf16Cuda(out, n, seed, scale, nullptr));
+}
+
+absl::Status PickTokens(KernelBackend backend, float* logits, int64_t rows, int32_t vocab, const TokenPick* picks,
+                        TokenPick* results) {
+  if (backend == KernelBackend::kEmulator) return RunPickTokens(logits, rows, vocab, picks, results, emu::Launcher{});
+  return Synced(PickTokensCuda(logits, rows, vocab, picks, results, nullptr));
+}
 
 std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -29,43 +78,47 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-class TransformerOpsCudaTest : public ::testing::Test {
+class TransformerOpsCudaTest : public ::testing::TestWithParam<KernelBackend> {
  protected:
-  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_BACKEND(backend()); }
+  KernelBackend backend() const { return GetParam(); }
 };
 
-TEST_F(TransformerOpsCudaTest, EmbedGatherAndBf16) {
+TEST_P(TransformerOpsCudaTest, EmbedGatherAndBf16) {
   const int32_t vocab = 37, hidden = 67, rows = 5;
   const std::vector<float> table_f = Random(vocab * hidden, 1);
   std::vector<uint16_t> table(table_f.size());
   for (size_t i = 0; i < table.size(); ++i) table[i] = FloatToBf16(table_f[i]);
   const std::vector<int32_t> tokens = {36, 0, 5, 5, 17};
-  DeviceBuffer d_table = Upload(table), d_tokens = Upload(tokens);
-  DeviceBuffer x = DeviceBuffer::Allocate(rows * hidden * sizeof(float)).value();
-  ASSERT_TRUE(EmbedRowsCuda(d_table.as<uint16_t>(), d_tokens.as<int32_t>(), rows, hidden, x.as<float>(), nullptr).ok());
-  const std::vector<float> got = Download<float>(x, rows * hidden);
+  KernelMemory memory(backend());
+  float* x = memory.Allocate<float>(rows * hidden);
+  absl::Status s = EmbedRows(backend(), memory.Upload(table), memory.Upload(tokens), rows, hidden, x);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<float> got = memory.Download(x, rows * hidden);
   for (int32_t r = 0; r < rows; ++r) {
     for (int32_t c = 0; c < hidden; ++c) {
       ASSERT_EQ(got[r * hidden + c], Bf16ToFloat(table[tokens[r] * hidden + c])) << r << "," << c;
     }
   }
   const std::vector<int32_t> pick = {4, 0, 4};
-  DeviceBuffer d_pick = Upload(pick), picked = DeviceBuffer::Allocate(3 * hidden * sizeof(float)).value();
-  ASSERT_TRUE(GatherRowsCuda(x.as<float>(), d_pick.as<int32_t>(), 3, hidden, picked.as<float>(), nullptr).ok());
-  const std::vector<float> rows_got = Download<float>(picked, 3 * hidden);
+  float* picked = memory.Allocate<float>(3 * hidden);
+  s = GatherRows(backend(), x, memory.Upload(pick), 3, hidden, picked);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<float> rows_got = memory.Download(picked, 3 * hidden);
   for (int i = 0; i < 3; ++i) {
     for (int32_t c = 0; c < hidden; ++c) ASSERT_EQ(rows_got[i * hidden + c], got[pick[i] * hidden + c]);
   }
-  DeviceBuffer halves = DeviceBuffer::Allocate(rows * hidden * sizeof(uint16_t)).value();
-  ASSERT_TRUE(ToBf16Cuda(x.as<float>(), rows * hidden, halves.as<uint16_t>(), nullptr).ok());
-  const std::vector<uint16_t> bits = Download<uint16_t>(halves, rows * hidden);
+  uint16_t* halves = memory.Allocate<uint16_t>(rows * hidden);
+  s = ToBf16(backend(), x, rows * hidden, halves);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<uint16_t> bits = memory.Download(halves, rows * hidden);
   for (size_t i = 0; i < bits.size(); ++i) ASSERT_EQ(bits[i], FloatToBf16(got[i])) << i;
 }
 
 // The split of a fused QKV row and RoPE against ops' Rope, at positions on
 // both sides of the context (the double path past it), with partial rotary
 // dimensions and cache slots for the queries.
-TEST_F(TransformerOpsCudaTest, QkvSplitRopeMatchesOpsRope) {
+TEST_P(TransformerOpsCudaTest, QkvSplitRopeMatchesOpsRope) {
   for (const int head_dim : {64, 128}) {
     const int n_heads = 6, n_kv = 2, rotary = head_dim / 2, rows = 7, context = 4096;
     const int q_dim = n_heads * head_dim, kv_dim = n_kv * head_dim, width = q_dim + 2 * kv_dim;
@@ -104,32 +157,31 @@ TEST_F(TransformerOpsCudaTest, QkvSplitRopeMatchesOpsRope) {
     Rope(ops_q.data(), &positions[2], 1, n_heads, p);
     for (int i = 0; i < q_dim; ++i) ASSERT_NEAR(ops_q[i], want_q[2 * q_dim + i], 1e-5f * (1 + std::fabs(ops_q[i]))) << i;
 
-    DeviceBuffer d_qkv = Upload(qkv), d_pos = Upload(positions), d_slots = Upload(slots);
-    DeviceBuffer q = DeviceBuffer::Allocate(want_q.size() * 4).value(), k = DeviceBuffer::Allocate(want_k.size() * 4).value();
-    DeviceBuffer v = DeviceBuffer::Allocate(want_v.size() * 4).value(), sink = DeviceBuffer::Allocate(want_q.size() * 4).value();
+    KernelMemory memory(backend());
     QkvSplitArgs a;
-    a.qkv = d_qkv.as<float>();
+    a.qkv = memory.Upload(qkv);
     a.rows = rows;
-    a.positions = d_pos.as<int32_t>();
-    a.slots = d_slots.as<int32_t>();
-    a.q = q.as<float>();
-    a.k = k.as<float>();
-    a.v = v.as<float>();
-    a.sink_q = sink.as<float>();
+    a.positions = memory.Upload(positions);
+    a.slots = memory.Upload(slots);
+    a.q = memory.Allocate<float>(want_q.size());
+    a.k = memory.Allocate<float>(want_k.size());
+    a.v = memory.Allocate<float>(want_v.size());
+    a.sink_q = memory.Allocate<float>(want_sink.size());
     a.n_heads = n_heads;
     a.n_kv_heads = n_kv;
     a.head_dim = head_dim;
     a.rotary_dim = rotary;
     a.rope = angles;
-    ASSERT_TRUE(QkvSplitRopeCuda(a, nullptr).ok());
-    ExpectNear(Download<float>(q, want_q.size()), want_q, 2e-6f, "q");
-    ExpectNear(Download<float>(k, want_k.size()), want_k, 2e-6f, "k");
-    ExpectNear(Download<float>(v, want_v.size()), want_v, 0.0f, "v");
-    ExpectNear(Download<float>(sink, want_sink.size()), want_sink, 2e-6f, "sink_q");
+    const absl::Status s = QkvSplitRope(backend(), a);
+    ASSERT_TRUE(s.ok()) << s;
+    ExpectNear(memory.Download(a.q, want_q.size()), want_q, 2e-6f, "q");
+    ExpectNear(memory.Download(a.k, want_k.size()), want_k, 2e-6f, "k");
+    ExpectNear(memory.Download(a.v, want_v.size()), want_v, 0.0f, "v");
+    ExpectNear(memory.Download(a.sink_q, want_sink.size()), want_sink, 2e-6f, "sink_q");
   }
 }
 
-TEST_F(TransformerOpsCudaTest, SwiGluMatchesOpsThenRoundsToBf16) {
+TEST_P(TransformerOpsCudaTest, SwiGluMatchesOpsThenRoundsToBf16) {
   const int rows = 3, ffn = 1001;
   const std::vector<float> gate_up = Random(rows * 2 * ffn, 9, 3.0f);
   std::vector<float> gate(rows * ffn), up(rows * ffn), want(rows * ffn);
@@ -138,17 +190,47 @@ TEST_F(TransformerOpsCudaTest, SwiGluMatchesOpsThenRoundsToBf16) {
     std::copy_n(&gate_up[r * 2 * ffn + ffn], ffn, &up[r * ffn]);
   }
   SwiGluReference(gate.data(), up.data(), want.data(), rows * ffn);
-  DeviceBuffer d = Upload(gate_up), out = DeviceBuffer::Allocate(rows * ffn * sizeof(uint16_t)).value();
-  ASSERT_TRUE(SwiGluBf16Cuda(d.as<float>(), rows, ffn, out.as<uint16_t>(), nullptr).ok());
-  const std::vector<uint16_t> got = Download<uint16_t>(out, rows * ffn);
+  KernelMemory memory(backend());
+  uint16_t* out = memory.Allocate<uint16_t>(rows * ffn);
+  const absl::Status s = SwiGluBf16(backend(), memory.Upload(gate_up), rows, ffn, out);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<uint16_t> got = memory.Download(out, rows * ffn);
   std::vector<float> got_f(got.size());
   for (size_t i = 0; i < got.size(); ++i) got_f[i] = Bf16ToFloat(got[i]);
   ExpectNear(got_f, want, 1.0f / 128.0f, "swiglu");
 }
 
+// Dummy weights: splitmix64 of (seed, i) scaled into [-scale, scale], then
+// rounded to bf16; n is no whole number of blocks.
+TEST_P(TransformerOpsCudaTest, FillRandomHashesSeedAndIndex) {
+  const int64_t n = 1000;
+  const uint64_t seed = 42;
+  const float scale = 0.02f;
+  KernelMemory memory(backend());
+  uint16_t* out = memory.Allocate<uint16_t>(n);
+  const absl::Status s = FillRandomBf16(backend(), out, n, seed, scale);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<uint16_t> got = memory.Download(out, n);
+  const float bound = Bf16ToFloat(FloatToBf16(scale));  // rounding is monotonic, but scale need not be a bf16
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t z = seed + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float uniform = static_cast<float>(z >> 40) / 16777216.0f;
+    ASSERT_EQ(got[i], FloatToBf16((2.0f * uniform - 1.0f) * scale)) << i;
+    ASSERT_LE(std::fabs(Bf16ToFloat(got[i])), bound) << i;
+  }
+}
+
 // cuBLAS bf16 GEMM against the double reference on the same bf16 values,
-// with and without accumulating into y.
-TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
+// with and without accumulating into y. cuBLAS has no emulator: GPU only.
+class GemmBf16CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ATTNSERVE_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_F(GemmBf16CudaTest, MatchesTheReference) {
   absl::StatusOr<CublasHandle> handle = CublasHandle::Create(nullptr);
   ASSERT_TRUE(handle.ok()) << handle.status();
   for (const auto& [out, in, rows] : {std::tuple{67, 96, 1}, std::tuple{130, 64, 5}, std::tuple{576, 1536, 33}}) {
@@ -174,7 +256,7 @@ TEST_F(TransformerOpsCudaTest, GemmBf16MatchesTheReference) {
 
 // Greedy picks: the largest value's id, lowest on ties, NaN skipped, 0 for
 // rows of NaN (ArgMax's rule), over rows longer than a block.
-TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
+TEST_P(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
   const float nan = NAN, inf = INFINITY;
   const int32_t width = 1000;
   std::vector<std::vector<float>> rows(6, std::vector<float>(width, 0.0f));
@@ -194,12 +276,12 @@ TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
     flat.insert(flat.end(), row.begin(), row.end());
     want.push_back(ArgMax(row));
   }
-  DeviceBuffer x = Upload(flat), picks = Upload(std::vector<TokenPick>(rows.size()));
-  DeviceBuffer out = DeviceBuffer::Allocate(rows.size() * sizeof(TokenPick)).value();
-  ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(rows.size()), width, picks.as<TokenPick>(),
-                             out.as<TokenPick>(), nullptr)
-                  .ok());
-  const std::vector<TokenPick> got = Download<TokenPick>(out, rows.size());
+  KernelMemory memory(backend());
+  TokenPick* out = memory.Allocate<TokenPick>(rows.size());
+  const absl::Status s = PickTokens(backend(), memory.Upload(flat), static_cast<int64_t>(rows.size()), width,
+                                    memory.Upload(std::vector<TokenPick>(rows.size())), out);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<TokenPick> got = memory.Download(out, rows.size());
   for (size_t r = 0; r < rows.size(); ++r) EXPECT_EQ(got[r].token, want[r]) << "row " << r;
 }
 
@@ -207,7 +289,7 @@ TEST_F(TransformerOpsCudaTest, GreedyPicksTakeTheFirstLargest) {
 // the two sums' rounding moves the draw across a boundary (the host's pick
 // at uniform +- 1e-5 then); and their log-probabilities against
 // PickLogprobs.
-TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
+TEST_P(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
   const int32_t vocab = 49152;
   std::mt19937 rng(8);
   std::vector<float> flat;
@@ -227,17 +309,17 @@ TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
   }
   // Logit processing on every third row: token 0 masked, a bias, penalties.
   const std::vector<LogitEdit> edits = {{0, 0.0f, 1.0f, 0.0f, 0.0f, true}, {11, 3.0f}, {12, 0.0f, 1.3f, 0.8f, 0.4f, false}};
-  DeviceBuffer d_edits = Upload(edits);
+  KernelMemory memory(backend());
+  const LogitEdit* kernel_edits = memory.Upload(edits);
   for (size_t r = 0; r < picks.size(); r += 3) {
-    picks[r].edits = d_edits.as<LogitEdit>();
+    picks[r].edits = kernel_edits;
     picks[r].n_edits = static_cast<int32_t>(edits.size());
   }
-  DeviceBuffer x = Upload(flat), d_picks = Upload(picks);
-  DeviceBuffer out = DeviceBuffer::Allocate(picks.size() * sizeof(TokenPick)).value();
-  ASSERT_TRUE(PickTokensCuda(x.as<float>(), static_cast<int64_t>(picks.size()), vocab, d_picks.as<TokenPick>(),
-                             out.as<TokenPick>(), nullptr)
-                  .ok());
-  const std::vector<TokenPick> got = Download<TokenPick>(out, picks.size());
+  TokenPick* out = memory.Allocate<TokenPick>(picks.size());
+  const absl::Status s = PickTokens(backend(), memory.Upload(flat), static_cast<int64_t>(picks.size()), vocab,
+                                    memory.Upload(picks), out);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<TokenPick> got = memory.Download(out, picks.size());
   for (size_t r = 0; r < picks.size(); ++r) {
     std::vector<float> edited(&flat[r * vocab], &flat[(r + 1) * vocab]);
     if (picks[r].n_edits > 0) {
@@ -263,6 +345,9 @@ TEST_F(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(Backends, TransformerOpsCudaTest,
+                         ::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator), KernelBackendName);
+
 TEST(TransformerOpsCudaArgsTest, BadShapesAreRejected) {
   EXPECT_EQ(EmbedRowsCuda(nullptr, nullptr, -1, 8, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(EmbedRowsCuda(nullptr, nullptr, 0, 8, nullptr, nullptr).ok());
@@ -278,6 +363,8 @@ TEST(TransformerOpsCudaArgsTest, BadShapesAreRejected) {
   EXPECT_EQ(QkvSplitRopeCuda(a, nullptr).code(), absl::StatusCode::kInvalidArgument);  // slots without sink_q
   EXPECT_EQ(SwiGluBf16Cuda(nullptr, 1, 0, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GatherRowsCuda(nullptr, nullptr, 1, 0, nullptr, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FillRandomBf16Cuda(nullptr, -1, 0, 1.0f, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(FillRandomBf16Cuda(nullptr, 0, 0, 1.0f, nullptr).ok());
   // Silu is ggml's x / (1 + e^-x), on the host too.
   EXPECT_FLOAT_EQ(Silu(0.0f), 0.0f);
   EXPECT_NEAR(Silu(2.0f), 2.0f / (1.0f + std::exp(-2.0f)), 1e-7f);

@@ -16,7 +16,9 @@
 #include "tests/cuda_emu/emulator.h"
 #include "tests/cuda_emu/wmma_shim.h"
 
+#ifndef ATTN_CUDA_EMULATION
 #define ATTN_CUDA_EMULATION 1
+#endif
 
 // Shared variables are one per block: blocks run one at a time on the
 // calling thread, so a function's static is its block's.
@@ -131,6 +133,8 @@ inline float __int_as_float(int x) { return ::attnserve::emu::FromBits<float>(st
 inline int __float_as_int(float x) { return static_cast<int>(::attnserve::emu::ToBits(x)); }
 inline unsigned __float_as_uint(float x) { return static_cast<unsigned>(::attnserve::emu::ToBits(x)); }
 inline float __uint_as_float(unsigned x) { return ::attnserve::emu::FromBits<float>(x); }
+// CUDA's isfinite is a global function, the host's is std::'s.
+using std::isfinite;
 
 // CUDA's min and max of mixed operand types.
 template <typename A, typename B>
