@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every test: C++ unit and model tests (ctest),
-# the GGUF loader under ASan+UBSan, and the Python tests against llama.cpp.
+# the CUDA backend under the host emulator, the GGUF loader under
+# ASan+UBSan, and the Python tests against llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n=== %s ===\n' "$*"; }
@@ -13,6 +14,21 @@ bash scripts/build.sh
 
 step "ctest"
 (cd build && ctest --output-on-failure -j"$(nproc)" --timeout 600)
+
+# The CUDA backend whole (runtime, cuBLAS and graphs included) on the host
+# emulator: its own tests against the CPU backend. The GPU-sized ones (each
+# policy alone, Llama-3.2-1B's shape) are for a GPU.
+if [[ -f /usr/local/cuda/include/cuda_runtime.h ]]; then
+  step "the CUDA backend under the emulator (build-emu/)"
+  cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNSERVE_CUDA_EMULATION=ON >/dev/null
+  ninja -C build-emu -j"$(nproc)" step_graphs_test cuda_engine_test
+  # Side by side: each takes a core for a few minutes.
+  ATTNSERVE_SOURCE_DIR=$PWD ./build-emu/tests/step_graphs_test --gtest_brief=1 &
+  graphs=$!
+  ATTNSERVE_SOURCE_DIR=$PWD ./build-emu/tests/cuda_engine_test --gtest_brief=1 \
+    --gtest_filter='-*EveryPolicyAlone*:*RandomWeights*'
+  wait "$graphs"
+fi
 
 step "GGUF loader under ASan+UBSan (build-asan/)"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTNSERVE_SANITIZE=ON >/dev/null

@@ -41,6 +41,17 @@ bool Resolve(void* lib, const char* name, F* f, std::string& error) {
 const Cublas& Library() {
   static const Cublas* const lib = [] {
     auto* c = new Cublas;
+#ifdef ATTN_CUDA_EMULATION
+    // The emulator's, linked in (tests/cuda_emu/cublas.cc).
+    c->create = &cublasCreate_v2;
+    c->destroy = &cublasDestroy_v2;
+    c->set_stream = &cublasSetStream_v2;
+    c->set_workspace = &cublasSetWorkspace_v2;
+    c->gemm_ex = &cublasGemmEx;
+    c->status_name = &cublasGetStatusName;
+    c->status_string = &cublasGetStatusString;
+    return c;
+#endif
     void* handle = nullptr;
     for (const std::string& name : {absl::StrCat("libcublas.so.", CUBLAS_VER_MAJOR), std::string("libcublas.so")}) {
       handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);

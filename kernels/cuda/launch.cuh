@@ -8,9 +8,33 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda/device.h"
+#ifdef ATTN_CUDA_EMULATION
+#include <tuple>
+#include <type_traits>
+
+#include "tests/cuda_emu/runtime.h"
+#endif
 
 namespace attnserve {
 
+#ifdef ATTN_CUDA_EMULATION
+// The emulated runtime's stream (tests/cuda_emu/runtime.h): the launch runs
+// there, or is recorded while the stream is captured, its arguments by value.
+struct StreamLauncher {
+  cudaStream_t stream;
+
+  template <typename... Params, typename... Args>
+  absl::Status operator()(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                          Args&&... args) const {
+    if (shared_bytes > 227 * 1024) return CudaErrorToStatus(cudaErrorInvalidValue, name);
+    emu::Enqueue(stream, [=, params = std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)] {
+      return std::apply([&](const auto&... p) { return emu::Launcher{}(name, kernel, grid, block, shared_bytes, p...); },
+                        params);
+    });
+    return CudaErrorToStatus(cudaGetLastError(), name);
+  }
+};
+#else
 struct StreamLauncher {
   cudaStream_t stream;
 
@@ -33,5 +57,7 @@ struct StreamLauncher {
     return CudaErrorToStatus(cudaGetLastError(), name);
   }
 };
+
+#endif
 
 }  // namespace attnserve

@@ -7,10 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 
-// Fibers switch by saving the callee-saved registers and the floating-point
-// control words on their own stack (x86-64 System V): a few nanoseconds,
-// where swapcontext's signal-mask system call would dominate a kernel's
-// thousands of warp operations.
+// Fibers switch by saving the callee-saved registers on their own stack
+// (x86-64 System V): a few nanoseconds, where swapcontext's signal-mask
+// system call would dominate a kernel's thousands of barriers and warp
+// operations. The floating-point control words are not switched: no
+// kernel changes them.
 extern "C" void attnserve_emu_switch(void** save_sp, void* load_sp);
 asm(R"(
   .pushsection .text
@@ -23,14 +24,8 @@ attnserve_emu_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -62,10 +57,9 @@ struct Fiber {
   void* sp = nullptr;
   unsigned char* stack = nullptr;  // kStackBytes, from the calling thread's pool
   uint3 idx{};
-  int warp = 0, lane = 0;
+  int index = 0, warp = 0, lane = 0;
   bool done = false;
-  Wait wait = Wait::kNone;
-  int64_t wait_gen = 0;  // the barrier's or warp's generation waited past
+  Wait wait = Wait::kNone;  // what it is blocked at, for a deadlock's report
   std::vector<std::vector<Copy>> groups;  // committed, oldest first
   std::vector<Copy> open;
 };
@@ -74,14 +68,19 @@ struct WarpState {
   int size = 0, live = 0, arrived = 0;
   int64_t gen = 0;
   uint64_t slots[2][kWarpSize] = {};  // by generation parity: a lane may run one operation ahead
+  int waiters[kWarpSize] = {};        // fibers blocked at the operation; the last to arrive goes on
 };
 
 struct BlockState {
   uint3 idx{};
   dim3 dim, grid;
   int live = 0, arrived = 0;
-  int64_t barrier_gen = 0;
+  std::vector<int> barrier_waiters;
   std::vector<WarpState> warps;
+  // Fibers to run, first in first out: a barrier or warp operation queues
+  // those it releases, so the scheduler never looks at a blocked one.
+  std::vector<int> ready;
+  size_t ready_head = 0;
   std::vector<unsigned char> shared_storage;
   unsigned char* shared = nullptr;  // 128-byte aligned, as the device's
   size_t shared_bytes = 0;
@@ -124,6 +123,18 @@ void Perform(const std::vector<Copy>& group) {
   for (const Copy& c : group) std::memcpy(c.dst, c.src, c.bytes);
 }
 
+void ReleaseBarrier(BlockState& b) {
+  b.ready.insert(b.ready.end(), b.barrier_waiters.begin(), b.barrier_waiters.end());
+  b.barrier_waiters.clear();
+  b.arrived = 0;
+}
+
+void ReleaseWarp(BlockState& b, WarpState& w) {
+  b.ready.insert(b.ready.end(), w.waiters, w.waiters + w.arrived - 1);
+  w.arrived = 0;
+  ++w.gen;
+}
+
 [[noreturn]] void FiberMain() {
   Emulator& e = *emulator;
   (*e.body)();
@@ -136,39 +147,17 @@ void Perform(const std::vector<Copy>& group) {
   --b.live;
   --w.live;
   // Threads that have exited no longer hold up a barrier.
-  if (b.arrived > 0 && b.arrived == b.live) {
-    b.arrived = 0;
-    ++b.barrier_gen;
-  }
+  if (b.arrived > 0 && b.arrived == b.live) ReleaseBarrier(b);
   for (;;) attnserve_emu_switch(&f.sp, e.scheduler_sp);
 }
 
-// A fresh stack whose first switch "returns" into FiberMain with the
-// caller's floating-point control words.
+// A fresh stack whose first switch "returns" into FiberMain.
 void Prepare(Fiber& f) {
   auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t{15};
-  auto* sp = reinterpret_cast<uint64_t*>(top - 72);  // FiberMain starts with rsp = 8 mod 16, as after a call
-  uint32_t mxcsr;
-  uint16_t fcw;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fcw));
-  std::memcpy(&sp[0], &mxcsr, 4);
-  std::memcpy(reinterpret_cast<unsigned char*>(&sp[0]) + 4, &fcw, 2);
-  for (int i = 1; i <= 6; ++i) sp[i] = 0;  // r15 … rbp
-  sp[7] = reinterpret_cast<uint64_t>(&FiberMain);
+  auto* sp = reinterpret_cast<uint64_t*>(top - 64);  // FiberMain starts with rsp = 8 mod 16, as after a call
+  for (int i = 0; i < 6; ++i) sp[i] = 0;            // r15 … rbp
+  sp[6] = reinterpret_cast<uint64_t>(&FiberMain);
   f.sp = sp;
-}
-
-bool Ready(const Emulator& e, const Fiber& f) {
-  switch (f.wait) {
-    case Wait::kNone:
-      return true;
-    case Wait::kBarrier:
-      return e.block.barrier_gen != f.wait_gen;
-    case Wait::kWarp:
-      return e.block.warps[f.warp].gen != f.wait_gen;
-  }
-  return false;
 }
 
 std::string Stuck(const Emulator& e) {
@@ -194,6 +183,7 @@ absl::Status RunBlock(Emulator& e) {
     f.idx = {i % b.dim.x, i / b.dim.x % b.dim.y, i / (b.dim.x * b.dim.y)};
     f.warp = static_cast<int>(i / kWarpSize);
     f.lane = static_cast<int>(i % kWarpSize);
+    f.index = static_cast<int>(i);
     f.done = false;
     f.wait = Wait::kNone;
     f.groups.clear();
@@ -203,23 +193,26 @@ absl::Status RunBlock(Emulator& e) {
     f.stack = Stack(i);
     Prepare(f);
   }
-  for (;;) {
-    bool ran = false, all_done = true;
-    for (unsigned i = 0; i < n && b.error.empty(); ++i) {
-      Fiber& f = e.fibers[i];
-      if (f.done) continue;
-      all_done = false;
-      if (!Ready(e, f)) continue;
-      f.wait = Wait::kNone;
-      e.current = &f;
-      attnserve_emu_switch(&e.scheduler_sp, f.sp);
-      e.current = nullptr;
-      ran = true;
+  b.ready.resize(n);
+  for (unsigned i = 0; i < n; ++i) b.ready[i] = static_cast<int>(i);
+  b.ready_head = 0;
+  b.barrier_waiters.clear();
+  while (b.ready_head < b.ready.size()) {
+    Fiber& f = e.fibers[b.ready[b.ready_head++]];
+    if (b.ready_head == b.ready.size()) {
+      b.ready.clear();
+      b.ready_head = 0;
     }
+    f.wait = Wait::kNone;
+    e.current = &f;
+    current_thread_idx = &f.idx;
+    current_lane = f.lane;
+    attnserve_emu_switch(&e.scheduler_sp, f.sp);
+    e.current = nullptr;
     if (!b.error.empty()) return absl::InternalError(b.error);
-    if (all_done) return absl::OkStatus();
-    if (!ran) return absl::InternalError(absl::StrCat(Stuck(e), " in block ", b.idx.x, ",", b.idx.y, ",", b.idx.z));
   }
+  if (b.live == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(Stuck(e), " in block ", b.idx.x, ",", b.idx.y, ",", b.idx.z));
 }
 
 }  // namespace
@@ -260,15 +253,14 @@ absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function
     const uint3 b = e.block.idx, t = e.current->idx;
     e.block.error = absl::StrCat(message, " (block ", b.x, ",", b.y, ",", b.z, " thread ", t.x, ",", t.y, ",", t.z, ")");
   }
-  // Parked for good: the block is abandoned once no fiber can go on.
-  e.current->wait = Wait::kBarrier;
-  e.current->wait_gen = INT64_MAX;
+  // Parked for good, queued nowhere: the scheduler abandons the block.
   for (;;) Yield();
 }
 
-int Lane() { return Self().current->lane; }
 
-const uint3& ThreadIdx() { return Self().current->idx; }
+thread_local const uint3* current_thread_idx = nullptr;
+thread_local int current_lane = 0;
+
 const uint3& BlockIdx() { return Self().block.idx; }
 const dim3& BlockDim() { return Self().block.dim; }
 const dim3& GridDim() { return Self().block.grid; }
@@ -276,14 +268,12 @@ const dim3& GridDim() { return Self().block.grid; }
 void SyncThreads() {
   Emulator& e = Self();
   BlockState& b = e.block;
-  const int64_t gen = b.barrier_gen;
   if (++b.arrived == b.live) {
-    b.arrived = 0;
-    ++b.barrier_gen;
+    ReleaseBarrier(b);
     return;
   }
+  b.barrier_waiters.push_back(e.current->index);
   e.current->wait = Wait::kBarrier;
-  e.current->wait_gen = gen;
   Yield();
 }
 
@@ -294,17 +284,16 @@ const uint64_t* WarpExchange(unsigned mask, uint64_t value) {
   const unsigned whole = w.size == kWarpSize ? 0xffffffffu : (1u << w.size) - 1;
   if (mask != 0xffffffffu && mask != whole) Fail(absl::StrCat("a warp operation with mask ", mask));
   if (w.live != w.size) Fail("a warp operation after a lane of the warp exited");
-  const int64_t gen = w.gen;
-  uint64_t* slots = w.slots[gen & 1];
+  uint64_t* slots = w.slots[w.gen & 1];
   slots[f.lane] = value;
-  if (++w.arrived == w.live) {
+  if (w.arrived + 1 == w.live) {
     for (int i = w.size; i < kWarpSize; ++i) slots[i] = 0;
-    w.arrived = 0;
-    ++w.gen;
+    ++w.arrived;
+    ReleaseWarp(e.block, w);
     return slots;
   }
+  w.waiters[w.arrived++] = f.index;
   f.wait = Wait::kWarp;
-  f.wait_gen = gen;
   Yield();
   return slots;
 }

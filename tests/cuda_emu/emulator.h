@@ -35,12 +35,14 @@ namespace attnserve::emu {
 absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 
 // The calling thread's place, as threadIdx and friends read it.
-const uint3& ThreadIdx();
+extern thread_local const uint3* current_thread_idx;
+extern thread_local int current_lane;
+inline const uint3& ThreadIdx() { return *current_thread_idx; }
 const uint3& BlockIdx();
 const dim3& BlockDim();
 const dim3& GridDim();
 
-int Lane();  // threadIdx's linear index % 32
+inline int Lane() { return current_lane; }  // threadIdx's linear index % 32
 void SyncThreads();
 // Every lane of the warp deposits `value`; returns the warp's 32 deposits
 // (lanes past a partial warp's end hold 0), valid until the lane's next

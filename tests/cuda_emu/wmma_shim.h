@@ -3,7 +3,7 @@
 // here lane 0 of the warp holds the whole tile, in fp32 (fp16 inputs widen
 // exactly, and their products are exact in fp32, as on the tensor cores),
 // and does each operation for the warp; the other lanes' fragments are
-// never read. Every operation is warp-collective: all 32 lanes must take
+// never read. Loads and stores are warp-collective: all 32 lanes must take
 // part, with the same pointer and stride, or the launch fails.
 #pragma once
 
@@ -35,16 +35,15 @@ namespace emulated {
 inline float Widen(float x) { return x; }
 inline float Widen(__half x) { return __half2float(x); }
 
-// The whole warp is here with the same pointer and stride; true in lane 0,
-// which does the operation. (An exchange's deposits are read before the
-// next one: lanes that have passed it reuse them.)
+// The whole warp is here with the same pointer and stride (one exchange: a
+// user-space address has 16 bits free above it); true in lane 0, which
+// does the operation.
 inline bool Collective(const void* p, unsigned ldm) {
-  const uint64_t* ptrs = ::attnserve::emu::WarpExchange(0xffffffffu, reinterpret_cast<uintptr_t>(p));
-  bool same = true;
-  for (int i = 1; i < 32; ++i) same = same && ptrs[i] == ptrs[0];
-  const uint64_t* strides = ::attnserve::emu::WarpExchange(0xffffffffu, ldm);
-  for (int i = 1; i < 32; ++i) same = same && strides[i] == strides[0];
-  if (!same) ::attnserve::emu::Fail("wmma: lanes disagree on a tile");
+  const uint64_t mine = reinterpret_cast<uintptr_t>(p) | (static_cast<uint64_t>(ldm) << 48);
+  const uint64_t* all = ::attnserve::emu::WarpExchange(0xffffffffu, mine);
+  for (int i = 0; i < 32; ++i) {
+    if (all[i] != mine) ::attnserve::emu::Fail("wmma: lanes disagree on a tile");
+  }
   return ::attnserve::emu::Lane() == 0;
 }
 
@@ -58,9 +57,11 @@ void Load(F& f, const T* p, unsigned ldm, bool col_major) {
 
 }  // namespace emulated
 
+// Fills and products touch no memory: lane 0 does them without waiting for
+// the warp, whose loads and stores are what it must agree on.
 template <typename Use, int M, int N, int K, typename T, typename Layout>
 void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float v) {
-  if (!emulated::Collective(nullptr, 0)) return;
+  if (::attnserve::emu::Lane() != 0) return;
   for (float& x : f.tile) x = v;
 }
 
@@ -85,7 +86,7 @@ void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
 template <int M, int N, int K, typename T, typename LayoutA, typename LayoutB>
 void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LayoutA>& a,
               const fragment<matrix_b, M, N, K, T, LayoutB>& b, const fragment<accumulator, M, N, K, float>& c) {
-  if (!emulated::Collective(nullptr, 0)) return;
+  if (::attnserve::emu::Lane() != 0) return;
   float out[M * N];
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) {

@@ -349,14 +349,12 @@ absl::Status CudaBackend::State::StageStep(std::span<const SequenceStep> steps, 
     ATTN_RETURN_IF_ERROR(Reserve(step_index, staging.index.size()));
     ATTN_RETURN_IF_ERROR(ReserveData(step_data, staging.data.size()));
     ATTN_RETURN_IF_ERROR(ReserveData(step_outputs, staging.outputs.size()));
-    if (staging.plans.size() > step_plans.size()) {
+    if (const size_t plans = staging.plans.size(); plans > step_plans.size()) {
       // The plans on the device go with the old buffer (a new one may lie
-      // at its address). Room for the plans of requests still to come, if
-      // there is memory for it.
+      // at its address; Invalidate empties the staging too). Room for the
+      // plans of requests still to come, if there is memory for it.
       staging.plans.Invalidate();
-      if (!ReserveData(step_plans, 2 * staging.plans.size()).ok()) {
-        ATTN_RETURN_IF_ERROR(ReserveData(step_plans, staging.plans.size()));
-      }
+      if (!ReserveData(step_plans, 2 * plans).ok()) ATTN_RETURN_IF_ERROR(ReserveData(step_plans, plans));
     }
   }
 }
