@@ -21,7 +21,8 @@ step "ctest"
 if [[ -f /usr/local/cuda/include/cuda_runtime.h ]]; then
   step "the CUDA backend under the emulator (build-emu/)"
   cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNSERVE_CUDA_EMULATION=ON >/dev/null
-  ninja -C build-emu -j"$(nproc)" step_graphs_test cuda_engine_test
+  ninja -C build-emu -j"$(nproc)" runtime_test step_graphs_test cuda_engine_test
+  ./build-emu/tests/runtime_test --gtest_brief=1
   # Side by side: each takes a core for a few minutes.
   ATTNSERVE_SOURCE_DIR=$PWD ./build-emu/tests/step_graphs_test --gtest_brief=1 &
   graphs=$!
