@@ -22,13 +22,14 @@ namespace attnserve {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kFoldKeys = 8;
 constexpr int kMaxHeadDim = 128;
 
 // Thread per state element (feature f, column c; c == head_dim is z[f]) of
 // one (sequence, KV head): adds φ_f(k_j) v_j[c] (or φ_f(k_j)) over the
 // folded keys. Keys are converted once per block into shared memory.
 __global__ void FoldKeysKernel(const LinearFoldSequence* seqs, int32_t n_kv_heads, int32_t head_dim) {
-  __shared__ float key[kMaxHeadDim];
+  __shared__ float keys[kFoldKeys][kMaxHeadDim];
   const LinearFoldSequence& s = seqs[blockIdx.z];
   const int g = blockIdx.y;
   const int features = TaylorFeatureCount(head_dim);
@@ -38,13 +39,20 @@ __global__ void FoldKeysKernel(const LinearFoldSequence* seqs, int32_t n_kv_head
   const TaylorTerm term = TaylorTermOf(head_dim, owns ? f : 0);
   float* state = s.states + static_cast<int64_t>(g) * features * (head_dim + 1);
   float acc = 0.0f;
-  for (int32_t j = s.fold_begin; j < s.fold_end; ++j) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) key[i] = Fp16ToFloat(s.kv.Row(s.kv.keys, g, j)[i]);
+  // Keys in passes of kFoldKeys, folded in order: two barriers a pass, one
+  // for a decode step's single key.
+  for (int32_t j0 = s.fold_begin; j0 < s.fold_end; j0 += kFoldKeys) {
+    const int n = min(kFoldKeys, s.fold_end - j0);
+    if (j0 > s.fold_begin) __syncthreads();  // the last pass's keys are read
+    for (int i = threadIdx.x; i < n * head_dim; i += blockDim.x) {
+      keys[i / head_dim][i % head_dim] = Fp16ToFloat(s.kv.Row(s.kv.keys, g, j0 + i / head_dim)[i % head_dim]);
+    }
     __syncthreads();
     if (!owns) continue;
-    const float phi = TaylorTermValue(key, term);
-    acc += c < head_dim ? phi * Fp16ToFloat(s.kv.Row(s.kv.values, g, j)[c]) : phi;
+    for (int k = 0; k < n; ++k) {
+      const float phi = TaylorTermValue(keys[k], term);
+      acc += c < head_dim ? phi * Fp16ToFloat(s.kv.Row(s.kv.values, g, j0 + k)[c]) : phi;
+    }
   }
   if (!owns) return;
   if (c < head_dim) {

@@ -74,13 +74,14 @@ TEST_P(LinearStateCudaTest, FoldsAndJoinsAsTheCpu) {
     std::copy(cpu[g].z.begin(), cpu[g].z.end(), want.begin() + g * per_head + cpu[g].s.size());
   }
 
-  // The kernel: the same keys in two folds.
+  // The kernel: the same keys in three folds (passes of 8 keys and a part;
+  // a decode step's one key).
   PagedKv kv = host_kv;
   kv.keys = memory.Upload(pr.keys);
   kv.values = memory.Upload(pr.values);
   kv.page_table = memory.Upload(pr.page_table);
   float* states = memory.Upload(std::vector<float>(per_head * n_kv, 0.0f));
-  for (const auto& [begin, end] : {std::pair{4, 41}, std::pair{41, 60}}) {
+  for (const auto& [begin, end] : {std::pair{4, 41}, std::pair{41, 59}, std::pair{59, 60}}) {
     LinearFoldSequence s;
     s.kv = kv;
     s.fold_begin = begin;
