@@ -170,14 +170,10 @@ std::string SizeName(const ::testing::TestParamInfo<SizeParam>& info) {
   return absl::StrCat(KernelBackendName({backend, 0}), "_d", head_dim);
 }
 
+// 96 as well: the join's blocks of an odd number of warps, more than two.
 INSTANTIATE_TEST_SUITE_P(HeadDims, LinearStateCudaTest,
-                         ::testing::Combine(::testing::Values(KernelBackend::kGpu), ::testing::Values(32, 64, 128)),
-                         SizeName);
-// Each of a fold's keys is two barriers of every state element's thread:
-// 128's million threads take the emulator 9 s. 96 still has the join's
-// blocks of more than two warps (an odd number).
-INSTANTIATE_TEST_SUITE_P(EmulatedHeadDims, LinearStateCudaTest,
-                         ::testing::Combine(::testing::Values(KernelBackend::kEmulator), ::testing::Values(32, 64, 96)),
+                         ::testing::Combine(::testing::Values(KernelBackend::kGpu, KernelBackend::kEmulator),
+                                            ::testing::Values(32, 64, 96, 128)),
                          SizeName);
 
 TEST(LinearStateCudaArgsTest, BadShapesAreRejected) {
