@@ -17,47 +17,37 @@
 
 namespace attnserve {
 
-#ifdef ATTN_CUDA_EMULATION
-// The emulated runtime's stream (tests/cuda_emu/runtime.h): the launch runs
-// there, or is recorded while the stream is captured, its arguments by value.
-struct StreamLauncher {
-  cudaStream_t stream;
-
-  template <typename... Params, typename... Args>
-  absl::Status operator()(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                          Args&&... args) const {
-    if (shared_bytes > 227 * 1024) return CudaErrorToStatus(cudaErrorInvalidValue, name);
-    emu::Enqueue(stream, [=, params = std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)] {
-      return std::apply([&](const auto&... p) { return emu::Launcher{}(name, kernel, grid, block, shared_bytes, p...); },
-                        params);
-    });
-    return CudaErrorToStatus(cudaGetLastError(), name);
-  }
-};
-#else
 struct StreamLauncher {
   cudaStream_t stream;
 
   // kernel<<<grid, block, shared_bytes, stream>>>(args...), its launch error
   // named `name`. Dynamic shared memory past the 48 KB a launch gets unasked
   // is asked for first: that is no stream operation, so a graph capture
-  // allows it.
+  // allows it. Under the emulator (tests/cuda_emu/runtime.h) the launch is
+  // the emulated stream's: run at once, or recorded with its arguments by
+  // value while the stream is captured.
   template <typename... Params, typename... Args>
   absl::Status operator()(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                           Args&&... args) const {
     if (shared_bytes > 48 * 1024) {
-      if (absl::Status st = CudaErrorToStatus(
-              cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)),
-              name);
+      if (absl::Status st = CudaErrorToStatus(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                                   static_cast<int>(shared_bytes)),
+                                              name);
           !st.ok()) {
         return st;
       }
     }
+#ifdef ATTN_CUDA_EMULATION
+    emu::Enqueue(stream, [=, params = std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)] {
+      return std::apply([&](const auto&... p) { return emu::Launcher{}(name, kernel, grid, block, shared_bytes, p...); },
+                        params);
+    });
+#else
     kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+#endif
     return CudaErrorToStatus(cudaGetLastError(), name);
   }
 };
-
-#endif
 
 }  // namespace attnserve

@@ -72,22 +72,6 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return ::attnserve::emu::ShuffleFrom<T>(slots, lane, (lane % width) ^ lane_mask, width);
 }
 
-template <typename T>
-T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  const int lane = ::attnserve::emu::Lane();
-  const uint64_t* slots = ::attnserve::emu::WarpExchange(mask, ::attnserve::emu::ToBits(v));
-  const int src = lane % width + static_cast<int>(delta);
-  return src < width ? ::attnserve::emu::ShuffleFrom<T>(slots, lane, src, width) : v;
-}
-
-template <typename T>
-T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  const int lane = ::attnserve::emu::Lane();
-  const uint64_t* slots = ::attnserve::emu::WarpExchange(mask, ::attnserve::emu::ToBits(v));
-  const int src = lane % width - static_cast<int>(delta);
-  return src >= 0 ? ::attnserve::emu::ShuffleFrom<T>(slots, lane, src, width) : v;
-}
-
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   const uint64_t* slots = ::attnserve::emu::WarpExchange(mask, predicate != 0);
   unsigned bits = 0;
@@ -103,7 +87,6 @@ inline int __all_sync(unsigned mask, int predicate) {
   return 1;
 }
 
-inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
 
 // Fibers switch only at barriers and warp operations, so a read-modify-write
 // is atomic here.
@@ -113,26 +96,9 @@ T atomicAdd(T* address, T value) {
   *address = old + value;
   return old;
 }
-template <typename T>
-T atomicMax(T* address, T value) {
-  const T old = *address;
-  *address = old < value ? value : old;
-  return old;
-}
-template <typename T>
-T atomicOr(T* address, T value) {
-  const T old = *address;
-  *address = old | value;
-  return old;
-}
 
 inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __int_as_float(int x) { return ::attnserve::emu::FromBits<float>(static_cast<uint32_t>(x)); }
-inline int __float_as_int(float x) { return static_cast<int>(::attnserve::emu::ToBits(x)); }
 inline unsigned __float_as_uint(float x) { return static_cast<unsigned>(::attnserve::emu::ToBits(x)); }
-inline float __uint_as_float(unsigned x) { return ::attnserve::emu::FromBits<float>(x); }
 // CUDA's isfinite is a global function, the host's is std::'s.
 using std::isfinite;
 

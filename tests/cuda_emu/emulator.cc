@@ -8,9 +8,8 @@
 #include "absl/strings/str_cat.h"
 
 // Fibers switch by saving the callee-saved registers on their own stack
-// (x86-64 System V): a few nanoseconds, where swapcontext's signal-mask
-// system call would dominate a kernel's thousands of barriers and warp
-// operations. The floating-point control words are not switched: no
+// (x86-64 System V), without swapcontext's signal-mask system call at each
+// of a kernel's thousands of barriers and warp operations. The floating-point control words are not switched: no
 // kernel changes them.
 extern "C" void attnserve_emu_switch(void** save_sp, void* load_sp);
 asm(R"(
@@ -42,7 +41,6 @@ namespace {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kMaxThreads = 1024;
-constexpr size_t kMaxSharedBytes = 227 * 1024;
 constexpr size_t kStackBytes = 128 * 1024;
 
 struct Copy {

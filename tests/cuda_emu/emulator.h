@@ -30,6 +30,9 @@
 
 namespace attnserve::emu {
 
+// The most dynamic shared memory a block may ask for (Hopper's 227 KB).
+inline constexpr size_t kMaxSharedBytes = 227 * 1024;
+
 // Runs `body` as every thread of every block of the grid, blocks in x, y, z
 // order. INTERNAL with what went wrong (above) and where.
 absl::Status Run(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);

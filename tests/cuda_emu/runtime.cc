@@ -1,6 +1,8 @@
 // The CUDA runtime calls the project makes (see runtime.h), on the host.
 #include "tests/cuda_emu/runtime.h"
 
+#include "tests/cuda_emu/emulator.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -52,7 +54,7 @@ Device& Dev() {
 
 Stream& StreamOf(cudaStream_t s) { return s == nullptr ? Dev().legacy : *reinterpret_cast<Stream*>(s); }
 
-cudaError_t Fail(cudaError_t e) {
+cudaError_t Report(cudaError_t e) {
   Dev().last_error = e;
   return e;
 }
@@ -64,7 +66,7 @@ cudaError_t Check(bool unsafe_during_capture) {
   if (d.sticky_error != cudaSuccess) return d.sticky_error;
   if (unsafe_during_capture && d.capturing > 0) {
     d.capture_invalidated = true;
-    return Fail(cudaErrorStreamCaptureUnsupported);
+    return Report(cudaErrorStreamCaptureUnsupported);
   }
   return cudaSuccess;
 }
@@ -73,7 +75,7 @@ cudaError_t Run(const Op& op) {
   if (absl::Status s = op(); !s.ok()) {
     std::fprintf(stderr, "attnserve CUDA emulator: %s\n", std::string(s.message()).c_str());
     Dev().sticky_error = cudaErrorLaunchFailure;
-    return Fail(cudaErrorLaunchFailure);
+    return Report(cudaErrorLaunchFailure);
   }
   return cudaSuccess;
 }
@@ -104,21 +106,16 @@ cudaError_t cudaGetDeviceCount(int* count) {
 }
 
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? attnserve::emu::Check(false) : attnserve::emu::Fail(cudaErrorInvalidDevice);
-}
-
-cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
+  return device == 0 ? attnserve::emu::Check(false) : attnserve::emu::Report(cudaErrorInvalidDevice);
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return attnserve::emu::Fail(cudaErrorInvalidDevice);
+  if (device != 0) return attnserve::emu::Report(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof(prop->name), "attnserve CUDA emulator");
   prop->totalGlobalMem = Dev().total;
   prop->sharedMemPerBlock = 48 * 1024;
-  prop->sharedMemPerBlockOptin = 227 * 1024;
+  prop->sharedMemPerBlockOptin = attnserve::emu::kMaxSharedBytes;
   prop->warpSize = 32;
   prop->maxThreadsPerBlock = 1024;
   prop->multiProcessorCount = 1;
@@ -131,10 +128,6 @@ cudaError_t cudaGetLastError(void) {
   const cudaError_t e = Dev().sticky_error != cudaSuccess ? Dev().sticky_error : Dev().last_error;
   Dev().last_error = cudaSuccess;
   return e;
-}
-
-cudaError_t cudaPeekAtLastError(void) {
-  return Dev().sticky_error != cudaSuccess ? Dev().sticky_error : Dev().last_error;
 }
 
 const char* cudaGetErrorName(cudaError_t error) {
@@ -166,9 +159,9 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   auto& d = Dev();
   std::lock_guard<std::mutex> lock(d.mu);
   const size_t rounded = (size + 255) / 256 * 256;
-  if (d.used + rounded > d.total) return attnserve::emu::Fail(cudaErrorMemoryAllocation);
+  if (d.used + rounded > d.total) return attnserve::emu::Report(cudaErrorMemoryAllocation);
   void* p = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
-  if (p == nullptr) return attnserve::emu::Fail(cudaErrorMemoryAllocation);
+  if (p == nullptr) return attnserve::emu::Report(cudaErrorMemoryAllocation);
   // NaN where read before written, as a device's fresh memory may be; not
   // for the KV cache and weights' sizes, which would only cost host memory.
   if (rounded <= (size_t{64} << 20)) std::memset(p, 0xff, rounded);
@@ -183,7 +176,7 @@ cudaError_t cudaFree(void* ptr) {
   auto& d = Dev();
   std::lock_guard<std::mutex> lock(d.mu);
   auto it = d.allocations.find(ptr);
-  if (it == d.allocations.end()) return attnserve::emu::Fail(cudaErrorInvalidValue);
+  if (it == d.allocations.end()) return attnserve::emu::Report(cudaErrorInvalidValue);
   d.used -= it->second;
   d.allocations.erase(it);
   std::free(ptr);
@@ -239,20 +232,21 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  if (attnserve::emu::StreamOf(stream).capture) return attnserve::emu::Fail(cudaErrorStreamCaptureUnsupported);
+  if (attnserve::emu::StreamOf(stream).capture) return attnserve::emu::Report(cudaErrorStreamCaptureUnsupported);
   return attnserve::emu::Check(false);
 }
 
 cudaError_t cudaDeviceSynchronize(void) { return attnserve::emu::Check(true); }
 
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int value) {
-  return value <= 227 * 1024 ? cudaSuccess : attnserve::emu::Fail(cudaErrorInvalidValue);
+  return static_cast<size_t>(value) <= attnserve::emu::kMaxSharedBytes ? cudaSuccess
+                                                                       : attnserve::emu::Report(cudaErrorInvalidValue);
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
   if (cudaError_t e = attnserve::emu::Check(false); e != cudaSuccess) return e;
   Stream& s = attnserve::emu::StreamOf(stream);
-  if (stream == nullptr || s.capture) return attnserve::emu::Fail(cudaErrorIllegalState);
+  if (stream == nullptr || s.capture) return attnserve::emu::Report(cudaErrorIllegalState);
   s.capture = std::make_unique<Graph>();
   Dev().capture_invalidated = false;
   ++Dev().capturing;
@@ -261,12 +255,12 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
 
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   Stream& s = attnserve::emu::StreamOf(stream);
-  if (!s.capture) return attnserve::emu::Fail(cudaErrorIllegalState);
+  if (!s.capture) return attnserve::emu::Report(cudaErrorIllegalState);
   --Dev().capturing;
   std::unique_ptr<Graph> g = std::move(s.capture);
   *graph = nullptr;
   if (Dev().capture_invalidated) {
-    return attnserve::emu::Fail(cudaErrorStreamCaptureInvalidated);
+    return attnserve::emu::Report(cudaErrorStreamCaptureInvalidated);
   }
   *graph = reinterpret_cast<cudaGraph_t>(g.release());
   return cudaSuccess;
@@ -289,7 +283,7 @@ cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGra
   // A graph of another shape needs a new instance, as on a device.
   if (e->ops.size() != g->ops.size()) {
     if (info != nullptr) info->result = cudaGraphExecUpdateErrorTopologyChanged;
-    return attnserve::emu::Fail(cudaErrorGraphExecUpdateFailure);
+    return attnserve::emu::Report(cudaErrorGraphExecUpdateFailure);
   }
   e->ops = g->ops;
   if (info != nullptr) info->result = cudaGraphExecUpdateSuccess;
