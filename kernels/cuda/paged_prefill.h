@@ -1,14 +1,15 @@
 // Prefill attention on the GPU over the paged fp16 KV cache: the queries of
-// a prefill chunk in tiles, so that a block loads each key and value once
-// for every query of its tile and every query head of its KV group (the
-// decode kernel reads them once per query). Q·Kᵀ and P·V run on the tensor
-// cores (fp16 inputs split hi + lo, fp32 sums: the fp32 math to about
-// 2^-22); the per-query math between them is the decode kernel's: every
-// hook of attention_hooks.h from each query's entry, ACT's two
-// accumulators, the virtual sink, sink keys scored with the cache-slot
-// queries; no Quest ranges (Quest's queries go to the decode kernel). One
-// pass over the keys, no split: a chunk has tiles enough to fill the
-// device. Asynchronous; nothing allocates.
+// a prefill chunk in tiles of 64 rows (query, query head of a KV group), so
+// that a block loads each key and value once for every query of its tile
+// and every query head of its KV group (the decode kernel reads them once
+// per query). Q·Kᵀ and P·V run on the tensor cores (mma.sync; q and the
+// weights rounded to fp16 as the CPU kernel rounds them, fp32 sums), the
+// scores and value sums held in registers; the per-query math between them
+// is the decode kernel's: every hook of attention_hooks.h from each query's entry,
+// ACT's two accumulators, the virtual sink, sink keys scored with the
+// cache-slot queries; no Quest ranges (Quest's queries go to the decode
+// kernel). One pass over the keys, no split: a chunk has tiles enough to
+// fill the device. Asynchronous; nothing allocates.
 #pragma once
 
 #include <cstdint>
@@ -39,8 +40,10 @@ struct PrefillAttentionArgs {
   int32_t head_dim = 0;           // 64 or 128
 };
 
-// A block has a warp per (query, query head of the KV group), at most 16.
-ATTN_HD int32_t PrefillQueriesPerTile(int32_t group) { return group >= 16 ? 1 : 16 / group; }
+// A tile's rows: its queries times the query heads of a KV group.
+inline constexpr int32_t kPrefillTileRows = 64;
+
+ATTN_HD int32_t PrefillQueriesPerTile(int32_t group) { return group >= kPrefillTileRows ? 1 : kPrefillTileRows / group; }
 
 absl::Status PrefillAttentionCuda(const PrefillAttentionArgs& args, void* stream);
 

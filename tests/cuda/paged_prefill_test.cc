@@ -108,13 +108,18 @@ std::string SizeName(const ::testing::TestParamInfo<SizeParam>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, PrefillAttentionCudaTest,
                          ::testing::Combine(::testing::Values(KernelBackend::kGpu), ::testing::Values(1, 65, 300, 1031),
-                                            ::testing::Values(7, 64), ::testing::Values(64, 128),
+                                            ::testing::Values(7, 64, 130), ::testing::Values(64, 128),
                                             ::testing::Values(1, 3, 8)),
                          SizeName);
 INSTANTIATE_TEST_SUITE_P(EmulatedSizes, PrefillAttentionCudaTest,
                          ::testing::Combine(::testing::Values(KernelBackend::kEmulator), ::testing::Values(1, 65, 300),
                                             ::testing::Values(7, 40), ::testing::Values(64, 128),
                                             ::testing::Values(1, 3, 8)),
+                         SizeName);
+// Full tiles and a part one of a KV head's single query head.
+INSTANTIATE_TEST_SUITE_P(EmulatedTiles, PrefillAttentionCudaTest,
+                         ::testing::Combine(::testing::Values(KernelBackend::kEmulator), ::testing::Values(300),
+                                            ::testing::Values(130), ::testing::Values(64), ::testing::Values(1)),
                          SizeName);
 
 class PrefillAttentionCudaBatchTest : public ::testing::TestWithParam<KernelBackend> {
@@ -152,9 +157,9 @@ TEST(PrefillAttentionCudaArgsTest, ShapesTheKernelDoesNotCoverAreRejected) {
   EXPECT_EQ(PrefillAttentionCuda(a, nullptr).code(), absl::StatusCode::kInvalidArgument);  // null pointers
   a.n_tiles = 0;
   EXPECT_TRUE(PrefillAttentionCuda(a, nullptr).ok());
-  EXPECT_EQ(PrefillQueriesPerTile(1), 16);
-  EXPECT_EQ(PrefillQueriesPerTile(3), 5);
-  EXPECT_EQ(PrefillQueriesPerTile(16), 1);
+  EXPECT_EQ(PrefillQueriesPerTile(1), 64);
+  EXPECT_EQ(PrefillQueriesPerTile(3), 21);
+  EXPECT_EQ(PrefillQueriesPerTile(16), 4);
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 #include <type_traits>
 
 #include "tests/cuda_emu/emulator.h"
-#include "tests/cuda_emu/wmma_shim.h"
+#include "tests/cuda_emu/mma_shim.h"
 
 #ifndef ATTN_CUDA_EMULATION
 #define ATTN_CUDA_EMULATION 1

@@ -297,6 +297,7 @@ const uint64_t* WarpExchange(unsigned mask, uint64_t value) {
 }
 
 unsigned char* DynamicShared() { return Self().block.shared; }
+size_t DynamicSharedBytes() { return Self().block.shared_bytes; }
 
 void CopyAsync(void* dst, const void* src, size_t bytes) { Self().current->open.push_back({dst, src, bytes}); }
 

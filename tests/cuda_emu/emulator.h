@@ -52,6 +52,7 @@ void SyncThreads();
 // exchange.
 const uint64_t* WarpExchange(unsigned mask, uint64_t value);
 unsigned char* DynamicShared();
+size_t DynamicSharedBytes();  // the launch's shared_bytes
 
 // Ends the launch with INTERNAL: `message` and the calling thread's place.
 [[noreturn]] void Fail(std::string message);

@@ -1,7 +1,8 @@
 // The emulator's semantics on small kernels: barriers and shared memory,
-// shuffles and votes, async copies, and the errors it reports where the
-// device's behaviour is undefined.
+// shuffles and votes, async copies, tensor-core fragments, and the errors it
+// reports where the device's behaviour is undefined.
 #include "tests/cuda_emu/device_shims.h"
+#include "kernels/cuda/tensor_core.cuh"
 
 #include <gtest/gtest.h>
 
@@ -87,6 +88,65 @@ TEST(CudaEmulatorTest, AsyncCopiesLandWhenWaitedFor) {
   }
 }
 
+// A (16×16) · B (16×8) + C on one warp, twice: with fragments each lane
+// builds from global memory as the PTX ISA lays them out, and with A and B
+// staged in shared memory (B as its transpose Bᵀ, 8×16) and loaded by
+// ldmatrix, A as it lies and B transposed back.
+__global__ void TileProduct(const __half* a, const __half* bt, float* by_hand, float* by_ldmatrix) {
+  const int lane = threadIdx.x, group = lane / 4, pair = 2 * (lane % 4);
+  auto pack = [](__half x, __half y) {
+    return static_cast<uint32_t>(__half_as_ushort(x)) | static_cast<uint32_t>(__half_as_ushort(y)) << 16;
+  };
+  uint32_t fa[4], fb[2];
+  for (int i = 0; i < 4; ++i) {
+    const int row = group + 8 * (i % 2), col = pair + 8 * (i / 2);
+    fa[i] = pack(a[row * 16 + col], a[row * 16 + col + 1]);
+  }
+  for (int i = 0; i < 2; ++i) fb[i] = pack(bt[group * 16 + pair + 8 * i], bt[group * 16 + pair + 8 * i + 1]);
+  float d[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  MmaF16(d, fa, fb[0], fb[1]);
+  for (int i = 0; i < 4; ++i) by_hand[(group + 8 * (i / 2)) * 8 + pair + i % 2] = d[i];
+
+  auto* staged = reinterpret_cast<__half*>(emu::DynamicShared());  // A [16][16], then B [16][8] (row-major)
+  for (int i = lane; i < 256; i += 32) staged[i] = a[i];
+  for (int i = lane; i < 128; i += 32) staged[256 + i] = bt[(i % 8) * 16 + i / 8];
+  __syncwarp();
+  uint32_t la[4], lb[4];
+  LoadMatrices<false>(la, &staged[(lane % 16) * 16 + lane / 16 * 8]);
+  // Transposed, matrices 0 and 1 are B's rows 0-7 and 8-15 (the product's
+  // registers 0 and 1); the x4 load reads them twice.
+  LoadMatrices<true>(lb, &staged[256 + (lane % 16) * 8]);
+  float e[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  MmaF16(e, la, lb[0], lb[1]);
+  for (int i = 0; i < 4; ++i) by_ldmatrix[(group + 8 * (i / 2)) * 8 + pair + i % 2] = e[i];
+}
+
+TEST(CudaEmulatorTest, TensorCoreFragmentsAreThePtxLayout) {
+  std::vector<__half> a(256), bt(128);
+  std::vector<float> af(256), bf(128);
+  for (int i = 0; i < 256; ++i) af[i] = static_cast<float>((i * 7) % 13 - 6) / 4.0f;
+  for (int i = 0; i < 128; ++i) bf[i] = static_cast<float>((i * 5) % 11 - 5) / 8.0f;
+  for (int i = 0; i < 256; ++i) a[i] = __float2half(af[i]);
+  for (int i = 0; i < 128; ++i) bt[i] = __float2half(bf[i]);
+  std::vector<float> by_hand(128, NAN), by_ldmatrix(128, NAN);
+  ASSERT_TRUE(emu::Launcher{}("TileProduct", TileProduct, dim3(1), dim3(32), 384 * sizeof(__half), a.data(),
+                              bt.data(), by_hand.data(), by_ldmatrix.data())
+                  .ok());
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 8; ++c) {
+      float want = 1.0f;
+      for (int k = 0; k < 16; ++k) want += af[r * 16 + k] * bf[c * 16 + k];
+      EXPECT_EQ(by_hand[r * 8 + c], want) << r << "," << c;
+      EXPECT_EQ(by_ldmatrix[r * 8 + c], want) << r << "," << c;
+    }
+  }
+}
+
+__global__ void LoadFromGlobal(const __half* rows) {
+  uint32_t r[4];
+  LoadMatrices<false>(r, rows + 8 * (threadIdx.x % 8));
+}
+
 __global__ void DivergentBarrier() {
   if (threadIdx.x < 16) {
     __syncthreads();
@@ -118,6 +178,9 @@ TEST(CudaEmulatorTest, WhatTheDeviceLeavesUndefinedIsAnError) {
   ASSERT_TRUE(emu::Launcher{}("EarlyExitBeforeBarrier", EarlyExitBeforeBarrier, dim3(1), dim3(64), 0, out.data()).ok());
   for (int t = 0; t < 32; ++t) EXPECT_EQ(out[t], 7);
   EXPECT_EQ(emu::Run(dim3(1), dim3(2048), 0, [] {}).code(), absl::StatusCode::kInternal);
+  alignas(16) __half rows[64] = {};
+  const absl::Status global = emu::Launcher{}("LoadFromGlobal", LoadFromGlobal, dim3(1), dim3(32), 256, rows);
+  EXPECT_NE(global.message().find("ldmatrix"), std::string_view::npos) << global;
 }
 
 }  // namespace
