@@ -2,7 +2,7 @@
 """Tables of the GPU benchmarks against DESIGN.md §7's targets, from what
 scripts/gpu-check.sh leaves in bench/results/ for one GPU:
   paged_decode_cuda_bench-<gpu>.json   decode attention (dense, mixed policies, Quest)
-  torch_decode_attention-<gpu>.json    torch's SDPA on the dense shapes
+  torch_attention-<gpu>.json           torch's SDPA on the dense decode and prefill shapes
   engine_decode_cuda_bench-<gpu>.json  whole decode steps
   engine_load_cuda_bench-<gpu>.json    the engine under 64-256 concurrent requests
   paged_prefill_cuda_bench-<gpu>.json  prefill attention on the tensor cores
@@ -50,7 +50,7 @@ def verdict(value, target):
 
 def dense_table(decode, torch):
     dense = decode.get("BM_DecodeDense", {})
-    torch_cases = {(c["batch"], c["context"]): c for c in (torch or {}).get("cases", [])}
+    torch_cases = {(c["batch"], c["context"]): c for c in (torch or {}).get("decode_cases", [])}
     head = ["batch", "context", "us", "GB/s", "vs copy", f"§7 (>= {TARGETS['bandwidth']}, >= {LONG_CONTEXT // 1024}k)"]
     if torch:
         head += ["torch us", "torch GB/s", "speedup vs torch", "vs its fastest backend"]
@@ -142,15 +142,28 @@ def engine_table(engine):
     return "\n".join(out), rows
 
 
-def prefill_table(prefill):
-    """Prefill attention's matrix rate against cuBLAS's in the same run."""
-    out = ["| context | ms | attention TFLOP/s | cuBLAS bf16 TFLOP/s | ratio |", "|---|---|---|---|---|"]
+def prefill_table(prefill, torch):
+    """Prefill attention's matrix rate against cuBLAS's in the same run, and
+    its time against torch's SDPA on the same shapes."""
+    torch_cases = {c["context"]: c for c in (torch or {}).get("prefill_cases", [])}
+    head = ["context", "ms", "attention TFLOP/s", "cuBLAS bf16 TFLOP/s", "ratio to cuBLAS"]
+    if torch:
+        head += ["torch ms", "speedup vs torch", "vs its fastest backend"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (context,), r in sorted(prefill.get("BM_PrefillDense", {}).items()):
         if not ok(r):
-            out.append(f"| {context} | {r.get('error_message', 'skipped')} | | | |")
+            out.append(f"| {context} | {r.get('error_message', 'skipped')} |" + " |" * (len(head) - 2))
             continue
-        out.append(f"| {context} | {r['ms']:.2f} | {r['attn_TFLOPs']:.1f} | {r['gemm_TFLOPs']:.0f} | "
-                   f"{r['ratio_to_gemm']:.2f} |")
+        cells = [context, f"{r['ms']:.2f}", f"{r['attn_TFLOPs']:.1f}", f"{r['gemm_TFLOPs']:.0f}",
+                 f"{r['ratio_to_gemm']:.2f}"]
+        t = torch_cases.get(context)
+        if t:
+            best = t.get("best_us")
+            cells += [f"{t['us'] / 1e3:.2f}", f"{t['us'] / 1e3 / r['ms']:.2f}x",
+                      f"{best / 1e3 / r['ms']:.2f}x ({t['best_backend']})" if best else "-"]
+        elif torch:
+            cells += ["-"] * 3
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 
 
@@ -268,10 +281,10 @@ def main():
         return 0
     gpu = args.gpu or found[-1].stem.split("-", 1)[1]
     paths = {name: results / f"{name}-{gpu}.json"
-             for name in ("paged_decode_cuda_bench", "torch_decode_attention", "engine_decode_cuda_bench",
+             for name in ("paged_decode_cuda_bench", "torch_attention", "engine_decode_cuda_bench",
                           "engine_load_cuda_bench", "paged_prefill_cuda_bench")}
     decode = gbench_runs(paths["paged_decode_cuda_bench"]) if paths["paged_decode_cuda_bench"].exists() else {}
-    torch = json.loads(paths["torch_decode_attention"].read_text()) if paths["torch_decode_attention"].exists() else None
+    torch = json.loads(paths["torch_attention"].read_text()) if paths["torch_attention"].exists() else None
     engine = gbench_runs(paths["engine_decode_cuda_bench"]) if paths["engine_decode_cuda_bench"].exists() else {}
     print(f"<!-- {gpu}: " + ", ".join(p.name for p in paths.values() if p.exists()) + " -->")
     dense = mixed = quest = steps = []
@@ -289,7 +302,7 @@ def main():
         print(table + "\n")
     if paths["paged_prefill_cuda_bench"].exists():
         print("Prefill attention, a chunk of 1024 queries at the end of the context (Llama-3-8B's heads):")
-        print(prefill_table(gbench_runs(paths["paged_prefill_cuda_bench"])) + "\n")
+        print(prefill_table(gbench_runs(paths["paged_prefill_cuda_bench"]), torch) + "\n")
     if paths["engine_load_cuda_bench"].exists():
         print("The engine under load (1024 tokens in, 256 out, random weights in Llama-3-8B's shape):")
         print(load_table(gbench_runs(paths["engine_load_cuda_bench"])) + "\n")

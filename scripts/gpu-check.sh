@@ -120,13 +120,13 @@ else
     run timeout "$(limit 300)" "${LAUNCH[@]}" "${PROGRAMS[$b]}" --benchmark_out="${RESULTS_DIR}/${b}-${GPU_NAME}.json" \
       --benchmark_out_format=json "${filter[@]}" || fail "benchmark ${b}"
   done
-  # torch's SDPA on the decode kernel's shapes: the baseline that
-  # bench/cuda_report.py sets the kernel against, where python3 has torch.
+  # torch's SDPA on the attention kernels' shapes: the baselines that
+  # bench/cuda_report.py sets the kernels against, where python3 has torch.
   if ! python3 -c 'import torch' 2>/dev/null; then
-    echo "python3 has no torch: torch_decode_attention skipped"
-  elif in_time torch_decode_attention; then
-    run timeout "$(limit 300)" python3 bench/torch_decode_attention.py \
-      --out "${RESULTS_DIR}/torch_decode_attention-${GPU_NAME}.json" || fail "torch_decode_attention"
+    echo "python3 has no torch: torch_attention skipped"
+  elif in_time torch_attention; then
+    run timeout "$(limit 300)" python3 bench/torch_attention.py \
+      --out "${RESULTS_DIR}/torch_attention-${GPU_NAME}.json" || fail "torch_attention"
   fi
   if [[ -x .venv/bin/python ]]; then
     run .venv/bin/python bench/cuda_report.py --results "$RESULTS_DIR" --gpu "$GPU_NAME" || fail "cuda_report"
