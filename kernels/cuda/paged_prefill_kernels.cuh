@@ -72,6 +72,9 @@ struct PrefillRow {
   int64_t q_row = 0;     // its row of q, sink_q, out: QueryRow · n_q_heads + head
   float inv_scale = 1.0f;  // 1 / the row's q_scale
   float factor = 0.0f;     // what the staged query · k is multiplied by for the logit
+  // No hook that depends on the key: a key's logit is its scaled score
+  // wherever the causal mask shows it.
+  bool plain = false;
 };
 
 // Row r of the tile: query r / group, query head g · group + r % group.
@@ -272,6 +275,9 @@ __device__ void PrefillBlock(const PrefillAttentionArgs& a, const PrefillTile& t
         const float scale = sh.q_scale[warp * 16 + lane / 4 + 8 * x];
         rows[x].inv_scale = 1.0f / scale;
         rows[x].factor = rows[x].hp->logit_scale * scale;
+        const AttentionHeadParams& hp = *rows[x].hp;
+        rows[x].plain = params.window_tokens == 0 && hp.window_tokens == 0 && hp.first_token_bias == 0.0f &&
+                        hp.outside_span_bias == 0.0f && hp.reweight_beta == 1.0f;
       }
       first_tile = false;
     }
@@ -297,19 +303,32 @@ __device__ void PrefillBlock(const PrefillAttentionArgs& a, const PrefillTile& t
         const PrefillRow& row = rows[x];
         const bool reweights = kTwoSums && row.pos >= 0 && row.hp->reweight_beta != 1.0f;
         float tile_max = -INFINITY;
+        if (row.plain && t0 + kPrefillKeys - 1 <= row.pos) {
+          // Every key of the tile seen, none biased: the scaled scores (most
+          // tiles of a dense prompt).
 #pragma unroll
-        for (int n = 0; n < kPrefillKeyBlocks; ++n) {
+          for (int n = 0; n < kPrefillKeyBlocks; ++n) {
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int32_t j = t0 + 8 * n + 2 * quad + c;
-            float& logit = s[n][2 * x + c];
-            if (row.pos >= 0 && HeadKeyVisible(params, *row.hp, row.pos, j)) {
-              logit = logit * row.factor + KeyBias(params, *row.hp, j);
-              if (reweights && InReweightSet(params, *row.hp, j)) in_set |= 1u << (4 * n + 2 * x + c);
-            } else {
-              logit = -INFINITY;
+            for (int c = 0; c < 2; ++c) {
+              s[n][2 * x + c] *= row.factor;
+              tile_max = fmaxf(tile_max, s[n][2 * x + c]);
             }
-            tile_max = fmaxf(tile_max, logit);
+          }
+        } else {
+#pragma unroll
+          for (int n = 0; n < kPrefillKeyBlocks; ++n) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int32_t j = t0 + 8 * n + 2 * quad + c;
+              float& logit = s[n][2 * x + c];
+              if (row.pos >= 0 && HeadKeyVisible(params, *row.hp, row.pos, j)) {
+                logit = logit * row.factor + KeyBias(params, *row.hp, j);
+                if (reweights && InReweightSet(params, *row.hp, j)) in_set |= 1u << (4 * n + 2 * x + c);
+              } else {
+                logit = -INFINITY;
+              }
+              tile_max = fmaxf(tile_max, logit);
+            }
           }
         }
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));

@@ -165,6 +165,7 @@ TEST_F(CudaEngineTest, LinearStateShortOfMemoryFailsItsRequestAlone) {
   const GenerationDelta failed = short_of_memory.Wait()[0];
   EXPECT_EQ(failed.error.code(), absl::StatusCode::kResourceExhausted) << failed.error;
   EXPECT_NE(failed.error.message().find("attention.linear"), std::string_view::npos) << failed.error;
+  EXPECT_NE(failed.error.message().find("--linear-state-memory"), std::string_view::npos) << failed.error;
   const GenerationDelta done = dense.Wait()[0];
   EXPECT_TRUE(done.error.ok()) << done.error;
   EXPECT_EQ(done.token_ids.size(), 8u);

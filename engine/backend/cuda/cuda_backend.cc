@@ -139,7 +139,8 @@ absl::Status CudaBackend::State::AllocateLinearState(LinearAttentionState& state
     return absl::ResourceExhaustedError(absl::StrCat("attention.linear: the sequence's state needs ", bytes,
                                                      " bytes of device memory beside the KV cache (",
                                                      b.status().message(),
-                                                     "); a lower --gpu-memory-utilization leaves more"));
+                                                     "); --linear-state-memory sets memory aside for the "
+                                                     "states before the KV cache is sized"));
   }
   ATTN_RETURN_IF_ERROR(Cuda(cudaMemsetAsync(b->data(), 0, bytes, stream), "cudaMemsetAsync(linear states)"));
   auto owner = std::make_shared<DeviceBuffer>(*std::move(b));
