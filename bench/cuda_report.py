@@ -143,10 +143,12 @@ def engine_table(engine):
 
 
 def prefill_table(prefill, torch):
-    """Prefill attention's matrix rate against cuBLAS's in the same run, and
-    its time against torch's SDPA on the same shapes."""
+    """Prefill attention's matrix rate against cuBLAS's in the same run, its
+    time with every key through the hooks, and against torch's SDPA on the
+    same shapes."""
     torch_cases = {c["context"]: c for c in (torch or {}).get("prefill_cases", [])}
-    head = ["context", "ms", "attention TFLOP/s", "cuBLAS bf16 TFLOP/s", "ratio to cuBLAS"]
+    hooked = prefill.get("BM_PrefillHooked", {})
+    head = ["context", "ms", "attention TFLOP/s", "cuBLAS bf16 TFLOP/s", "ratio to cuBLAS", "per-key hooks ms"]
     if torch:
         head += ["torch ms", "speedup vs torch", "vs its fastest backend"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -154,8 +156,9 @@ def prefill_table(prefill, torch):
         if not ok(r):
             out.append(f"| {context} | {r.get('error_message', 'skipped')} |" + " |" * (len(head) - 2))
             continue
+        h = hooked.get((context,))
         cells = [context, f"{r['ms']:.2f}", f"{r['attn_TFLOPs']:.1f}", f"{r['gemm_TFLOPs']:.0f}",
-                 f"{r['ratio_to_gemm']:.2f}"]
+                 f"{r['ratio_to_gemm']:.2f}", f"{h['ms']:.2f} ({h['ms'] / r['ms']:.2f}x)" if ok(h) else "-"]
         t = torch_cases.get(context)
         if t:
             best = t.get("best_us")

@@ -1,9 +1,11 @@
 // GPU prefill attention (PrefillAttentionCuda) at Llama-3-8B's attention
 // shapes (8 KV heads x 4 queries, head_dim 128, pages of 16 tokens in
 // shuffled order): a chunk of 1024 queries at the end of a sequence of 4k to
-// 32k tokens, causal, dense. Reports the kernel's TFLOP/s (Q·Kᵀ and P·V over
-// the keys each query sees) against a cuBLAS bf16 GEMM of 8192^3 measured in
-// the same run, the device's matrix rate as the project's GEMMs get it. Run
+// 32k tokens, causal, dense; and with zero tuning's first-token bias, which
+// takes every key through the per-key hooks. Reports the kernel's TFLOP/s
+// (Q·Kᵀ and P·V over the keys each query sees) against a cuBLAS bf16 GEMM of
+// 8192^3 measured in the same run, the device's matrix rate as the
+// project's GEMMs get it. Run
 // by scripts/gpu-check.sh; without a GPU every case reports the skip reason.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -54,7 +56,10 @@ double GemmTflops() {
   return tflops;
 }
 
-void BM_PrefillDense(benchmark::State& state) {
+// A chunk's attention over `context` tokens; `first_token_bias` (zero
+// tuning's) takes every key through the per-key hooks, the dense chunk only
+// its diagonal tiles.
+void RunPrefill(benchmark::State& state, float first_token_bias) {
   const int context = static_cast<int>(state.range(0));
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
@@ -73,9 +78,10 @@ void BM_PrefillDense(benchmark::State& state) {
   std::shuffle(order.begin(), order.end(), rng);
   const DeviceBuffer table = Upload(order);
 
-  AttentionHeadParams dense;
-  dense.logit_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  const DeviceBuffer heads = Upload(std::vector<AttentionHeadParams>(kQHeads, dense));
+  AttentionHeadParams head;
+  head.logit_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  head.first_token_bias = first_token_bias;
+  const DeviceBuffer heads = Upload(std::vector<AttentionHeadParams>(kQHeads, head));
   // The chunk's queries are the sequence's last kChunk positions.
   std::vector<DecodeSequence> entries(kChunk);
   std::vector<PrefillTile> tiles;
@@ -121,9 +127,19 @@ void BM_PrefillDense(benchmark::State& state) {
   state.counters["ratio_to_gemm"] = GemmTflops() > 0.0 ? tflops / GemmTflops() : 0.0;
 }
 
+void BM_PrefillDense(benchmark::State& state) { RunPrefill(state, 0.0f); }
+void BM_PrefillHooked(benchmark::State& state) { RunPrefill(state, std::log(3.0f)); }
+
 BENCHMARK(BM_PrefillDense)
     ->Arg(4096)
     ->Arg(16384)
+    ->Arg(32768)
+    ->ArgName("context")
+    ->UseManualTime()
+    ->Iterations(3)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PrefillHooked)
+    ->Arg(4096)
     ->Arg(32768)
     ->ArgName("context")
     ->UseManualTime()
