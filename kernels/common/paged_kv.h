@@ -58,9 +58,14 @@ struct PagedKv {
     if (head_slices != nullptr) return head_slices[static_cast<int64_t>(block) * head_slices_step + kv_head];
     return static_cast<int64_t>(page_table[block]) * n_kv_heads + kv_head;
   }
+  // The row of position t of KV head g among the layer's head_dim-wide rows
+  // of keys (or values: the same).
+  ATTN_HD int64_t RowIndex(int kv_head, int32_t t) const {
+    return Slice(kv_head, t / page_size) * page_size + t % page_size;
+  }
   // Keys (or values, with base = values) of position t of KV head g.
   ATTN_HD const fp16_t* Row(const fp16_t* base, int kv_head, int32_t t) const {
-    return base + (Slice(kv_head, t / page_size) * page_size + t % page_size) * head_dim;
+    return base + RowIndex(kv_head, t) * head_dim;
   }
 };
 

@@ -20,6 +20,20 @@ __device__ __forceinline__ void CopyAsync16(void* dst, const void* src) {
 #endif
 }
 
+// As CopyAsync16 when `load`; else the 16 bytes at dst become zeros, as part
+// of the same group (cp.async's source size 0: src, which must still be a
+// valid address, is not read).
+__device__ __forceinline__ void CopyAsync16OrZeros(void* dst, const void* src, bool load) {
+#ifdef ATTN_CUDA_EMULATION
+  static constexpr unsigned char kZeros[16] = {};
+  emu::CopyAsync(dst, load ? src : kZeros, 16);
+#else
+  const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src), "r"(load ? 16 : 0)
+               : "memory");
+#endif
+}
+
 // Closes the group of copies issued since the last call (one per tile).
 __device__ __forceinline__ void CommitCopies() {
 #ifdef ATTN_CUDA_EMULATION
