@@ -1,8 +1,11 @@
 #include "tests/cuda_emu/emulator.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -121,14 +124,29 @@ void Perform(const std::vector<Copy>& group) {
   for (const Copy& c : group) std::memcpy(c.dst, c.src, c.bytes);
 }
 
+// The process's order: ATTNSERVE_EMULATOR_ORDER's, until SetThreadOrder.
+ThreadOrder& CurrentOrder() {
+  static ThreadOrder order = [] {
+    const char* env = std::getenv("ATTNSERVE_EMULATOR_ORDER");
+    const std::string_view name = env != nullptr ? env : "";
+    if (name == "warps") return ThreadOrder::kWarps;
+    if (name == "warps-reversed") return ThreadOrder::kWarpsReversed;
+    if (!name.empty()) std::fprintf(stderr, "attnserve::emu: ATTNSERVE_EMULATOR_ORDER=%s: unknown, ignored\n", env);
+    return ThreadOrder::kSideBySide;
+  }();
+  return order;
+}
+
 void ReleaseBarrier(BlockState& b) {
+  if (CurrentOrder() == ThreadOrder::kWarpsReversed) std::reverse(b.barrier_waiters.begin(), b.barrier_waiters.end());
   b.ready.insert(b.ready.end(), b.barrier_waiters.begin(), b.barrier_waiters.end());
   b.barrier_waiters.clear();
   b.arrived = 0;
 }
 
 void ReleaseWarp(BlockState& b, WarpState& w) {
-  b.ready.insert(b.ready.end(), w.waiters, w.waiters + w.arrived - 1);
+  const auto at = CurrentOrder() == ThreadOrder::kSideBySide ? b.ready.end() : b.ready.begin() + b.ready_head;
+  b.ready.insert(at, w.waiters, w.waiters + w.arrived - 1);
   w.arrived = 0;
   ++w.gen;
 }
@@ -192,7 +210,8 @@ absl::Status RunBlock(Emulator& e) {
     Prepare(f);
   }
   b.ready.resize(n);
-  for (unsigned i = 0; i < n; ++i) b.ready[i] = static_cast<int>(i);
+  const bool reversed = CurrentOrder() == ThreadOrder::kWarpsReversed;
+  for (unsigned i = 0; i < n; ++i) b.ready[i] = static_cast<int>(reversed ? n - 1 - i : i);
   b.ready_head = 0;
   b.barrier_waiters.clear();
   while (b.ready_head < b.ready.size()) {
@@ -299,7 +318,15 @@ const uint64_t* WarpExchange(unsigned mask, uint64_t value) {
 unsigned char* DynamicShared() { return Self().block.shared; }
 size_t DynamicSharedBytes() { return Self().block.shared_bytes; }
 
-void CopyAsync(void* dst, const void* src, size_t bytes) { Self().current->open.push_back({dst, src, bytes}); }
+void SetThreadOrder(ThreadOrder order) { CurrentOrder() = order; }
+
+void CopyAsync(void* dst, const void* src, size_t bytes) {
+  if (CurrentOrder() == ThreadOrder::kWarpsReversed) {
+    std::memcpy(dst, src, bytes);  // the earliest the device may write it
+    return;
+  }
+  Self().current->open.push_back({dst, src, bytes});
+}
 
 void CommitCopies() {
   Fiber& f = *Self().current;

@@ -11,8 +11,9 @@
 //   - a block larger than 1024 threads, dynamic shared memory past 227 KB.
 // Dynamic shared memory starts as 0xff bytes (NaN in fp16 and fp32), so
 // that reading what was never written shows in the results; async copies
-// land only when their thread waits for them. Races between threads are not
-// found here: that is compute-sanitizer's racecheck on a GPU.
+// land only when their thread waits for them. Races between warps show as
+// results that differ between thread orders (ThreadOrder below); the rest
+// is compute-sanitizer's racecheck on a GPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -57,7 +58,22 @@ size_t DynamicSharedBytes();  // the launch's shared_bytes
 // Ends the launch with INTERNAL: `message` and the calling thread's place.
 [[noreturn]] void Fail(std::string message);
 
-// cp.async: queued by the calling thread, done when it waits for them.
+// The order in which a block's ready threads run, and when cp.async
+// copies land. kSideBySide (the default): every barrier and warp operation
+// queues the threads it releases behind the others, so the warps move on
+// side by side, and a copy lands at its thread's wait (the latest the
+// device may write it). kWarps: the lanes a warp operation releases run
+// first, so that each warp runs on to its next __syncthreads before the
+// next warp starts. kWarpsReversed: the same, last warp first, and copies
+// land as they are issued (the earliest). A race between warps (a read of
+// what another warp writes, or a write over what it still reads, that no
+// barrier orders) gives results that differ in one of them. The process
+// starts with ATTNSERVE_EMULATOR_ORDER's: warps, warps-reversed, or unset.
+enum class ThreadOrder { kSideBySide, kWarps, kWarpsReversed };
+void SetThreadOrder(ThreadOrder order);
+
+// cp.async: queued by the calling thread, done when it waits for them (or
+// at once, under kWarpsReversed).
 void CopyAsync(void* dst, const void* src, size_t bytes);
 void CommitCopies();
 void WaitCopies(int pending);

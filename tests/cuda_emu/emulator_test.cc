@@ -76,16 +76,56 @@ __global__ void Copies(const float* src, float* before, float* after) {
   after[t] = staged[(t + 1) % blockDim.x];
 }
 
+// By default a copy lands at its thread's wait (the latest); under
+// kWarpsReversed as it is issued (the earliest).
 TEST(CudaEmulatorTest, AsyncCopiesLandWhenWaitedFor) {
   std::vector<float> src(64), before(64), after(64);
   std::iota(src.begin(), src.end(), 1.0f);
-  ASSERT_TRUE(emu::Launcher{}("Copies", Copies, dim3(1), dim3(64), 64 * sizeof(float), src.data(), before.data(),
-                              after.data())
-                  .ok());
-  for (int t = 0; t < 64; ++t) {
-    EXPECT_TRUE(std::isnan(before[t])) << t;
-    EXPECT_EQ(after[t], src[(t + 1) % 64]) << t;
+  for (const emu::ThreadOrder order : {emu::ThreadOrder::kSideBySide, emu::ThreadOrder::kWarpsReversed}) {
+    emu::SetThreadOrder(order);
+    ASSERT_TRUE(emu::Launcher{}("Copies", Copies, dim3(1), dim3(64), 64 * sizeof(float), src.data(), before.data(),
+                                after.data())
+                    .ok());
+    for (int t = 0; t < 64; ++t) {
+      if (order == emu::ThreadOrder::kSideBySide) {
+        EXPECT_TRUE(std::isnan(before[t])) << t;
+      } else {
+        EXPECT_EQ(before[t], src[t]) << t;
+      }
+      EXPECT_EQ(after[t], src[(t + 1) % 64]) << t;
+    }
   }
+  emu::SetThreadOrder(emu::ThreadOrder::kSideBySide);
+}
+
+// Warp 1 writes what warp 0 reads with no barrier between: a race, whose
+// outcome the order of the warps decides.
+__global__ void UnorderedHandOff(float* seen) {
+  auto* shared = reinterpret_cast<float*>(emu::DynamicShared());
+  const int t = threadIdx.x;
+  if (t >= 32) {
+    shared[t - 32] = static_cast<float>(t);
+  } else {
+    seen[t] = shared[t];
+  }
+}
+
+TEST(CudaEmulatorTest, ThreadOrdersTellRacesBetweenWarpsApart) {
+  for (const emu::ThreadOrder order :
+       {emu::ThreadOrder::kSideBySide, emu::ThreadOrder::kWarps, emu::ThreadOrder::kWarpsReversed}) {
+    emu::SetThreadOrder(order);
+    std::vector<float> seen(32, 0.0f);
+    ASSERT_TRUE(
+        emu::Launcher{}("UnorderedHandOff", UnorderedHandOff, dim3(1), dim3(64), 32 * sizeof(float), seen.data()).ok());
+    for (int t = 0; t < 32; ++t) {
+      if (order == emu::ThreadOrder::kWarpsReversed) {
+        EXPECT_EQ(seen[t], static_cast<float>(t + 32)) << t;
+      } else {
+        EXPECT_TRUE(std::isnan(seen[t])) << t;
+      }
+    }
+  }
+  emu::SetThreadOrder(emu::ThreadOrder::kSideBySide);
 }
 
 // A (16×16) · B (16×8) + C on one warp, twice: with fragments each lane
