@@ -122,8 +122,11 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
   for (; t0 < end;) {
     __syncthreads();  // every warp is done with the previous tile's values
     StageTile<kHeadDim>(sh.v, kv.values, sh.cache_rows[at]);
+    // The next tile's rows, mapped while this thread's keys land.
+    const int32_t next = tile_at(t0 + kPrefillKeys);
+    if (next < end) MapTileRows(sh.cache_rows[at ^ 1], kv, params, first.query_pos, g, group, next, end);
     WaitCopies<1>();  // this thread's keys
-    __syncthreads();  // everyone's keys, and the queries
+    __syncthreads();  // everyone's keys and the next tile's rows, and the queries
     if (first_tile) {
       for (int x = 0; x < 2; ++x) {
         if (rows[x].pos < 0) continue;
@@ -134,8 +137,6 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
       }
       first_tile = false;
     }
-    const int32_t next = tile_at(t0 + kPrefillKeys);
-    if (next < end) MapTileRows(sh.cache_rows[at ^ 1], kv, params, first.query_pos, g, group, next, end);
     const bool scored = warp_rows && t0 < warp_end;  // warp-uniform
     float s[kPrefillKeyBlocks][4] = {};
     if (scored) {
@@ -152,7 +153,7 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
         }
       }
     }
-    __syncthreads();  // every warp is done with the keys; the next tile is mapped
+    __syncthreads();  // every warp is done with the keys
     if (next < end) {
       StageTile<kHeadDim>(sh.k, kv.keys, sh.cache_rows[at ^ 1]);
     } else {
@@ -162,7 +163,8 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
     if (scored) in_set = SoftmaxTile<kHeadDim>(s, rows, params, t0, sums, o);
     WaitCopies<1>();  // this thread's values
     __syncthreads();  // everyone's
-    if (scored) {
+    // The set's pass sums nothing where no key of the warp's rows is in a set.
+    if (scored && (!set_pass || __ballot_sync(0xffffffffu, in_set != 0u) != 0u)) {
       // Keys 16i to 16i + 15 are score blocks 2i and 2i + 1, whose
       // accumulator pairs are the A fragment's pairs as they lie; the
       // weights (of this pass's keys) are rounded to fp16 as the CPU
