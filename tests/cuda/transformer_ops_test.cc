@@ -295,7 +295,18 @@ TEST_P(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
   std::vector<float> flat;
   std::vector<TokenPick> picks;
   for (int r = 0; r < 24; ++r) {
-    const std::vector<float> row = Random(vocab, 100 + r, 1.0f + r % 4);
+    std::vector<float> row = Random(vocab, 100 + r, 1.0f + r % 4);
+    if (r % 3 == 0) {
+      // Tokens the edits below mask, each the row's certain pick unmasked:
+      // 513 is read by a thread before the edit's own thread, 510 after it.
+      row[513] = 50.0f;
+      row[510] = 50.0f;
+    }
+    if (r == 4) {
+      // The four most likely tokens all read by one thread of the pick's
+      // block, which must take each pass's winner from the block.
+      for (int k = 0; k < 4; ++k) row[1 + 512 * k] = 40.0f - static_cast<float>(k);
+    }
     flat.insert(flat.end(), row.begin(), row.end());
     TokenPick p;
     p.temperature = 0.3f + 0.2f * (r % 5);
@@ -307,8 +318,13 @@ TEST_P(TransformerOpsCudaTest, SampledPicksAreTheHostsPicks) {
     p.top_logprobs = p.logprobs ? r % kMaxPickTop : 0;
     picks.push_back(p);
   }
-  // Logit processing on every third row: token 0 masked, a bias, penalties.
-  const std::vector<LogitEdit> edits = {{0, 0.0f, 1.0f, 0.0f, 0.0f, true}, {11, 3.0f}, {12, 0.0f, 1.3f, 0.8f, 0.4f, false}};
+  // Logit processing on every third row: tokens 0, 513 and 510 masked, a
+  // bias, penalties.
+  const std::vector<LogitEdit> edits = {{0, 0.0f, 1.0f, 0.0f, 0.0f, true},
+                                        {11, 3.0f},
+                                        {12, 0.0f, 1.3f, 0.8f, 0.4f, false},
+                                        {513, 0.0f, 1.0f, 0.0f, 0.0f, true},
+                                        {510, 0.0f, 1.0f, 0.0f, 0.0f, true}};
   KernelMemory memory(backend());
   const LogitEdit* kernel_edits = memory.Upload(edits);
   for (size_t r = 0; r < picks.size(); r += 3) {
