@@ -46,8 +46,8 @@ __device__ __forceinline__ PrefillRow TileRow(const PrefillAttentionArgs& a, con
   return row;
 }
 
-// Stages the queries of rows [0, n_rows) scaled and rounded to fp16 (as the
-// CPU kernel rounds them), zeros past them, a warp a row.
+// Stages the tile's query rows scaled and rounded to fp16 (as the CPU
+// kernel rounds them), zeros for rows without a query, a warp a row.
 template <int kHeadDim>
 __device__ void StageQueries(const PrefillAttentionArgs& a, const PrefillTile& tile, int g, int group,
                              PrefillShared<kHeadDim>& sh) {
