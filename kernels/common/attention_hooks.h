@@ -166,6 +166,9 @@ struct SoftmaxTotals {
   ATTN_HD float Output(float acc_set, float acc_rest) const {
     return den > 0.0f ? (scales.in_set * acc_set + scales.rest * acc_rest) / den : 0.0f;
   }
+  // What the set's (or the rest's) value sums are multiplied by in Output,
+  // for a kernel that divides once a row rather than once a column.
+  ATTN_HD float Weight(bool in_set) const { return den > 0.0f ? (in_set ? scales.in_set : scales.rest) / den : 0.0f; }
 };
 ATTN_HD SoftmaxTotals CloseSoftmax(const AttentionHeadParams& h, float m, float sum_set, float sum_rest) {
   SoftmaxTotals t;

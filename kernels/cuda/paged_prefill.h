@@ -5,10 +5,11 @@
 // per query). Q·Kᵀ and P·V run on the tensor cores (mma.sync; q and the
 // weights rounded to fp16 as the CPU kernel rounds them, fp32 sums), the
 // scores and value sums held in registers; the per-query math between them
-// is the decode kernel's: every hook of attention_hooks.h from each query's entry,
-// ACT's two accumulators, the virtual sink, sink keys scored with the
-// cache-slot queries; no Quest ranges (Quest's queries go to the decode
-// kernel). One pass over the keys, no split: a chunk has tiles enough to
+// is the decode kernel's: every hook of attention_hooks.h from each query's
+// entry, ACT's sums over its key set and over the rest (a second pass over
+// the keys where a head of the group reweights), the virtual sink, sink keys
+// scored with the cache-slot queries; no Quest ranges (Quest's queries go
+// to the decode kernel). No split of the keys: a chunk has tiles enough to
 // fill the device. Asynchronous; nothing allocates.
 #pragma once
 

@@ -115,10 +115,16 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
   int at = 0;  // cache_rows[at] maps tile t0
   if (t0 < end) {
     MapTileRows(sh.cache_rows[0], kv, params, first.query_pos, g, group, t0, end);
-    __syncthreads();
+    __syncthreads();  // the first tile's rows, and the queries
+    for (int x = 0; x < 2; ++x) {
+      if (rows[x].pos < 0) continue;
+      const float scale = sh.q_scale[warp * 16 + lane / 4 + 8 * x];
+      rows[x].inv_scale = 1.0f / scale;
+      rows[x].factor = rows[x].hp->logit_scale * scale;
+      rows[x].whole_from = WholeTilesFrom(params, *rows[x].hp, rows[x].pos);
+    }
     StageTile<kHeadDim>(sh.k, kv.keys, sh.cache_rows[0]);
   }
-  bool first_tile = true;
   for (; t0 < end;) {
     __syncthreads();  // every warp is done with the previous tile's values
     StageTile<kHeadDim>(sh.v, kv.values, sh.cache_rows[at]);
@@ -126,17 +132,7 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
     const int32_t next = tile_at(t0 + kPrefillKeys);
     if (next < end) MapTileRows(sh.cache_rows[at ^ 1], kv, params, first.query_pos, g, group, next, end);
     WaitCopies<1>();  // this thread's keys
-    __syncthreads();  // everyone's keys and the next tile's rows, and the queries
-    if (first_tile) {
-      for (int x = 0; x < 2; ++x) {
-        if (rows[x].pos < 0) continue;
-        const float scale = sh.q_scale[warp * 16 + lane / 4 + 8 * x];
-        rows[x].inv_scale = 1.0f / scale;
-        rows[x].factor = rows[x].hp->logit_scale * scale;
-        rows[x].whole_from = WholeTilesFrom(params, *rows[x].hp, rows[x].pos);
-      }
-      first_tile = false;
-    }
+    __syncthreads();  // everyone's keys, and the next tile's rows
     const bool scored = warp_rows && t0 < warp_end;  // warp-uniform
     float s[kPrefillKeyBlocks][4] = {};
     if (scored) {
@@ -203,9 +199,7 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
     const float top = fmaxf(m, row.hp->virtual_sink_logit);
     const float w = m == -INFINITY ? 0.0f : __expf(m - top);
     const SoftmaxTotals totals = CloseSoftmax(*row.hp, top, sums.set[x] * w, sums.rest[x] * w);
-    // SoftmaxTotals::Output, its division once a row.
-    const float weight = totals.den > 0.0f ? (set_pass ? totals.scales.in_set : totals.scales.rest) * w / totals.den
-                                           : 0.0f;
+    const float weight = totals.Weight(set_pass) * w;
     float2* out = reinterpret_cast<float2*>(a.out + row.q_row * kHeadDim);
 #pragma unroll
     for (int n = 0; n < kColBlocks; ++n) {

@@ -116,20 +116,27 @@ __device__ __forceinline__ void StageTile(__half (*tile)[PrefillShared<kHeadDim>
   CommitCopies();
 }
 
+// This lane's row address for ldmatrix of key blocks n and n + 1 (n even),
+// columns d0 to d0 + 15: the B fragments of both, in that order.
+template <int kHeadDim>
+__device__ __forceinline__ const __half* KeyBlocksRow(const __half (*k)[kHeadDim + 8], int n, int d0) {
+  const int lane = threadIdx.x % kWarp;
+  return &k[8 * n + lane % 8 + lane / 16 * 8][d0 + lane / 8 % 2 * 8];
+}
+
 // s[n] += the warp's 16 rows of queries · the tile's keys 8n to 8n + 7, with
 // the queries' columns d0 to d0 + 15 as fragments `qa(d0, a)`.
 template <int kHeadDim, typename QueryFragments>
 __device__ __forceinline__ void ScoreTile(float (&s)[kPrefillKeyBlocks][4], const __half (*k)[kHeadDim + 8],
                                           const QueryFragments& qa) {
-  const int lane = threadIdx.x % kWarp;
 #pragma unroll
   for (int d0 = 0; d0 < kHeadDim; d0 += 16) {
     uint32_t a[4];
     qa(d0, a);
 #pragma unroll
     for (int n = 0; n < kPrefillKeyBlocks; n += 2) {
-      uint32_t kb[4];  // keys 8n to 8n + 15, columns d0 to d0 + 15
-      LoadMatrices<false>(kb, &k[8 * n + lane % 8 + lane / 16 * 8][d0 + lane / 8 % 2 * 8]);
+      uint32_t kb[4];
+      LoadMatrices<false>(kb, KeyBlocksRow<kHeadDim>(k, n, d0));
       MmaF16(s[n], a, kb[0], kb[1]);
       MmaF16(s[n + 1], a, kb[2], kb[3]);
     }
@@ -156,7 +163,7 @@ __device__ void SinkScores(float (&s)[4], const float* sink_q, const PrefillRow 
     }
     uint32_t kb[4];  // keys of blocks n and n ^ 1, as ScoreTile loads them
     const int pair = n & ~1;
-    LoadMatrices<false>(kb, &k[8 * pair + lane % 8 + lane / 16 * 8][d0 + lane / 8 % 2 * 8]);
+    LoadMatrices<false>(kb, KeyBlocksRow<kHeadDim>(k, pair, d0));
     MmaF16(dot, qa, kb[n - pair == 0 ? 0 : 2], kb[n - pair == 0 ? 1 : 3]);
   }
 #pragma unroll
