@@ -1,6 +1,9 @@
-"""A real Prometheus server (Debian's `prometheus`) scrapes `attnserve serve`
-and the test reads TTFT and token counts back through Prometheus' HTTP API."""
+"""A real Prometheus server (Debian's `prometheus`), configured by
+deploy/prometheus (its scrape config and rules), scrapes `attnserve serve`;
+the tests read TTFT and token counts back through Prometheus' HTTP API, and
+run every query of the Grafana dashboard (deploy/grafana) against it."""
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -8,13 +11,18 @@ import time
 import urllib.parse
 import urllib.request
 
+import grpc
 import pytest
+import yaml
 
+from conftest import ROOT
 from server_process import ServerProcess, generate
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 N_REQUESTS = 4
 MAX_TOKENS = 8
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "attnserve.json"
 
 
 def free_port():
@@ -52,14 +60,18 @@ def prometheus_and_server(attnserve_bin, model_path, tmp_path_factory):
         pytest.fail(f"{PROMETHEUS} is missing: run scripts/setup.sh (Debian package prometheus)")
     tmp = tmp_path_factory.mktemp("prometheus")
     server = ServerProcess(attnserve_bin, model_path, tmp / "server.log")
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n  - job_name: attnserve\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{server.metrics_port}']\n")
+    # deploy/prometheus/prometheus.yml with its target this server, its rules
+    # found where they are, and a faster scrape.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in config["rule_files"]]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]
+    config_path = tmp / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
     port = free_port()
     log = open(tmp / "prometheus.log", "w")
-    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={tmp / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     yield server, port
     prom.terminate()
@@ -83,3 +95,60 @@ def test_prometheus_scrapes_ttft_and_token_counts(stubs, prometheus_and_server):
     median = query(port, "histogram_quantile(0.5, attnserve_time_to_first_token_seconds_bucket)")[0]
     print(f"\nPrometheus: {N_REQUESTS * MAX_TOKENS} generation tokens, TTFT sum {ttft_sum:.3f} s, median {median:.4f} s")
     assert 0 < median < 60
+
+
+def dashboard_queries():
+    """(panel title, PromQL) of every target of the Grafana dashboard, with its
+    variables set as Grafana would for "All" and a 1-minute rate window."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m")
+            yield panel["title"], re.sub(r"\$(job|instance)\b", ".*", expr)
+
+
+def test_every_metric_is_on_the_dashboard(prometheus_and_server):
+    server, _ = prometheus_and_server
+    exported = {m.group(1) for m in re.finditer(r"^# TYPE (attnserve_\w+) ", server.metrics(), re.M)}
+    assert len(exported) >= 20, exported
+    on_dashboard = {name for _, expr in dashboard_queries() for name in re.findall(r"attnserve_\w+", expr)}
+    on_dashboard = {re.sub(r"_(bucket|sum|count)$", "", name) for name in on_dashboard}
+    assert exported - on_dashboard == set(), "metrics no dashboard panel shows"
+    assert on_dashboard - exported == set(), "dashboard queries of metrics the server does not export"
+
+
+def test_dashboard_queries_and_recording_rules_return_data(stubs, prometheus_and_server):
+    server, port = prometheus_and_server
+    assert wait_for(port, 'up{job="attnserve"}', 1.0) == 1.0, "Prometheus never scraped the server"
+    # A policy request (requests_total{mode="dense", sink="streaming"}) and a
+    # refused one (request_errors_total{code="INVALID_ARGUMENT"}).
+    messages = generate(stubs, server, prompt="Name three colours:", attention={"streaming": {"window_tokens": 64}},
+                        sampling={"max_tokens": MAX_TOKENS, "ignore_eos": True})
+    assert messages[-1].usage.completion_tokens == MAX_TOKENS
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stubs, server, prompt="hi", sampling={"top_p": 2.0})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    queries = list(dashboard_queries())
+    assert len(queries) >= 25
+    pending = dict.fromkeys(queries)
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        for title, expr in list(pending):
+            if query(port, expr):  # the query is valid, else query() fails
+                del pending[(title, expr)]
+        time.sleep(1)
+    assert not pending, f"dashboard queries without data: {list(pending)}"
+    for rule in ("job:attnserve_generation_tokens:rate1m", "job:attnserve_prompt_tokens:rate1m"):
+        deadline = time.monotonic() + 30
+        while not [v for v in query(port, rule) if v > 0]:
+            assert time.monotonic() < deadline, f"recording rule {rule} never recorded a rate"
+            time.sleep(1)
+    alerts = query_alerts(port)
+    assert alerts == [], f"alerts firing on a healthy server: {alerts}"
+
+
+def query_alerts(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=10) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return [a["labels"]["alertname"] for a in body["data"]["alerts"]]

@@ -1,0 +1,128 @@
+"""The deployment files (deploy/) against the tools that read them: promtool
+for the Prometheus config and rules (with the rules' unit tests), the
+Kubernetes API schemas for the manifests, and `attnserve serve` itself for
+the flags they pass."""
+import json
+import re
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import ROOT
+from server_process import ServerProcess
+
+DEPLOY = ROOT / "deploy"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+KUBERNETES_VERSION = "1.30.0"  # the oldest still supported with gRPC probes and appProtocol
+
+
+def promtool(*args, cwd):
+    if not shutil.which(PROMTOOL):
+        pytest.fail(f"{PROMTOOL} is missing: run scripts/setup.sh (Debian package prometheus)")
+    proc = subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_prometheus_config_and_rules_are_valid():
+    out = promtool("check", "config", "prometheus.yml", cwd=DEPLOY / "prometheus")
+    assert "1 rule files found" in out
+
+
+def test_alerts_and_recording_rules_pass_their_unit_tests():
+    out = promtool("test", "rules", "attnserve-rules.test.yml", cwd=DEPLOY / "prometheus")
+    assert "SUCCESS" in out
+    # Every rule of the file is exercised by a test.
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "attnserve-rules.yml").read_text())
+    tests = (DEPLOY / "prometheus" / "attnserve-rules.test.yml").read_text()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert") or rule["record"]
+            assert re.search(rf"(alertname|expr): {re.escape(name)}$", tests, re.M), f"{name} has no test"
+
+
+def kubernetes_documents():
+    docs = []
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_match_the_api_schema():
+    docs = kubernetes_documents()
+    assert {d["kind"] for _, d in docs} >= {"Deployment", "Service"}
+    for name, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']}: {e.message} at {list(e.path)}")
+
+
+def flag_value(args, name):
+    for a in args:
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    raise AssertionError(f"--{name} not among {args}")
+
+
+def test_kubernetes_probes_ports_and_service_agree_with_the_server_flags():
+    docs = {d["kind"]: d for _, d in kubernetes_documents()}
+    pod = docs["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
+    grpc_port, metrics_port = int(flag_value(args, "port")), int(flag_value(args, "metrics-port"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == grpc_port, probe
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
+    service = docs["Service"]["spec"]
+    assert service["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert {p["targetPort"] for p in service["ports"]} == set(ports)
+    # Room for the drain: SIGKILL comes terminationGracePeriodSeconds after SIGTERM.
+    drain = flag_value(args, "drain-timeout")
+    assert re.fullmatch(r"\d+s", drain) and int(drain[:-1]) < pod["spec"]["terminationGracePeriodSeconds"]
+
+
+def test_kubernetes_server_flags_start_the_server(attnserve_bin, model_path, tmp_path):
+    """The manifest's flags, as the server parses them: it starts with them
+    (only where it listens, its backend and model changed for this machine)."""
+    (_, deployment), = [(n, d) for n, d in kubernetes_documents() if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "serve"
+    kept = [a for a in args[1:] if not re.match(r"--(host|port|metrics-port|backend)=", a)]
+    # ServerProcess passes its own --model, --host, ports and backend first;
+    # the manifest's flags come after them.
+    server = ServerProcess(attnserve_bin, model_path, tmp_path / "server.log", *kept)
+    try:
+        assert server.metric("attnserve_num_requests_running") == 0
+    finally:
+        server.stop()
+
+
+def test_grafana_dashboard_is_well_formed():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "attnserve.json").read_text())
+    assert dashboard["uid"] == "attnserve"
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "job", "instance"}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    cells = set()
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        cell = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & cell, f"{p['title']} overlaps another panel"
+        cells |= cell
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), p["title"]
+        for t in p["targets"]:
+            # Every query is scoped to the chosen servers.
+            for selector in re.findall(r"attnserve_\w+(\{[^}]*\})?", t["expr"]):
+                assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, t["expr"]
