@@ -1,7 +1,7 @@
-"""The deployment files (deploy/) against the tools that read them: promtool
-for the Prometheus config and rules (with the rules' unit tests), the
-Kubernetes API schemas for the manifests, and `attnserve serve` itself for
-the flags they pass."""
+"""The deployment files (deploy/, docker/) against the tools that read them:
+promtool for the Prometheus config and rules (with the rules' unit tests),
+the Kubernetes API schemas for the manifests, `attnserve serve` itself for
+the flags they pass, and each other for the names and ports they share."""
 import json
 import re
 import shutil
@@ -15,6 +15,7 @@ from conftest import ROOT
 from server_process import ServerProcess
 
 DEPLOY = ROOT / "deploy"
+DOCKER = ROOT / "docker"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 KUBERNETES_VERSION = "1.30.0"  # the oldest still supported with gRPC probes and appProtocol
 
@@ -87,20 +88,73 @@ def test_kubernetes_probes_ports_and_service_agree_with_the_server_flags():
     assert re.fullmatch(r"\d+s", drain) and int(drain[:-1]) < pod["spec"]["terminationGracePeriodSeconds"]
 
 
-def test_kubernetes_server_flags_start_the_server(attnserve_bin, model_path, tmp_path):
-    """The manifest's flags, as the server parses them: it starts with them
-    (only where it listens, its backend and model changed for this machine)."""
-    (_, deployment), = [(n, d) for n, d in kubernetes_documents() if d["kind"] == "Deployment"]
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+def compose(name):
+    return yaml.safe_load((DOCKER / name).read_text())["services"]
+
+
+def server_commands():
+    """(where, `attnserve serve` arguments) of every deployment file."""
+    (deployment,) = [d for _, d in kubernetes_documents() if d["kind"] == "Deployment"]
+    yield "kubernetes", deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    for name in ("compose.yaml", "compose.cuda.yaml"):
+        yield name, compose(name)["attnserve"]["command"]
+
+
+@pytest.mark.parametrize("where,args", list(server_commands()), ids=lambda v: v if isinstance(v, str) else "")
+def test_deployment_server_flags_start_the_server(attnserve_bin, model_path, tmp_path, where, args):
+    """The flags a deployment file passes, as the server parses them: it
+    starts with them (only where it listens and its backend changed for this
+    machine)."""
     assert args[0] == "serve"
     kept = [a for a in args[1:] if not re.match(r"--(host|port|metrics-port|backend)=", a)]
     # ServerProcess passes its own --model, --host, ports and backend first;
-    # the manifest's flags come after them.
+    # the file's flags come after them.
     server = ServerProcess(attnserve_bin, model_path, tmp_path / "server.log", *kept)
     try:
         assert server.metric("attnserve_num_requests_running") == 0
     finally:
         server.stop()
+
+
+def test_compose_services_find_each_other():
+    services = compose("compose.yaml")
+    assert set(services) == {"attnserve", "prometheus", "grafana"}
+    # Prometheus scrapes the server's service at its metrics port, reading
+    # its config and rules from the mounted deploy/prometheus.
+    metrics_port = flag_value(services["attnserve"]["command"], "metrics-port")
+    assert f"{metrics_port}:{metrics_port}" in services["attnserve"]["ports"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == [f"attnserve:{metrics_port}"]
+    prom_args = services["prometheus"]["command"]
+    config_dir = flag_value(prom_args, "config.file").rsplit("/", 1)[0]
+    assert f"../deploy/prometheus:{config_dir}:ro" in services["prometheus"]["volumes"]
+    # Grafana's provisioned data source is that Prometheus, and its
+    # dashboards folder is where the provider looks.
+    prom_port = flag_value(prom_args, "web.listen-address").rsplit(":", 1)[1]
+    datasources = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasources["datasources"][0]["url"] == f"http://prometheus:{prom_port}"
+    providers = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "attnserve.yml").read_text())
+    dashboards_dir = providers["providers"][0]["options"]["path"]
+    volumes = services["grafana"]["volumes"]
+    assert f"../deploy/grafana/dashboards:{dashboards_dir}:ro" in volumes
+    assert "../deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in volumes
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_dir}/attnserve.json"
+
+
+def test_compose_builds_the_images_the_dockerfile_describes():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    build_args = set(re.findall(r"^ARG (\w+)", dockerfile, re.M))
+    cuda = compose("compose.cuda.yaml")["attnserve"]
+    assert set(cuda["build"]["args"]) <= build_args
+    base = compose("compose.yaml")["attnserve"]
+    # Paths in a compose file are relative to its folder.
+    assert (DOCKER / base["build"]["context"]).resolve() == ROOT
+    assert (ROOT / base["build"]["dockerfile"]) == DOCKER / "Dockerfile"
+    # The image exposes the ports the server listens on by default.
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", dockerfile, re.M)
+    ports = [flag_value(base["command"], "port"), flag_value(base["command"], "metrics-port")]
+    assert exposed.split() == ports
 
 
 def test_grafana_dashboard_is_well_formed():
