@@ -2,9 +2,11 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -153,6 +155,21 @@ int RunServe() {
 
   server_options.host = absl::GetFlag(FLAGS_host);
   server_options.port = absl::GetFlag(FLAGS_port);
+  // A backend that failed for good ends the process (status 1) rather than
+  // leave it up and useless: whatever supervises it starts a healthy one.
+  // The failure wakes the sigwait below as a SIGTERM would.
+  struct BackendFailure {
+    std::mutex mu;
+    absl::Status status;
+  };
+  const auto failure = std::make_shared<BackendFailure>();
+  server_options.on_backend_failure = [failure](const absl::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(failure->mu);
+      failure->status = status;
+    }
+    kill(getpid(), SIGTERM);
+  };
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(**engine, &metrics, server_options);
   if (!server.ok()) return Fail(server.status());
 
@@ -163,6 +180,19 @@ int RunServe() {
 
   int signal = 0;
   sigwait(&signals, &signal);
+  absl::Status failed;
+  {
+    std::lock_guard<std::mutex> lock(failure->mu);
+    failed = failure->status;
+  }
+  if (!failed.ok()) {
+    // The engine has failed the requests it held: nothing is left to drain.
+    LogLine(absl::StrFormat("the backend failed for good (%s): exiting", failed.ToString()));
+    (*server)->Drain(absl::ZeroDuration());
+    server->reset();
+    engine->reset();
+    return 1;
+  }
   const absl::Duration timeout = absl::GetFlag(FLAGS_drain_timeout);
   LogLine(absl::StrFormat("draining on signal %d (timeout %s)", signal, absl::FormatDuration(timeout)));
   (*server)->Drain(timeout);

@@ -40,10 +40,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine& engine, Metrics* m
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":", options.port));
   }
-  // A backend that failed for good turns health NOT_SERVING: orchestrators
-  // restart the process (new calls get the engine's UNAVAILABLE meanwhile).
+  // A backend that failed for good turns health NOT_SERVING (new calls get
+  // the engine's UNAVAILABLE), and the owner hears of it.
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  engine.SetHealthListener([health](const absl::Status&) { health->SetServingStatus(false); });
+  engine.SetHealthListener([health, failed = options.on_backend_failure](const absl::Status& status) {
+    health->SetServingStatus(false);
+    if (failed) failed(status);
+  });
   return server;
 }
 

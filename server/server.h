@@ -2,6 +2,7 @@
 // and server reflection on one port.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,11 @@ struct ServerOptions {
   v1::AttentionPolicy default_attention;
   // --profile-dir: the head profiles policies may name, made for the engine's model.
   HeadProfiles profiles;
+  // Called once, on an engine thread, when the backend has failed for good
+  // (a GPU fault): health has turned NOT_SERVING and new calls get
+  // UNAVAILABLE. `serve` exits then, so that the process's supervisor
+  // (Kubernetes, a compose restart policy) starts a healthy one.
+  std::function<void(const absl::Status&)> on_backend_failure;
 };
 
 class Server {

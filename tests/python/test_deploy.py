@@ -37,12 +37,20 @@ def test_alerts_and_recording_rules_pass_their_unit_tests():
     out = promtool("test", "rules", "attnserve-rules.test.yml", cwd=DEPLOY / "prometheus")
     assert "SUCCESS" in out
     # Every rule of the file is exercised by a test.
+    # Every recorded series has its value checked, and every alert is seen
+    # firing and staying quiet.
     rules = yaml.safe_load((DEPLOY / "prometheus" / "attnserve-rules.yml").read_text())
-    tests = (DEPLOY / "prometheus" / "attnserve-rules.test.yml").read_text()
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "attnserve-rules.test.yml").read_text())["tests"]
+    checked = {t["expr"] for test in tests for t in test.get("promql_expr_test", []) if t["exp_samples"]}
+    fires = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if t["exp_alerts"]}
+    quiet = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if not t["exp_alerts"]}
     for group in rules["groups"]:
         for rule in group["rules"]:
-            name = rule.get("alert") or rule["record"]
-            assert re.search(rf"(alertname|expr): {re.escape(name)}$", tests, re.M), f"{name} has no test"
+            if "record" in rule:
+                assert rule["record"] in checked, f"{rule['record']}: no test checks its value"
+            else:
+                assert rule["alert"] in fires, f"{rule['alert']}: no test sees it fire"
+                assert rule["alert"] in quiet, f"{rule['alert']}: no test sees it stay quiet"
 
 
 def kubernetes_documents():
@@ -83,9 +91,25 @@ def test_kubernetes_probes_ports_and_service_agree_with_the_server_flags():
     service = docs["Service"]["spec"]
     assert service["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
     assert {p["targetPort"] for p in service["ports"]} == set(ports)
-    # Room for the drain: SIGKILL comes terminationGracePeriodSeconds after SIGTERM.
+    # Room for the drain: SIGKILL comes terminationGracePeriodSeconds after
+    # the preStop hook starts; the server stops 5 s after the drain
+    # (kShutdownGrace in server/server.cc), for clients to read the last
+    # messages.
     drain = flag_value(args, "drain-timeout")
-    assert re.fullmatch(r"\d+s", drain) and int(drain[:-1]) < pod["spec"]["terminationGracePeriodSeconds"]
+    assert re.fullmatch(r"\d+s", drain), drain
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + int(drain[:-1]) + 5 < pod["spec"]["terminationGracePeriodSeconds"]
+    # A pod a restricted namespace admits: a numeric non-root user (the
+    # image's USER), no privilege escalation, no capabilities.
+    dockerfile_user = re.search(r"^USER (\d+):(\d+)$", (DOCKER / "Dockerfile").read_text(), re.M)
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] and security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert (security["runAsUser"], security["runAsGroup"]) == tuple(map(int, dockerfile_user.groups()))
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # A replica holds a whole GPU: a rollout must not ask for one more.
+    rollout = docs["Deployment"]["spec"]["strategy"]
+    assert rollout["type"] == "Recreate" or rollout["rollingUpdate"]["maxSurge"] == 0
 
 
 def compose(name):
@@ -122,7 +146,7 @@ def test_compose_services_find_each_other():
     # Prometheus scrapes the server's service at its metrics port, reading
     # its config and rules from the mounted deploy/prometheus.
     metrics_port = flag_value(services["attnserve"]["command"], "metrics-port")
-    assert f"{metrics_port}:{metrics_port}" in services["attnserve"]["ports"]
+    assert f"127.0.0.1:{metrics_port}:{metrics_port}" in services["attnserve"]["ports"]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == [f"attnserve:{metrics_port}"]
     prom_args = services["prometheus"]["command"]

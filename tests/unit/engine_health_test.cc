@@ -9,46 +9,19 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/core/engine.h"
 #include "engine/model/model.h"
 #include "tests/unit/engine_test_util.h"
+#include "tests/unit/failing_backend.h"
 #include "tests/unit/synthetic_model.h"
 
 namespace attnserve {
 namespace {
 
-// The CPU backend, until its `fail_at`-th step fails and leaves it unhealthy.
-class FailingBackend : public Backend {
- public:
-  FailingBackend(std::unique_ptr<Backend> inner, int fail_at) : inner_(std::move(inner)), fail_at_(fail_at) {}
-
-  const ModelConfig& config() const override { return inner_->config(); }
-  std::string name() const override { return inner_->name(); }
-  std::string device() const override { return inner_->device(); }
-  absl::Status AllocateLinearState(LinearAttentionState& state) override { return inner_->AllocateLinearState(state); }
-  absl::Status health() const override { return health_; }
-
-  absl::Status Forward(std::span<const SequenceStep> steps, std::vector<float>& logits) override {
-    if (++steps_ < fail_at_) return inner_->Forward(steps, logits);
-    health_ = absl::UnavailableError("the device can run no more steps");
-    return absl::InternalError("an illegal memory access was encountered");
-  }
-
- private:
-  std::unique_ptr<Backend> inner_;
-  const int fail_at_;
-  int steps_ = 0;
-  absl::Status health_;
-};
-
 TEST(EngineHealthTest, ABackendThatFailsForGoodFailsWhatItHoldsAndRefusesTheRest) {
   const std::unique_ptr<Model> model = LoadSyntheticLlama("attnserve_engine_health_test", [](const std::string& p) { return LoadModel(p); }).value();
-  const auto failing = [](const Model& m, KvCachePool& pool) -> absl::StatusOr<std::unique_ptr<Backend>> {
-    std::unique_ptr<CpuBackend> cpu = CpuBackend::Create(m, pool, CpuBackendOptions{}).value();
-    return std::make_unique<FailingBackend>(std::move(cpu), /*fail_at=*/6);
-  };
-  std::unique_ptr<Engine> engine = Engine::CreateWithBackend(*model, EngineOptions{}, nullptr, failing).value();
+  std::unique_ptr<Engine> engine =
+      Engine::CreateWithBackend(*model, EngineOptions{}, nullptr, FailingCpuBackend(/*fail_at=*/6)).value();
   std::atomic<int> heard{0};
   engine->SetHealthListener([&](const absl::Status& s) {
     EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
