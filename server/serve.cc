@@ -185,21 +185,19 @@ int RunServe() {
     std::lock_guard<std::mutex> lock(failure->mu);
     failed = failure->status;
   }
-  if (!failed.ok()) {
-    // The engine has failed the requests it held: nothing is left to drain.
-    LogLine(absl::StrFormat("the backend failed for good (%s): exiting", failed.ToString()));
-    (*server)->Drain(absl::ZeroDuration());
-    server->reset();
-    engine->reset();
-    return 1;
+  // After a backend failure the engine has failed the requests it held:
+  // nothing is left to drain.
+  const absl::Duration timeout = failed.ok() ? absl::GetFlag(FLAGS_drain_timeout) : absl::ZeroDuration();
+  if (failed.ok()) {
+    LogLine(absl::StrFormat("draining on signal %d (timeout %s)", signal, absl::FormatDuration(timeout)));
+  } else {
+    LogLine(absl::StrFormat("the backend failed for good (%s)", failed.ToString()));
   }
-  const absl::Duration timeout = absl::GetFlag(FLAGS_drain_timeout);
-  LogLine(absl::StrFormat("draining on signal %d (timeout %s)", signal, absl::FormatDuration(timeout)));
   (*server)->Drain(timeout);
   server->reset();
   engine->reset();
   LogLine("drained, exiting");
-  return 0;
+  return failed.ok() ? 0 : 1;
 }
 
 }  // namespace attnserve

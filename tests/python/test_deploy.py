@@ -17,7 +17,7 @@ from server_process import ServerProcess
 DEPLOY = ROOT / "deploy"
 DOCKER = ROOT / "docker"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-KUBERNETES_VERSION = "1.30.0"  # the oldest still supported with gRPC probes and appProtocol
+KUBERNETES_VERSION = "1.30.0"  # the first with the preStop sleep on by default
 
 
 def promtool(*args, cwd):
@@ -36,7 +36,6 @@ def test_prometheus_config_and_rules_are_valid():
 def test_alerts_and_recording_rules_pass_their_unit_tests():
     out = promtool("test", "rules", "attnserve-rules.test.yml", cwd=DEPLOY / "prometheus")
     assert "SUCCESS" in out
-    # Every rule of the file is exercised by a test.
     # Every recorded series has its value checked, and every alert is seen
     # firing and staying quiet.
     rules = yaml.safe_load((DEPLOY / "prometheus" / "attnserve-rules.yml").read_text())

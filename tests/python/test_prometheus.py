@@ -32,12 +32,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def query(port, expr):
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as r:
+def api(port, path):
+    """The data of a Prometheus HTTP API answer, which must be a success."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}", timeout=10) as r:
         body = json.load(r)
     assert body["status"] == "success", body
-    return [float(sample["value"][1]) for sample in body["data"]["result"]]
+    return body["data"]
+
+
+def query(port, expr):
+    result = api(port, "query?" + urllib.parse.urlencode({"query": expr}))["result"]
+    return [float(sample["value"][1]) for sample in result]
 
 
 def wait_for(port, expr, want, timeout_s=60):
@@ -148,12 +153,5 @@ def test_dashboard_queries_and_recording_rules_return_data(stubs, prometheus_and
         while not [v for v in query(port, rule) if v > 0]:
             assert time.monotonic() < deadline, f"recording rule {rule} never recorded a rate"
             time.sleep(1)
-    alerts = query_alerts(port)
-    assert alerts == [], f"alerts firing on a healthy server: {alerts}"
-
-
-def query_alerts(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=10) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return [a["labels"]["alertname"] for a in body["data"]["alerts"]]
+    alerts = [a["labels"]["alertname"] for a in api(port, "alerts")["alerts"]]
+    assert alerts == [], f"alerts pending or firing on a healthy server: {alerts}"
