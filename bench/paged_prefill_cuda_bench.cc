@@ -1,8 +1,9 @@
 // GPU prefill attention (PrefillAttentionCuda) at Llama-3-8B's attention
 // shapes (8 KV heads x 4 queries, head_dim 128, pages of 16 tokens in
 // shuffled order): a chunk of 1024 queries at the end of a sequence of 4k to
-// 32k tokens, causal, dense; and with zero tuning's first-token bias, which
-// takes every key through the per-key hooks. Reports the kernel's TFLOP/s
+// 32k tokens, causal, dense; and with emphasis' outside-span bias over the
+// whole sequence, which takes every key through the per-key hooks (no tile
+// is plain: PlainKeysFrom). Reports the kernel's TFLOP/s
 // (Q·Kᵀ and P·V over the keys each query sees) against a cuBLAS bf16 GEMM of
 // 8192^3 measured in the same run, the device's matrix rate as the
 // project's GEMMs get it. Run
@@ -56,10 +57,10 @@ double GemmTflops() {
   return tflops;
 }
 
-// A chunk's attention over `context` tokens; `first_token_bias` (zero
-// tuning's) takes every key through the per-key hooks, the dense chunk only
-// its diagonal tiles.
-void RunPrefill(benchmark::State& state, float first_token_bias) {
+// A chunk's attention over `context` tokens; `hooked` biases every key
+// (emphasis with no span over a prompt of the whole sequence), which takes
+// each through the per-key hooks, the dense chunk only its diagonal tiles.
+void RunPrefill(benchmark::State& state, bool hooked) {
   const int context = static_cast<int>(state.range(0));
   std::string why;
   if (!CudaDeviceAvailable(&why)) {
@@ -80,7 +81,7 @@ void RunPrefill(benchmark::State& state, float first_token_bias) {
 
   AttentionHeadParams head;
   head.logit_scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  head.first_token_bias = first_token_bias;
+  head.outside_span_bias = hooked ? std::log(3.0f) : 0.0f;
   const DeviceBuffer heads = Upload(std::vector<AttentionHeadParams>(kQHeads, head));
   // The chunk's queries are the sequence's last kChunk positions.
   std::vector<DecodeSequence> entries(kChunk);
@@ -92,6 +93,7 @@ void RunPrefill(benchmark::State& state, float first_token_bias) {
     e.kv = PagedKv{keys.as<fp16_t>(), values.as<fp16_t>(), table.as<int32_t>(), kPageSize, kKvHeads, kHeadDim,
                    context};
     e.params.heads = heads.as<AttentionHeadParams>();
+    e.params.prompt_tokens = hooked ? context : 0;
     e.query_pos = context - kChunk + i;
     e.row = i;
     if (i % per_tile == 0) tiles.push_back({i, 0});
@@ -127,8 +129,8 @@ void RunPrefill(benchmark::State& state, float first_token_bias) {
   state.counters["ratio_to_gemm"] = GemmTflops() > 0.0 ? tflops / GemmTflops() : 0.0;
 }
 
-void BM_PrefillDense(benchmark::State& state) { RunPrefill(state, 0.0f); }
-void BM_PrefillHooked(benchmark::State& state) { RunPrefill(state, std::log(3.0f)); }
+void BM_PrefillDense(benchmark::State& state) { RunPrefill(state, false); }
+void BM_PrefillHooked(benchmark::State& state) { RunPrefill(state, true); }
 
 BENCHMARK(BM_PrefillDense)
     ->Arg(4096)

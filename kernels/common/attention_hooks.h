@@ -140,6 +140,22 @@ ATTN_HD bool InReweightSet(const SequenceAttentionParams& p, const AttentionHead
   return lo < h.reweight_keys_size && keys[lo] == key_pos;
 }
 
+// Where head h's plain keys at `query_pos` start: every key from there to
+// the query is visible, has no bias and is outside ACT's key set, so that
+// its logit is q·k times the logit scale and nothing else (the prefill
+// kernel's whole tiles). Past every window's start, the first token's bias
+// and the prompt's outside-span bias; INT32_MAX where the head reweights.
+ATTN_HD int32_t PlainKeysFrom(const SequenceAttentionParams& p, const AttentionHeadParams& h, int32_t query_pos) {
+  if (h.reweight_beta != 1.0f) return INT32_MAX;
+  const int32_t starts[4] = {h.first_token_bias != 0.0f ? 1 : 0,
+                             p.window_tokens > 0 ? query_pos - p.window_tokens + 1 : 0,
+                             h.window_tokens > 0 ? query_pos - h.window_tokens + 1 : 0,
+                             h.outside_span_bias != 0.0f ? p.prompt_tokens : 0};
+  int32_t from = 0;
+  for (const int32_t start : starts) from = start > from ? start : from;
+  return from;
+}
+
 // Post-softmax reweighting from the two accumulators' masses (both relative
 // to the same running maximum): keys in the set get `in_set`, the others
 // `rest`, so that the removed mass (1-beta)·P_S goes to the other keys in

@@ -20,8 +20,8 @@ __device__ __forceinline__ void AccumulateRow(const __half2* v, int lane, float 
 }
 
 // q · k over kHeadDim columns, k as fp16 read 16 bytes at a time (k
-// 16-byte aligned), in one fixed order (the decode kernel's scores and the
-// prefill kernel's CUDA-core ones). Lanes reading their own key rows of a
+// 16-byte aligned), in one fixed order (the decode kernel's scores). Lanes
+// reading their own key rows of a
 // shared tile whose rows are padded by 16 bytes meet no other lane of their
 // quarter-warp on a bank.
 template <int kHeadDim>
@@ -43,37 +43,27 @@ __device__ __forceinline__ float DotHalf(const float* q, const __half* k) {
 }
 
 // One query head's online softmax over tiles of 32 keys, held by a warp (a
-// key per lane): the running maximum, and the sums over ACT's key set and
-// over the rest.
-struct WarpRowSoftmax {
+// key per lane): the running maximum, the sums over ACT's key set and over
+// the rest, and the two value accumulators in registers, head_dim / 32
+// columns a lane.
+template <int kCols>
+struct WarpSoftmax {
   float m = -INFINITY, sum_set = 0.0f, sum_rest = 0.0f;
+  float acc_set[kCols] = {}, acc_rest[kCols] = {};
 
   // Folds a tile into the sums (this lane's key: its logit, -inf when not
-  // read). False when no key of the tile is read; else *p is this lane's key
-  // weight against the new maximum, and *rescale what the values summed
-  // before are to be multiplied by.
-  __device__ __forceinline__ bool AddTile(float logit, bool in_set, float* p, float* rescale) {
+  // read) and rescales the accumulators to the new maximum. False when no
+  // key of the tile is read; else *p is this lane's key weight against the
+  // new maximum.
+  __device__ __forceinline__ bool AddTile(float logit, bool in_set, float* p) {
     const float tile_max = WarpMax(logit);
     if (tile_max == -INFINITY) return false;
     const float new_m = fmaxf(m, tile_max);
-    *rescale = __expf(m - new_m);  // 0 while m is -inf
-    *p = __expf(logit - new_m);    // 0 for unread keys
-    sum_set = sum_set * *rescale + WarpSum(in_set ? *p : 0.0f);
-    sum_rest = sum_rest * *rescale + WarpSum(in_set ? 0.0f : *p);
+    const float rescale = __expf(m - new_m);  // 0 while m is -inf
+    *p = __expf(logit - new_m);               // 0 for unread keys
+    sum_set = sum_set * rescale + WarpSum(in_set ? *p : 0.0f);
+    sum_rest = sum_rest * rescale + WarpSum(in_set ? 0.0f : *p);
     m = new_m;
-    return true;
-  }
-};
-
-// The same with the two value accumulators in registers, head_dim / 32
-// columns a lane.
-template <int kCols>
-struct WarpSoftmax : WarpRowSoftmax {
-  float acc_set[kCols] = {}, acc_rest[kCols] = {};
-
-  __device__ __forceinline__ bool AddTile(float logit, bool in_set, float* p) {
-    float rescale;
-    if (!WarpRowSoftmax::AddTile(logit, in_set, p, &rescale)) return false;
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
       acc_set[c] *= rescale;

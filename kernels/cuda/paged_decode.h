@@ -74,6 +74,10 @@ struct DecodeAttentionArgs {
 
 inline constexpr int32_t kDecodeSplitKeys = 256;
 
+// Query heads per KV head that the attention kernels (decode and prefill)
+// take at most: the decode kernel gives each a warp of its block.
+inline constexpr int kMaxQueryHeadsPerKvHead = 16;
+
 // Device scratch the launch needs (the splits' partial results).
 size_t DecodeAttentionWorkspaceBytes(int32_t n_seqs, int32_t n_q_heads, int32_t head_dim, int32_t max_tokens);
 

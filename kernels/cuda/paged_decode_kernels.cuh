@@ -18,7 +18,6 @@
 namespace attnserve {
 namespace {
 
-constexpr int kMaxGroup = 16;  // query heads per KV head: one warp each
 
 // Partial results of one split: [n_seqs][n_q_heads][n_splits] of
 // {max, sum over S, sum over the rest} and of two head_dim accumulators.
@@ -72,7 +71,7 @@ size_t DecodeSharedBytes(int group) {
 // online softmax, then every lane accumulates its head_dim / 32 value
 // columns over the tile.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kMaxGroup* kWarp) DecodePartialKernel(DecodeAttentionArgs a, Workspace ws,
+__global__ void __launch_bounds__(kMaxQueryHeadsPerKvHead* kWarp) DecodePartialKernel(DecodeAttentionArgs a, Workspace ws,
                                                                         int32_t n_splits) {
   constexpr int kCols = kHeadDim / kWarp;            // value columns per lane, as half2 pairs: kCols / 2
   constexpr int kChunks = kHeadDim * 2 / 16;         // 16-byte copies a row
@@ -91,7 +90,7 @@ __global__ void __launch_bounds__(kMaxGroup* kWarp) DecodePartialKernel(DecodeAt
   float* q = q_sh[warp];
   float* sink_q = q_sh[group + warp];
   // Each head's keys of a staged tile, a bit per key; their union is copied.
-  __shared__ uint32_t head_reads[kStages][kMaxGroup];
+  __shared__ uint32_t head_reads[kStages][kMaxQueryHeadsPerKvHead];
 
   const int h = g * group + warp;
   const int64_t q_off = (static_cast<int64_t>(QueryRow(s, seq)) * a.n_q_heads + h) * kHeadDim;
@@ -233,10 +232,10 @@ template <typename Launcher>
 absl::Status RunDecodeAttention(const DecodeAttentionArgs& a, void* workspace, size_t workspace_bytes,
                                 const Launcher& launch) {
   if (a.n_seqs < 0 || a.max_tokens < 1 || a.n_kv_heads < 1 || a.n_q_heads % a.n_kv_heads != 0 ||
-      a.n_q_heads / a.n_kv_heads > kMaxGroup) {
+      a.n_q_heads / a.n_kv_heads > kMaxQueryHeadsPerKvHead) {
     return absl::InvalidArgumentError(absl::StrCat("DecodeAttentionCuda: n_seqs=", a.n_seqs, " max_tokens=",
                                                    a.max_tokens, " heads ", a.n_q_heads, "/", a.n_kv_heads,
-                                                   " (at most ", kMaxGroup, " query heads per KV head)"));
+                                                   " (at most ", kMaxQueryHeadsPerKvHead, " query heads per KV head)"));
   }
   if (a.n_seqs == 0) return absl::OkStatus();
   if (a.seqs == nullptr || a.q == nullptr || a.out == nullptr) {

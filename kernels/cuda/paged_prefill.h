@@ -3,7 +3,8 @@
 // that a block loads each key and value once for every query of its tile
 // and every query head of its KV group (the decode kernel reads them once
 // per query). Q·Kᵀ and P·V run on the tensor cores (mma.sync; q and the
-// weights rounded to fp16 as the CPU kernel rounds them, fp32 sums), the
+// weights rounded to fp16, the weights unnormalised, against the running
+// maximum; fp32 sums), the
 // scores and value sums held in registers; the per-query math between them
 // is the decode kernel's: every hook of attention_hooks.h from each query's
 // entry, ACT's sums over its key set and over the rest (a second pass over
@@ -44,7 +45,8 @@ struct PrefillAttentionArgs {
 // A tile's rows: its queries times the query heads of a KV group.
 inline constexpr int32_t kPrefillTileRows = 64;
 
-ATTN_HD int32_t PrefillQueriesPerTile(int32_t group) { return group >= kPrefillTileRows ? 1 : kPrefillTileRows / group; }
+// (group <= kMaxQueryHeadsPerKvHead, so at least 4.)
+ATTN_HD int32_t PrefillQueriesPerTile(int32_t group) { return kPrefillTileRows / group; }
 
 absl::Status PrefillAttentionCuda(const PrefillAttentionArgs& args, void* stream);
 

@@ -95,10 +95,10 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
   const PagedKv kv = first.kv.AtLayer(a.layer);
   const int n_rows = tile.n_queries * group;
   const int32_t end = a.entries[tile.first_entry + tile.n_queries - 1].query_pos + 1;
-  // The warp's rows see no key past their last query's.
-  const bool warp_rows = warp * 16 < n_rows;
+  // The warp's rows see no key past their last query's (a warp without rows
+  // sees none).
   const int32_t warp_end =
-      warp_rows ? a.entries[tile.first_entry + min(warp * 16 + 15, n_rows - 1) / group].query_pos + 1 : 0;
+      warp * 16 < n_rows ? a.entries[tile.first_entry + min(warp * 16 + 15, n_rows - 1) / group].query_pos + 1 : 0;
   PrefillRow rows[2];
   for (int x = 0; x < 2; ++x) rows[x] = TileRow(a, tile, g, group, warp * 16 + lane / 4 + 8 * x);
 
@@ -121,7 +121,7 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
       const float scale = sh.q_scale[warp * 16 + lane / 4 + 8 * x];
       rows[x].inv_scale = 1.0f / scale;
       rows[x].factor = rows[x].hp->logit_scale * scale;
-      rows[x].whole_from = WholeTilesFrom(params, *rows[x].hp, rows[x].pos);
+      rows[x].whole_from = PlainKeysFrom(params, *rows[x].hp, rows[x].pos);
     }
     StageTile<kHeadDim>(sh.k, kv.keys, sh.cache_rows[0]);
   }
@@ -133,7 +133,7 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
     if (next < end) MapTileRows(sh.cache_rows[at ^ 1], kv, params, first.query_pos, g, group, next, end);
     WaitCopies<1>();  // this thread's keys
     __syncthreads();  // everyone's keys, and the next tile's rows
-    const bool scored = warp_rows && t0 < warp_end;  // warp-uniform
+    const bool scored = t0 < warp_end;  // warp-uniform
     float s[kPrefillKeyBlocks][4] = {};
     if (scored) {
       ScoreTile<kHeadDim>(s, sh.k, [&](int d0, uint32_t(&qa)[4]) {
@@ -163,8 +163,8 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
     if (scored && (!set_pass || __ballot_sync(0xffffffffu, in_set != 0u) != 0u)) {
       // Keys 16i to 16i + 15 are score blocks 2i and 2i + 1, whose
       // accumulator pairs are the A fragment's pairs as they lie; the
-      // weights (of this pass's keys) are rounded to fp16 as the CPU
-      // kernel's.
+      // weights (of this pass's keys, against the running maximum) are
+      // rounded to fp16.
       AddValues<kHeadDim>(o, sh.v, [&](int i, uint32_t(&pa)[4]) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
@@ -194,7 +194,8 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
       sums.rest[x] += __shfl_xor_sync(0xffffffffu, sums.rest[x], d);
     }
     const PrefillRow& row = rows[x];
-    if (row.pos < 0) continue;
+    // The set's pass adds nothing to the rows of heads that do not reweight.
+    if (row.pos < 0 || (set_pass && row.hp->reweight_beta == 1.0f)) continue;
     const float m = sums.m[x];
     const float top = fmaxf(m, row.hp->virtual_sink_logit);
     const float w = m == -INFINITY ? 0.0f : __expf(m - top);
@@ -215,8 +216,8 @@ __device__ void AttendKeys(const PrefillAttentionArgs& a, const PrefillTile& til
   }
 }
 
-// Block (tile, g): the longest tiles (a chunk's last) first, so that the
-// short ones fill the end of the grid.
+// Block (tile, g): the launch's last tiles first (a chunk's last are its
+// longest), so that short ones fill the end of the grid.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillAttentionArgs a) {
   const PrefillTile tile = a.tiles[gridDim.x - 1 - blockIdx.x];
@@ -234,9 +235,9 @@ __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillAttentio
 template <typename Launcher>
 absl::Status RunPrefillAttention(const PrefillAttentionArgs& a, const Launcher& launch) {
   if (a.n_tiles < 0 || a.n_kv_heads < 1 || a.n_q_heads % a.n_kv_heads != 0 ||
-      a.n_q_heads / a.n_kv_heads > kPrefillMaxGroup || a.n_kv_heads > 65535) {
+      a.n_q_heads / a.n_kv_heads > kMaxQueryHeadsPerKvHead || a.n_kv_heads > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillAttentionCuda: tiles=", a.n_tiles, " heads ", a.n_q_heads,
-                                                   "/", a.n_kv_heads, " (at most ", kPrefillMaxGroup,
+                                                   "/", a.n_kv_heads, " (at most ", kMaxQueryHeadsPerKvHead,
                                                    " query heads per KV head)"));
   }
   if (a.n_tiles == 0) return absl::OkStatus();

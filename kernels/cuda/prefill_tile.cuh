@@ -25,7 +25,6 @@ constexpr int kPrefillWarps = kPrefillTileRows / 16;  // 16 rows a warp: the pro
 constexpr int kPrefillThreads = kPrefillWarps * kWarp;
 constexpr int kPrefillKeys = 64;                       // keys a tile
 constexpr int kPrefillKeyBlocks = kPrefillKeys / 8;    // the score products' N blocks
-constexpr int kPrefillMaxGroup = 16;                   // as the decode kernel's
 
 // Key j is loaded for the tile when its earliest query (whose windows reach
 // furthest back) sees it under the sequence's set and some head of the
@@ -66,21 +65,9 @@ struct PrefillRow {
   float inv_scale = 1.0f;  // 1 / the row's q_scale
   float factor = 0.0f;     // what the staged query · k is multiplied by for the logit
   // A tile of keys [t0, t0 + 64) with t0 >= whole_from and no key past the
-  // query is seen whole, no key through a per-key hook (WholeTilesFrom).
+  // query is seen whole, no key through a per-key hook (PlainKeysFrom).
   int32_t whole_from = INT32_MAX;
 };
-
-// Where the row's whole tiles start: past every window's start, the first
-// token's bias and the prompt's outside-span bias; never with ACT's key set.
-__device__ __forceinline__ int32_t WholeTilesFrom(const SequenceAttentionParams& p, const AttentionHeadParams& hp,
-                                                  int32_t pos) {
-  if (hp.reweight_beta != 1.0f) return INT32_MAX;
-  int32_t from = hp.first_token_bias != 0.0f ? 1 : 0;
-  if (p.window_tokens > 0) from = max(from, pos - p.window_tokens + 1);
-  if (hp.window_tokens > 0) from = max(from, pos - hp.window_tokens + 1);
-  if (hp.outside_span_bias != 0.0f) from = max(from, p.prompt_tokens);
-  return from;
-}
 
 constexpr uint32_t kNoCacheRow = 0xffffffffu;
 

@@ -10,19 +10,10 @@
 namespace attnserve {
 
 // 16 bytes from global `src` to shared `dst`, both 16-byte aligned, through
-// L2 only (.cg: what a block streams once has no use in L1).
-__device__ __forceinline__ void CopyAsync16(void* dst, const void* src) {
-#ifdef ATTN_CUDA_EMULATION
-  emu::CopyAsync(dst, src, 16);
-#else
-  const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(src) : "memory");
-#endif
-}
-
-// As CopyAsync16 when `load`; else the 16 bytes at dst become zeros, as part
-// of the same group (cp.async's source size 0: src, which must still be a
-// valid address, is not read).
+// L2 only (.cg: what a block streams once has no use in L1), when `load`;
+// else the 16 bytes at dst become zeros, as part of the same group
+// (cp.async's source size 0: src, which must still be a valid address, is
+// not read).
 __device__ __forceinline__ void CopyAsync16OrZeros(void* dst, const void* src, bool load) {
 #ifdef ATTN_CUDA_EMULATION
   static constexpr unsigned char kZeros[16] = {};
@@ -33,6 +24,9 @@ __device__ __forceinline__ void CopyAsync16OrZeros(void* dst, const void* src, b
                : "memory");
 #endif
 }
+
+// The same, always loading.
+__device__ __forceinline__ void CopyAsync16(void* dst, const void* src) { CopyAsync16OrZeros(dst, src, true); }
 
 // Closes the group of copies issued since the last call (one per tile).
 __device__ __forceinline__ void CommitCopies() {

@@ -1,6 +1,9 @@
 // HiddenKeys, the band of keys the GPU prefill kernel skips: no key in it is
 // visible to any head of the group at the query or after, and it covers the
-// band a streaming sequence or a group of duo streaming heads hides. InRanges,
+// band a streaming sequence or a group of duo streaming heads hides.
+// PlainKeysFrom, where the prefill kernel's hook-free tiles start: every key
+// from there to the query is plain, and each hook's bound is where it stops.
+// InRanges,
 // the binary search of emphasis spans and Quest's selected ranges, against
 // a scan; CloseSoftmax, the GPU kernels' last step, against the softmax
 // written out.
@@ -58,6 +61,67 @@ TEST(AttentionHooksTest, HiddenKeysCoverAStreamingWindowAndAStreamingGroup) {
   heads[1].window_tokens = 0;  // a retrieval head sees everything
   band = HiddenKeys(p, 0, 2, 1000);
   EXPECT_EQ(band.begin, band.end);
+}
+
+TEST(AttentionHooksTest, PlainKeysFromStartsWhereEveryKeyToTheQueryIsPlain) {
+  std::mt19937 rng(23);
+  std::uniform_int_distribution<int32_t> small(0, 40);
+  int checked = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const std::vector<KeyRange> spans = {{3, 9}, {20, 26}};
+    const std::vector<int32_t> set = {2, 5, 30};
+    AttentionHeadParams h;
+    h.first_token_bias = small(rng) % 2 == 0 ? 0.0f : 0.7f;
+    h.outside_span_bias = small(rng) % 3 == 0 ? -0.4f : 0.0f;
+    h.sink_tokens = small(rng) % 5;
+    h.window_tokens = small(rng) % 3 == 0 ? 1 + small(rng) : 0;
+    if (small(rng) % 5 == 0) {
+      h.reweight_beta = 0.5f;
+      h.reweight_keys_size = static_cast<int32_t>(set.size());
+    }
+    SequenceAttentionParams p;
+    p.heads = &h;
+    p.sink_tokens = small(rng) % 5;
+    p.window_tokens = small(rng) % 3 == 0 ? 1 + small(rng) : 0;
+    p.spans = spans.data();
+    p.num_spans = static_cast<int32_t>(spans.size());
+    p.prompt_tokens = small(rng);
+    p.reweight_keys = set.data();
+    const int32_t pos = small(rng) * 2;
+    const auto plain = [&](int32_t j) {
+      return HeadKeyVisible(p, h, pos, j) && KeyBias(p, h, j) == 0.0f && !InReweightSet(p, h, j);
+    };
+    const int32_t from = PlainKeysFrom(p, h, pos);
+    if (h.reweight_beta != 1.0f) {
+      EXPECT_EQ(from, INT32_MAX);
+      continue;
+    }
+    for (int32_t j = from; j <= pos; ++j) ASSERT_TRUE(plain(j)) << trial << " key " << j;
+    checked += from <= pos;
+  }
+  EXPECT_GT(checked, 1000);
+}
+
+TEST(AttentionHooksTest, PlainKeysFromIsWhereEachHookStops) {
+  AttentionHeadParams h;
+  SequenceAttentionParams p;
+  p.heads = &h;
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), 0);  // dense
+  h.first_token_bias = 0.7f;               // zero tuning
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), 1);
+  p.sink_tokens = 4;                       // streaming
+  p.window_tokens = 100;
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), 401);
+  h.window_tokens = 30;                    // a duo streaming head
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), 471);
+  h = AttentionHeadParams{};
+  p = SequenceAttentionParams{};
+  p.heads = &h;
+  h.outside_span_bias = -0.4f;             // emphasis
+  p.prompt_tokens = 90;
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), 90);
+  h.reweight_beta = 0.5f;                  // ACT
+  EXPECT_EQ(PlainKeysFrom(p, h, 500), INT32_MAX);
 }
 
 TEST(AttentionHooksTest, InRangesFindsTheKeysOfSortedDisjointRanges) {

@@ -86,9 +86,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& mo
     return absl::UnimplementedError(absl::StrCat("cuda backend: rotary dimension ", c.rope_dim, " of head_dim ",
                                                  c.head_dim, " (its RoPE kernel rotates an even number up to it)"));
   }
-  if (c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > 16) {
+  if (c.n_heads % c.n_kv_heads != 0 || c.n_heads / c.n_kv_heads > kMaxQueryHeadsPerKvHead) {
     return absl::UnimplementedError(absl::StrCat("cuda backend: ", c.n_heads, " query heads over ", c.n_kv_heads,
-                                                 " KV heads (at most 16 per KV head)"));
+                                                 " KV heads (at most ", kMaxQueryHeadsPerKvHead, " per KV head)"));
   }
   if (options.max_step_tokens < 1) return absl::InvalidArgumentError("max_step_tokens must be positive");
   ATTN_RETURN_IF_ERROR(Cuda(cudaSetDevice(options.device), absl::StrCat("cudaSetDevice(", options.device, ")")));
